@@ -1,0 +1,129 @@
+"""Background preparation: what moves a function from Pending to Active (and an update from
+InProgress to Successful).
+
+Preparing a revision means checking that its code package is stored intact (the blob's bytes
+hash to the recorded CodeSha256 and unzip safely) and then running the host-specific steps that
+`wiring` plugs in (the worker's code cache, once it exists). The outcome is written back with
+`functions.finish_preparation`, which ignores a result for a revision that is no longer current.
+
+The `Preparer` owns its tasks: `start()` launches a supervisor that runs one task per job under
+a bounded semaphore, `stop()` cancels them and waits. Jobs lost to a stop are not lost for good:
+`Registry.start()` re-enqueues every function still Pending or InProgress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from firebox import codezip
+from firebox.control.api import FunctionVersion
+from firebox.errors import ApiError
+from firebox.settings import Limits
+from firebox.store.api import BlobStore
+
+log = logging.getLogger(__name__)
+
+# Host-specific preparation steps (the worker's code cache later); raise ApiError to fail.
+PrepareStep = Callable[[FunctionVersion], Awaitable[None]]
+# Writes the outcome: (function name, revision id, error message or None).
+Finish = Callable[[str, str, str | None], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class PreparerStatistics:
+    queued: int
+    running: int
+    prepared: int
+    failed: int
+
+
+class Preparer:
+    def __init__(
+        self,
+        blobs: BlobStore,
+        limits: Limits,
+        finish: Finish,
+        *,
+        steps: tuple[PrepareStep, ...] = (),
+        delay_s: float = 0.0,
+        concurrency: int = 4,
+    ) -> None:
+        self._blobs = blobs
+        self._limits = limits
+        self._finish = finish
+        self._steps = steps
+        self._delay_s = delay_s
+        self._queue: asyncio.Queue[FunctionVersion] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._supervisor: asyncio.Task[None] | None = None
+        self._running = 0
+        self._prepared = 0
+        self._failed = 0
+
+    def submit(self, version: FunctionVersion) -> None:
+        self._queue.put_nowait(version)
+
+    def statistics(self) -> PreparerStatistics:
+        return PreparerStatistics(self._queue.qsize(), self._running, self._prepared, self._failed)
+
+    async def start(self) -> None:
+        if self._supervisor is None:
+            self._supervisor = asyncio.create_task(self._supervise(), name="firebox-preparer")
+
+    async def stop(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            try:
+                await self._supervisor
+            except asyncio.CancelledError:
+                pass
+            self._supervisor = None
+
+    async def _supervise(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            while True:
+                version = await self._queue.get()
+                await self._slots.acquire()
+                group.create_task(self._run(version))
+
+    async def _run(self, version: FunctionVersion) -> None:
+        self._running += 1
+        try:
+            error = await self._prepare(version)
+            if error is None:
+                self._prepared += 1
+            else:
+                self._failed += 1
+            await self._finish(version.name, version.revision_id, error)
+        except Exception:  # a bug here must not stop the supervisor: log it, the function stays busy
+            log.exception("preparing %s failed unexpectedly", version.name)
+        finally:
+            self._running -= 1
+            self._slots.release()
+
+    async def _prepare(self, version: FunctionVersion) -> str | None:
+        try:
+            data = await self._blobs.get(version.code_sha256_hex)
+        except KeyError:
+            return "The function's code package is missing from the blob store."
+        if hashlib.sha256(data).hexdigest() != version.code_sha256_hex:
+            return "The function's code package is corrupt (its SHA-256 does not match CodeSha256)."
+        try:
+            await asyncio.to_thread(
+                codezip.inspect_zip,
+                data,
+                max_zip_bytes=self._limits.max_zip_bytes,
+                max_unzipped_bytes=self._limits.max_unzipped_bytes,
+                max_entries=self._limits.max_zip_entries,
+            )
+            for step in self._steps:
+                await step(version)
+        except ApiError as exc:
+            return exc.message
+        if self._delay_s:
+            await asyncio.sleep(self._delay_s)
+        return None

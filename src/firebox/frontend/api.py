@@ -1,0 +1,48 @@
+"""The frontend's contract: what an operation handler receives and returns.
+
+The frontend owns the HTTP edge. A request is routed by the AWS service model (`model.py`),
+parsed and validated into a dict of the operation's input members (`parse.py`), handed to the
+operation's handler, and the handler's `Reply` (or raised `ApiError`) becomes the HTTP response
+in exactly one place (`responses.py`). Handlers parse their input into the component's frozen
+command objects and delegate; they never build error bodies and hold no business logic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from firebox.arns import Scope
+from firebox.control.api import Registry
+from firebox.settings import Limits
+
+
+@dataclass(frozen=True)
+class Services:
+    """What handlers may call: the components' contracts, built by `wiring`."""
+
+    registry: Registry
+    scope: Scope
+    limits: Limits
+
+
+@dataclass(frozen=True)
+class Request:
+    operation: str
+    params: dict[str, Any]
+    headers: dict[str, str]
+    # scheme://host:port as the client reached us (for URLs we hand out, e.g. Code.Location).
+    base_url: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A JSON document (dict/list), raw bytes, or nothing; status None = the model's status."""
+
+    body: Any = None
+    status: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Handler = Callable[[Services, Request], Awaitable[Reply]]

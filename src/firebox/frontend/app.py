@@ -1,0 +1,133 @@
+"""The ASGI application: one request in, one response out.
+
+    receive body (bounded) -> route by the service model -> parse + validate -> handler -> respond
+
+Platform routes outside the Lambda API: `GET /health` (200 once the platform has started) and
+`GET /_firebox/code/<sha256 hex>` (the zip behind GetFunction's `Code.Location`).
+Framework-free on purpose: routing is data from the service model, and the invoke hot path
+should not pay for a framework's middleware stack.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from firebox.errors import NotImplementedYet, RequestTooLarge, UnknownOperation
+from firebox.frontend import responses
+from firebox.frontend.api import Handler, Request, Services
+from firebox.frontend.handlers import HANDLERS
+from firebox.frontend.model import ServiceModel, lambda_model
+from firebox.frontend.parse import parse_input
+
+log = logging.getLogger("firebox.access")
+
+_CODE_PATH = re.compile(r"/_firebox/code/([0-9a-f]{64})")
+
+Scope = dict[str, Any]
+
+
+@dataclass
+class _Exchange:
+    """What is known about one request so far, for the error response and the access log."""
+
+    request_id: str
+    operation: str | None = None
+
+
+class FrontendApp:
+    def __init__(self, services: Services, *, max_request_bytes: int, handlers: dict[str, Handler] | None = None) -> None:
+        self._services = services
+        self._max_request_bytes = max_request_bytes
+        self._handlers = HANDLERS if handlers is None else handlers
+        self._model: ServiceModel = lambda_model()
+        self.ready = False
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        started = time.perf_counter()
+        request_id = str(uuid.uuid4())
+        exchange = _Exchange(request_id)
+        try:
+            response = await self._handle(scope, receive, exchange)
+        except Exception as exc:  # every failure becomes a response; the server goes on
+            response = responses.failure(exc, request_id, exchange.operation)
+        await send({"type": "http.response.start", "status": response.status, "headers": response.headers})
+        await send({"type": "http.response.body", "body": response.body})
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        log.info(
+            "%s %s %s %d %.1fms", scope["method"], scope["path"], exchange.operation or "-", response.status, elapsed_ms
+        )
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.ready = True
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.ready = False
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _handle(self, scope: Scope, receive: Any, exchange: _Exchange) -> responses.HttpResponse:
+        method = scope["method"]
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        path = raw_path.decode("latin-1").split("?", 1)[0]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+
+        if method == "GET" and path == "/health":
+            status = 200 if self.ready else 503
+            exchange.operation = "Health"
+            return responses.success(status, {"status": "ok" if self.ready else "starting"}, exchange.request_id, {})
+        if method == "GET" and (code := _CODE_PATH.fullmatch(path)):
+            exchange.operation = "GetCodePackage"
+            data = await self._services.registry.code_blob(code.group(1))
+            return responses.success(200, data, exchange.request_id, {})
+
+        matched = self._model.match(method, path, query)
+        if matched is None:
+            raise UnknownOperation(f"No Lambda API operation matches {method} {path}.")
+        op, labels = matched
+        exchange.operation = op.name
+        body = await self._read_body(scope, receive, headers, op.name)
+        params = parse_input(self._model, op, labels, query, headers, body)
+        handler = self._handlers.get(op.name)
+        if handler is None:
+            raise NotImplementedYet(f"Firebox does not implement the {op.name} operation yet.")
+        host = headers.get("host", f"{scope['server'][0]}:{scope['server'][1]}")
+        request = Request(op.name, params, headers, f"{scope.get('scheme', 'http')}://{host}")
+        reply = await handler(self._services, request)
+        status = op.status if reply.status is None else reply.status
+        return responses.success(status, reply.body, exchange.request_id, reply.headers)
+
+    async def _read_body(self, scope: Scope, receive: Any, headers: dict[str, str], operation: str) -> bytes:
+        limit = self._max_request_bytes
+        too_large = RequestTooLarge(f"Request must be smaller than {limit} bytes for the {operation} operation")
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)

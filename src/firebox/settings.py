@@ -1,0 +1,83 @@
+"""Typed, frozen settings: read once at start-up, then passed explicitly.
+
+Nothing in Firebox reads the environment or a global config after start-up. The CLI builds a
+`Settings` from its flags and `FIREBOX_*` variables (`Settings.from_env`), and `wiring.py` hands
+the pieces each component needs to its constructor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9876
+DEFAULT_DATA_DIR = Path(".firebox")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The quotas AWS Lambda enforces, with AWS's defaults."""
+
+    account_concurrency: int = 1000
+    # Reserved concurrency may never leave fewer than this many executions unreserved.
+    min_unreserved_concurrency: int = 100
+    max_zip_bytes: int = 50 * 1024 * 1024
+    max_unzipped_bytes: int = 250 * 1024 * 1024
+    # A zip with more entries than this is refused before anything is extracted.
+    max_zip_entries: int = 20_000
+    # 50 MB of zip, base64-encoded inside a JSON document: AWS's figure for CreateFunction.
+    max_request_bytes: int = 69_905_067
+    max_environment_bytes: int = 4 * 1024
+    total_code_size: int = 80_530_636_800
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    data_dir: Path = DEFAULT_DATA_DIR
+    account_id: str = "000000000000"
+    region: str = "us-east-1"
+    limits: Limits = field(default_factory=Limits)
+    # How long a new function stays `Pending` (and an update `InProgress`) at the least, on top
+    # of the real preparation work. 0 in production; raise it to exercise clients' waiters.
+    activation_delay_s: float = 0.0
+    # Log one line per request to the console.
+    access_log: bool = True
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from `FIREBOX_*` variables; explicit overrides (CLI flags) win."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        casts: dict[str, type] = {
+            "host": str,
+            "port": int,
+            "data_dir": Path,
+            "account_id": str,
+            "region": str,
+            "activation_delay_s": float,
+        }
+        for name, cast in casts.items():
+            raw = env.get(f"FIREBOX_{name.upper()}")
+            if raw is not None and raw != "":
+                values[name] = cast(raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if not (len(self.account_id) == 12 and self.account_id.isdigit()):
+            raise ValueError(f"account id must be 12 digits, got {self.account_id!r}")
+        if not self.region or " " in self.region:
+            raise ValueError(f"invalid region {self.region!r}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"invalid port {self.port}")
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

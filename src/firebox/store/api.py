@@ -1,0 +1,104 @@
+"""Durable state behind two small interfaces: a metadata store and a blob store.
+
+Contract
+--------
+`MetadataStore` keeps JSON documents addressed by (kind, scope, key):
+  - `kind` names a record type ("function", "version", "alias", "tags", ...);
+  - `scope` groups records that are listed together (an account id, a function name);
+  - `key` orders records inside a scope (scans return keys in ascending byte order, so callers
+    zero-pad numbers they want ordered numerically).
+
+Every read or write happens inside a unit of work passed to `atomically` (read-write) or `read`
+(read-only). The unit of work is a plain *synchronous* function of a `Tx`: it must not await,
+sleep or do I/O other than through the `Tx`, and it may be retried by an implementation that
+needs to (PostgreSQL serialization failures), so it must not have side effects outside the Tx.
+Either all of its writes land or none do; an exception raised inside it rolls everything back and
+propagates unchanged. Units of work are serializable with respect to each other.
+
+Why synchronous units inside an async interface: the embedded SQLite store runs them on one
+dedicated thread, which makes every control-plane change atomic without async locks, and a
+PostgreSQL store can run the same function inside a transaction on a connection-pool thread.
+
+`BlobStore` keeps immutable byte strings addressed by the hex SHA-256 of their content (code
+packages). `put` is idempotent: storing the same bytes twice stores them once. A blob is visible
+to `get`/`path` only after it is completely and durably written (write to a temporary file,
+fsync, rename), so a crash never leaves a truncated blob under a valid name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+
+Document = dict[str, Any]
+
+
+class Tx(Protocol):
+    """One atomic unit of work's view of the metadata store. Synchronous by design."""
+
+    def get(self, kind: str, scope: str, key: str) -> Document | None:
+        """The document, or None when absent."""
+
+    def put(self, kind: str, scope: str, key: str, doc: Document) -> None:
+        """Create or replace."""
+
+    def insert(self, kind: str, scope: str, key: str, doc: Document) -> bool:
+        """Create only: False (and nothing written) when the key exists already."""
+
+    def delete(self, kind: str, scope: str, key: str) -> bool:
+        """True when something was deleted."""
+
+    def delete_scope(self, kind: str, scope: str) -> int:
+        """Delete every record of `kind` in `scope`; returns how many."""
+
+    def scan(
+        self, kind: str, scope: str, *, after: str | None = None, limit: int | None = None
+    ) -> list[tuple[str, Document]]:
+        """(key, doc) pairs of one scope in ascending key order, keys strictly after `after`."""
+
+    def scopes(self, kind: str) -> list[str]:
+        """Every scope that holds at least one record of `kind`, ascending."""
+
+    def count(self, kind: str, scope: str | None = None) -> int:
+        """How many records of `kind` (in `scope`, or in all scopes)."""
+
+    def next_sequence(self, name: str) -> int:
+        """1, 2, 3... per name; a number once returned is never returned again, even after
+        the records that used it are deleted (Lambda never reuses a version number)."""
+
+
+class MetadataStore(Protocol):
+    async def atomically(self, work: Callable[[Tx], T]) -> T:
+        """Run `work` as one read-write transaction and return its result."""
+
+    async def read(self, work: Callable[[Tx], T]) -> T:
+        """Run `work` with read-only access (writes raise StoreError)."""
+
+    async def close(self) -> None:
+        """Finish pending work and release the database. Idempotent."""
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    sha256_hex: str
+    size: int
+
+
+class BlobStore(Protocol):
+    async def put(self, data: bytes) -> BlobRef:
+        """Store `data` durably; idempotent on identical content."""
+
+    async def get(self, sha256_hex: str) -> bytes:
+        """The exact bytes; KeyError when absent."""
+
+    async def exists(self, sha256_hex: str) -> bool: ...
+
+    async def delete(self, sha256_hex: str) -> bool:
+        """Remove a blob nobody references any more; True when it existed."""
+
+    def local_path(self, sha256_hex: str) -> Path:
+        """Where the blob lives on this host's disk (for streaming and the code cache)."""

@@ -1,0 +1,332 @@
+"""The embedded `MetadataStore`: one SQLite file in WAL mode, every unit of work on one thread.
+
+Lifecycle: `SqliteMetadataStore(path)` -> `await open()` -> any number of `atomically` / `read`
+-> `await close()`. Using a store that is not open (or already closed) raises `StoreError`.
+
+Why one dedicated thread: a unit of work is a synchronous function (see `api.py`); running every
+one of them on the same thread, one after another, makes them serializable without any lock,
+keeps blocking disk I/O off the event loop, and lets the single `sqlite3.Connection` stay on the
+thread that created it. `BEGIN IMMEDIATE` still takes SQLite's write lock up front, so another
+process opening the same file (a CLI, a second server by mistake) waits on `busy_timeout`
+instead of failing half-way through a unit.
+
+Durability: `synchronous=FULL`. With WAL, NORMAL already survives a crash of the process
+(kill -9): committed pages are in the WAL file, in the OS page cache. It can lose the last
+commits on a power cut or kernel crash, though, and Firebox answers 202 to an async invoke only
+after the event is committed (ANATOMY invariant 6). FULL costs one fsync of the WAL per commit,
+which control-plane and queue write rates afford.
+
+Known caveats
+-------------
+- Cancelling the task that awaits `atomically` does not stop its unit of work: the thread runs it
+  to the end and it may commit after the caller has gone. Units are short, so nothing tries to
+  interrupt them half-way.
+- While one unit runs every other unit waits; long listings should page with `after`/`limit`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from firebox.errors import StoreError
+from firebox.store.api import Document, Tx
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+_SCHEMA = (
+    "CREATE TABLE records (kind TEXT NOT NULL, scope TEXT NOT NULL, key TEXT NOT NULL,"
+    " doc TEXT NOT NULL, PRIMARY KEY (kind, scope, key)) WITHOUT ROWID",
+    "CREATE TABLE sequences (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+)
+# Another process holding the write lock makes us wait this long before StoreError.
+_BUSY_TIMEOUT_MS = 5000
+
+
+@dataclass(frozen=True)
+class SqliteStatistics:
+    transactions_committed: int  # `atomically` units that committed
+    transactions_rolled_back: int  # `atomically` units that rolled back (raised, or commit failed)
+    reads: int  # `read` units run, whatever their outcome
+
+
+def _encode(doc: Document) -> str:
+    if not isinstance(doc, dict):
+        raise TypeError(f"a document is a dict, not {type(doc).__name__}")
+    # Compact, ASCII-only (a lone surrogate can never fail to encode), strict JSON (no NaN).
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False)
+
+
+class _SqliteTx:
+    """The `Tx` handed to one unit of work. Lives on the store's thread, for that unit only."""
+
+    def __init__(self, conn: sqlite3.Connection, *, writable: bool) -> None:
+        self._conn = conn
+        self._writable = writable
+        self._live = True
+        # Set when a statement failed: the unit may have swallowed the StoreError, but the
+        # transaction is no longer trustworthy, so it must not commit.
+        self.failed = False
+
+    def end(self) -> None:
+        self._live = False
+
+    def _execute(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Cursor:
+        if not self._live:
+            raise StoreError("this Tx belongs to a unit of work that has already ended")
+        try:
+            return self._conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            self.failed = True
+            raise StoreError(f"SQLite failed: {exc}") from exc
+
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        cursor = self._execute(sql, params)
+        try:  # SELECTs step (and can fail) while rows are fetched, not only in execute().
+            return cursor.fetchall()
+        except sqlite3.Error as exc:
+            self.failed = True
+            raise StoreError(f"SQLite failed: {exc}") from exc
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> int:
+        if not self._writable:
+            raise StoreError("a read() unit of work cannot write; use atomically()")
+        return self._execute(sql, params).rowcount
+
+    def get(self, kind: str, scope: str, key: str) -> Document | None:
+        rows = self._query(
+            "SELECT doc FROM records WHERE kind = ? AND scope = ? AND key = ?", (kind, scope, key)
+        )
+        return json.loads(rows[0][0]) if rows else None
+
+    def put(self, kind: str, scope: str, key: str, doc: Document) -> None:
+        self._write(
+            "INSERT INTO records (kind, scope, key, doc) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (kind, scope, key) DO UPDATE SET doc = excluded.doc",
+            (kind, scope, key, _encode(doc)),
+        )
+
+    def insert(self, kind: str, scope: str, key: str, doc: Document) -> bool:
+        # DO NOTHING on the key conflict only (unlike INSERT OR IGNORE, which hides every error).
+        return 1 == self._write(
+            "INSERT INTO records (kind, scope, key, doc) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (kind, scope, key) DO NOTHING",
+            (kind, scope, key, _encode(doc)),
+        )
+
+    def delete(self, kind: str, scope: str, key: str) -> bool:
+        sql = "DELETE FROM records WHERE kind = ? AND scope = ? AND key = ?"
+        return self._write(sql, (kind, scope, key)) > 0
+
+    def delete_scope(self, kind: str, scope: str) -> int:
+        return self._write("DELETE FROM records WHERE kind = ? AND scope = ?", (kind, scope))
+
+    def scan(
+        self, kind: str, scope: str, *, after: str | None = None, limit: int | None = None
+    ) -> list[tuple[str, Document]]:
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0, not {limit}")
+        # Two statements rather than `(? IS NULL OR key > ?)`, which would defeat the index range.
+        sql = "SELECT key, doc FROM records WHERE kind = ? AND scope = ?"
+        params: tuple[Any, ...] = (kind, scope)
+        if after is not None:
+            sql, params = sql + " AND key > ?", params + (after,)
+        # TEXT compares with the BINARY collation: memcmp of UTF-8, the byte order api.py promises.
+        sql += " ORDER BY key LIMIT ?"
+        rows = self._query(sql, params + (-1 if limit is None else limit,))
+        return [(key, json.loads(doc)) for key, doc in rows]
+
+    def scopes(self, kind: str) -> list[str]:
+        rows = self._query("SELECT DISTINCT scope FROM records WHERE kind = ? ORDER BY scope", (kind,))
+        return [scope for (scope,) in rows]
+
+    def count(self, kind: str, scope: str | None = None) -> int:
+        if scope is None:
+            return self._query("SELECT COUNT(*) FROM records WHERE kind = ?", (kind,))[0][0]
+        sql = "SELECT COUNT(*) FROM records WHERE kind = ? AND scope = ?"
+        return self._query(sql, (kind, scope))[0][0]
+
+    def next_sequence(self, name: str) -> int:
+        # The row outlives every record numbered from it, so a number is never handed out twice.
+        self._write(
+            "INSERT INTO sequences (name, value) VALUES (?, 1)"
+            " ON CONFLICT (name) DO UPDATE SET value = value + 1",
+            (name,),
+        )
+        return self._query("SELECT value FROM sequences WHERE name = ?", (name,))[0][0]
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            # We are already raising the error that made us roll back; SQLite has rolled the
+            # transaction back itself when ROLLBACK fails this way.
+            pass
+
+
+class SqliteMetadataStore:
+    """`MetadataStore` over one SQLite file. See the module docstring for the threading model."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = Path(path)
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None  # touched only on the executor's thread
+        self._closing: Future[None] | None = None
+        self._closed = False
+        self._committed = 0
+        self._rolled_back = 0
+        self._reads = 0
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    async def open(self) -> None:
+        """Create the file (and its parent directories) and the schema when absent."""
+        if self._executor is not None or self._closed:
+            raise StoreError("open() may be called once, on a new store")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="firebox-sqlite")
+        try:
+            await self._submit(self._open_sync)
+        except BaseException:
+            # A store that failed to open is finished: release its thread, refuse further use.
+            self._closed = True
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    async def __aenter__(self) -> SqliteMetadataStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def atomically(self, work: Callable[[Tx], T]) -> T:
+        return await self._submit(self._run_unit, work, True)
+
+    async def read(self, work: Callable[[Tx], T]) -> T:
+        return await self._submit(self._run_unit, work, False)
+
+    async def close(self) -> None:
+        """Let already submitted units finish, then close the database. Idempotent."""
+        self._closed = True
+        if self._closing is None:
+            if self._executor is None:
+                return
+            self._closing = self._executor.submit(self._close_sync)
+            # The close job is the last one queued: the thread exits once it has run.
+            self._executor.shutdown(wait=False)
+        await asyncio.wrap_future(self._closing)
+
+    def statistics(self) -> SqliteStatistics:
+        return SqliteStatistics(self._committed, self._rolled_back, self._reads)
+
+    async def _submit(self, fn: Callable[..., T], *args: Any) -> T:
+        # No await between this check and the submission, so nothing is queued behind close().
+        if self._closed:
+            raise StoreError("the metadata store is closed")
+        if self._executor is None:
+            raise StoreError("the metadata store is not open: await open() first")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # Everything below runs on the store's thread.
+
+    def _open_sync(self) -> None:
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: the module never opens transactions behind our back.
+            conn = sqlite3.connect(self._path, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the metadata store {self._path}: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"{self._path}: SQLite refused WAL mode (got {mode!r})")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot open the metadata store {self._path}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self._path} has schema version {version}; "
+                    f"this Firebox reads version {SCHEMA_VERSION}"
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+
+    def _run_unit(self, work: Callable[[Tx], T], writable: bool) -> T:
+        conn = self._conn
+        if conn is None:
+            raise StoreError("the metadata store is not open")
+        if not writable:
+            self._reads += 1
+        tx = _SqliteTx(conn, writable=writable)
+        try:
+            # A read transaction (deferred BEGIN) sees one snapshot of the WAL throughout.
+            conn.execute("BEGIN IMMEDIATE" if writable else "BEGIN")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot begin a transaction: {exc}") from exc
+        try:
+            result = work(tx)
+            if inspect.isawaitable(result):
+                if inspect.iscoroutine(result):
+                    result.close()  # never awaited; avoid the RuntimeWarning
+                raise TypeError("a unit of work must be a plain function, not an async one")
+            if tx.failed:
+                raise StoreError("a statement of this unit of work failed; nothing was written")
+        except BaseException:
+            tx.end()
+            _rollback(conn)
+            if writable:
+                self._rolled_back += 1
+            raise
+        tx.end()
+        if not writable:
+            _rollback(conn)  # nothing to commit; ending the read is all that is left
+            return result
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            _rollback(conn)
+            self._rolled_back += 1
+            raise StoreError(f"commit failed: {exc}") from exc
+        self._committed += 1
+        return result
+
+    def _close_sync(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.close()
+        except sqlite3.Error as exc:
+            raise StoreError(f"closing the metadata store failed: {exc}") from exc

@@ -1,0 +1,329 @@
+"""SqliteMetadataStore: the Tx operations, atomicity, durability across reopening, serialization."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from firebox.errors import StoreError
+from firebox.store.api import Tx
+from firebox.store.sqlite import SCHEMA_VERSION, SqliteMetadataStore, SqliteStatistics
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def opened(path: Path) -> SqliteMetadataStore:
+    store = SqliteMetadataStore(path)
+    await store.open()
+    return store
+
+
+def test_open_creates_parent_dirs_wal_and_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "meta.db"
+
+    async def main() -> None:
+        store = await opened(path)
+        await store.close()
+
+    run(main())
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"records", "sequences"} <= tables
+    finally:
+        conn.close()
+
+
+def test_put_get_insert_delete(tmp_path: Path) -> None:
+    def work(tx: Tx) -> None:
+        assert tx.get("function", "acct", "f") is None
+        tx.put("function", "acct", "f", {"Name": "f", "n": 1, "nested": {"é": [1, 2]}})
+        assert tx.get("function", "acct", "f") == {"Name": "f", "n": 1, "nested": {"é": [1, 2]}}
+        tx.put("function", "acct", "f", {"Name": "f", "n": 2})
+        assert tx.get("function", "acct", "f") == {"Name": "f", "n": 2}
+        assert tx.insert("function", "acct", "f", {"n": 3}) is False
+        assert tx.get("function", "acct", "f") == {"Name": "f", "n": 2}
+        assert tx.insert("function", "acct", "g", {"n": 4}) is True
+        # kind and scope are part of the address
+        assert tx.get("alias", "acct", "f") is None
+        assert tx.get("function", "other", "f") is None
+        assert tx.delete("function", "acct", "f") is True
+        assert tx.delete("function", "acct", "f") is False
+        assert tx.get("function", "acct", "f") is None
+
+    async def main() -> None:
+        store = await opened(tmp_path / "m.db")
+        await store.atomically(work)
+        assert await store.read(lambda tx: tx.get("function", "acct", "g")) == {"n": 4}
+        await store.close()
+
+    run(main())
+
+
+def test_returned_documents_are_copies(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = await opened(tmp_path / "m.db")
+        await store.atomically(lambda tx: tx.put("k", "s", "a", {"x": [1]}))
+        doc = await store.read(lambda tx: tx.get("k", "s", "a"))
+        doc["x"].append(2)
+        assert await store.read(lambda tx: tx.get("k", "s", "a")) == {"x": [1]}
+        await store.close()
+
+    run(main())
+
+
+def test_scan_order_after_limit_scopes_count_delete_scope(tmp_path: Path) -> None:
+    def fill(tx: Tx) -> None:
+        for key in ["b", "a", "c", "B", "aa", "0003", "0010"]:
+            tx.put("version", "fn1", key, {"k": key})
+        tx.put("version", "fn2", "x", {"k": "x"})
+        tx.put("alias", "fn0", "y", {"k": "y"})
+
+    async def main() -> None:
+        store = await opened(tmp_path / "m.db")
+        await store.atomically(fill)
+
+        def check(tx: Tx) -> None:
+            keys = [key for key, _ in tx.scan("version", "fn1")]
+            assert keys == ["0003", "0010", "B", "a", "aa", "b", "c"]  # byte order
+            assert tx.scan("version", "fn1", limit=2) == [("0003", {"k": "0003"}), ("0010", {"k": "0010"})]
+            assert [k for k, _ in tx.scan("version", "fn1", after="a")] == ["aa", "b", "c"]
+            assert [k for k, _ in tx.scan("version", "fn1", after="a", limit=1)] == ["aa"]
+            assert tx.scan("version", "fn1", after="c") == []
+            assert tx.scan("version", "fn1", limit=0) == []
+            assert tx.scan("version", "nope") == []
+            assert tx.scopes("version") == ["fn1", "fn2"]
+            assert tx.scopes("alias") == ["fn0"]
+            assert tx.scopes("nothing") == []
+            assert tx.count("version") == 8
+            assert tx.count("version", "fn1") == 7
+            assert tx.count("version", "nope") == 0
+
+        await store.read(check)
+        assert await store.atomically(lambda tx: tx.delete_scope("version", "fn1")) == 7
+        assert await store.atomically(lambda tx: tx.delete_scope("version", "fn1")) == 0
+        assert await store.read(lambda tx: (tx.scopes("version"), tx.count("version"))) == (["fn2"], 1)
+        assert await store.read(lambda tx: tx.count("alias")) == 1
+        with pytest.raises(ValueError):
+            await store.read(lambda tx: tx.scan("version", "fn2", limit=-1))
+        await store.close()
+
+    run(main())
+
+
+def test_next_sequence_never_reuses_and_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+
+    def publish(tx: Tx) -> int:
+        number = tx.next_sequence("version:fn")
+        tx.put("version", "fn", f"{number:010d}", {"Version": str(number)})
+        return number
+
+    async def first() -> None:
+        store = await opened(path)
+        assert [await store.atomically(publish) for _ in range(3)] == [1, 2, 3]
+        assert await store.atomically(lambda tx: tx.next_sequence("other")) == 1
+        await store.atomically(lambda tx: tx.delete_scope("version", "fn"))
+        assert await store.atomically(publish) == 4
+        await store.close()
+
+    async def second() -> None:
+        store = await opened(path)
+        await store.atomically(lambda tx: tx.delete_scope("version", "fn"))
+        assert await store.atomically(publish) == 5
+        assert await store.atomically(lambda tx: tx.next_sequence("other")) == 2
+        await store.close()
+
+    run(first())
+    run(second())
+
+
+def test_exception_rolls_back_everything_and_propagates_unchanged(tmp_path: Path) -> None:
+    class Boom(Exception):
+        pass
+
+    def work(tx: Tx) -> None:
+        tx.put("k", "s", "a", {"v": 1})
+        tx.next_sequence("seq")
+        tx.delete("k", "s", "keep")
+        raise Boom("unchanged")
+
+    async def main() -> None:
+        store = await opened(tmp_path / "m.db")
+        await store.atomically(lambda tx: tx.put("k", "s", "keep", {"v": 0}))
+        with pytest.raises(Boom, match="unchanged"):
+            await store.atomically(work)
+
+        def check(tx: Tx) -> None:
+            assert tx.get("k", "s", "a") is None
+            assert tx.get("k", "s", "keep") == {"v": 0}
+
+        await store.read(check)
+        # the sequence increment was rolled back too
+        assert await store.atomically(lambda tx: tx.next_sequence("seq")) == 1
+        assert store.statistics() == SqliteStatistics(
+            transactions_committed=2, transactions_rolled_back=1, reads=1
+        )
+        await store.close()
+
+    run(main())
+
+
+def test_read_refuses_writes(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = await opened(tmp_path / "m.db")
+        writes = [
+            lambda tx: tx.put("k", "s", "a", {}),
+            lambda tx: tx.insert("k", "s", "a", {}),
+            lambda tx: tx.delete("k", "s", "a"),
+            lambda tx: tx.delete_scope("k", "s"),
+            lambda tx: tx.next_sequence("n"),
+        ]
+        for write in writes:
+            with pytest.raises(StoreError):
+                await store.read(write)
+        assert await store.read(lambda tx: tx.count("k")) == 0
+        assert await store.atomically(lambda tx: tx.next_sequence("n")) == 1
+        await store.close()
+
+    run(main())
+
+
+def test_swallowed_store_error_still_rolls_back(tmp_path: Path) -> None:
+    def work(tx: Tx) -> str:
+        tx.put("k", "s", "a", {"v": 1})
+        try:
+            tx.put("k", "s", None, {"v": 2})  # type: ignore[arg-type]  # NOT NULL violation
+        except StoreError:
+            pass
+        return "carried on"
+
+    async def main() -> None:
+        store = await opened(tmp_path / "m.db")
+        with pytest.raises(StoreError):
+            await store.atomically(work)
+        assert await store.read(lambda tx: tx.count("k")) == 0
+        await store.close()
+
+    run(main())
+
+
+def test_bad_documents_and_async_units_are_refused(tmp_path: Path) -> None:
+    async def not_a_unit(tx: Tx) -> None:
+        tx.put("k", "s", "a", {})
+
+    async def main() -> None:
+        store = await opened(tmp_path / "m.db")
+        with pytest.raises(TypeError):
+            await store.atomically(lambda tx: tx.put("k", "s", "a", ["not", "a", "dict"]))
+        with pytest.raises(ValueError):
+            await store.atomically(lambda tx: tx.put("k", "s", "a", {"x": float("nan")}))
+        with pytest.raises(TypeError, match="plain function"):
+            await store.atomically(not_a_unit)
+        assert await store.read(lambda tx: tx.count("k")) == 0
+        await store.close()
+
+    run(main())
+
+
+def test_leaked_tx_is_dead(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = await opened(tmp_path / "m.db")
+        leaked = await store.atomically(lambda tx: tx)
+        with pytest.raises(StoreError):
+            leaked.get("k", "s", "a")
+        await store.close()
+
+    run(main())
+
+
+def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+
+    async def write() -> None:
+        store = await opened(path)
+        await store.atomically(lambda tx: tx.put("function", "acct", "f", {"Runtime": "python3.12"}))
+        await store.close()
+
+    async def check() -> None:
+        store = await opened(path)
+        assert await store.read(lambda tx: tx.get("function", "acct", "f")) == {"Runtime": "python3.12"}
+        await store.close()
+
+    run(write())
+    run(check())
+
+
+def test_close_is_idempotent_and_use_after_close_or_before_open_fails(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = SqliteMetadataStore(tmp_path / "m.db")
+        with pytest.raises(StoreError, match="not open"):
+            await store.read(lambda tx: tx.count("k"))
+        await store.open()
+        with pytest.raises(StoreError):
+            await store.open()
+        pending = asyncio.ensure_future(store.atomically(lambda tx: tx.put("k", "s", "a", {})))
+        await asyncio.sleep(0)  # submitted before close: it must finish, not be dropped
+        await asyncio.gather(store.close(), store.close())
+        await pending
+        await store.close()
+        with pytest.raises(StoreError, match="closed"):
+            await store.atomically(lambda tx: tx.count("k"))
+
+    run(main())
+    # the write queued before close() landed
+    conn = sqlite3.connect(tmp_path / "m.db")
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM records").fetchone()[0] == 1
+    finally:
+        conn.close()
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+
+    async def main() -> None:
+        store = SqliteMetadataStore(path)
+        with pytest.raises(StoreError, match="schema version"):
+            await store.open()
+        await store.close()
+
+    run(main())
+
+
+def test_concurrent_units_are_serialized(tmp_path: Path) -> None:
+    def increment(tx: Tx) -> int:
+        doc = tx.get("counter", "s", "c") or {"n": 0}
+        doc["n"] += 1
+        tx.put("counter", "s", "c", doc)
+        return tx.next_sequence("seq")
+
+    async def main() -> None:
+        store = await opened(tmp_path / "m.db")
+        numbers = await asyncio.gather(*(store.atomically(increment) for _ in range(200)))
+        assert sorted(numbers) == list(range(1, 201))
+        assert await store.read(lambda tx: tx.get("counter", "s", "c")) == {"n": 200}
+        assert store.statistics().transactions_committed == 200
+        await store.close()
+
+    run(main())
+
+
+def test_async_context_manager(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with SqliteMetadataStore(tmp_path / "m.db") as store:
+            await store.atomically(lambda tx: tx.put("k", "s", "a", {"v": 1}))
+        with pytest.raises(StoreError):
+            await store.read(lambda tx: tx.count("k"))
+
+    run(main())
