@@ -1,26 +1,21 @@
 """Safety checks for Lambda code packages (zip files), at upload and at extraction.
 
-`inspect_zip` runs when the control plane accepts a package; `safe_extract` when a worker's code
-cache unpacks one. Both apply the same checks, so a package accepted at upload extracts later.
-Every rejection is `InvalidParameterValue` with AWS's wording; the "Could not unzip" one may be
-followed by a short reason in parentheses.
+`inspect_zip` runs when the control plane accepts a package, `safe_extract` when a worker's code
+cache unpacks one; both apply the same checks. A rejection is `InvalidParameterValue` in AWS's
+words, "Could not unzip..." followed by a short reason in parentheses where one helps.
 
-The checks, in order:
-1. size of the zip (`inspect_zip` only);
-2. number of entries, counted from the central directory *before* `zipfile` builds an object per
-   entry (a 50 MB zip of empty entries would otherwise be ~700,000 objects, hundreds of MB);
-3. each entry: its name (not absolute, no `..` component whether split on `/` or `\\`, no NUL),
-   not encrypted, stored or deflated (see below), and no path that is both a file, a directory
-   or a symlink;
-4. the sum of the declared uncompressed sizes;
-5. every entry is decompressed in 64 KiB chunks with a running total that stops at the limit,
-   whatever the headers declare; each entry must yield exactly its declared size and its CRC;
-6. symlinks (unix mode S_IFLNK) must resolve inside the package, following the package's other
-   symlinks the way the kernel would (`s -> .` then `t -> s/..` escapes).
+The checks, in order: (1) the zip's size (`inspect_zip` only); (2) the number of entries, counted
+in the central directory *before* `zipfile` builds an object per entry (50 MB of empty entries
+would be ~700,000 objects); (3) per entry: a name that is not absolute and has no `..` component
+(splitting on `/` and `\\`) nor NUL, no encryption, stored or deflated data, and no path that is
+two of file, directory and symlink; (4) the declared uncompressed sizes; (5) the real ones: each
+entry is decompressed in 64 KiB chunks under a running total that stops at the limit, and must
+yield exactly its declared size and CRC; (6) every symlink (unix mode S_IFLNK) resolves inside
+the package, through the package's other symlinks as the kernel would (`s -> .`, `t -> s/..`).
 
 Why only stored and deflated: `zipfile` bounds the output of each deflate read, but decompresses
-bzip2 and lzma reads without bound, so a few KiB of bzip2 could expand to gigabytes in memory
-before any counter sees them. Lambda's own packaging tools write deflate.
+bzip2 and lzma reads without bound: a few KiB of bzip2 can become gigabytes in memory before any
+counter sees them. zip(1) and the AWS tools write deflate.
 
 Known caveats
 -------------
@@ -36,7 +31,6 @@ import errno
 import hashlib
 import io
 import os
-import posixpath
 import re
 import shutil
 import stat
@@ -58,10 +52,8 @@ _MAX_LINK_TARGET = 4096  # PATH_MAX
 _MAX_LINK_HOPS = 40  # Linux's own limit on symlinks followed in one lookup
 _SUPPORTED_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 # What zipfile (and zlib) raise on a hostile or damaged archive.
-_CORRUPT = (
-    EOFError, OSError, ValueError, IndexError, NotImplementedError, RuntimeError, struct.error,
-    zlib.error,
-)
+_CORRUPT = (zipfile.BadZipFile, EOFError, OSError, ValueError, IndexError, NotImplementedError,
+            RuntimeError, struct.error, zlib.error)
 _ABSOLUTE = re.compile(r"^(?:[/\\]|[A-Za-z]:)")
 
 
@@ -82,18 +74,16 @@ def inspect_zip(
         raise InvalidParameterValue(f"Zipped size must be smaller than {max_zip_bytes} bytes")
     digest = hashlib.sha256(data).digest()
     unzipped, entries = _walk(data, max_unzipped_bytes, max_entries, None)
-    return PackageInfo(b64encode(digest).decode("ascii"), digest.hex(), len(data), unzipped, entries)
+    return PackageInfo(b64encode(digest).decode(), digest.hex(), len(data), unzipped, entries)
 
 
 def safe_extract(zip_path: Path, dest: Path, *, max_unzipped_bytes: int, max_entries: int) -> int:
-    """Extract the package at `zip_path` into `dest`, which must not exist; return the unzipped
-    size (the same number `inspect_zip` reports).
-
-    The tree is built in a sibling temporary directory and renamed onto `dest` only when complete,
-    so `dest` either does not exist or holds the whole package. Files are 0o755 when any execute
-    bit is set in the zip's unix mode, else 0o644; directories 0o755. Raises FileExistsError when
-    `dest` exists, InvalidParameterValue for a bad package, OSError for the host's own failures.
-    """
+    """Extract the package at `zip_path` into `dest` (which must not exist) and return its unzipped
+    size as `inspect_zip` counts it. The tree is built in a sibling temporary directory, renamed
+    onto `dest` once complete. Files are 0o755 when the zip's unix mode has any execute bit, else
+    0o644; directories 0o755. Raises FileExistsError (`dest` exists), InvalidParameterValue (a bad
+    package) or OSError (the host's own failures)."""
+    dest = Path(dest)
     if os.path.lexists(dest):
         raise FileExistsError(errno.EEXIST, "the extraction target exists already", str(dest))
     data = Path(zip_path).read_bytes()  # bounded by the upload limit; one code path with inspect
@@ -127,7 +117,7 @@ def _walk(data: bytes, limit: int, max_entries: int, root: Path | None) -> tuple
         raise too_many
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, *_CORRUPT) as exc:
+    except _CORRUPT as exc:
         raise _unzip_error() from exc
     with archive:
         infos = archive.infolist()
@@ -158,14 +148,9 @@ def _walk(data: bytes, limit: int, max_entries: int, root: Path | None) -> tuple
 
 
 def _count_entries(data: bytes, limit: int) -> int:
-    """Central directory headers, counted without parsing them, stopping past `limit`.
-
-    Finds the directory the way `zipfile` does (end record, then the zip64 one). Returns what it
-    could count when the layout looks odd; `zipfile`'s own parse then decides.
-    """
-    end = len(data) - 22
-    if end < 0:
-        return 0
+    """Central directory headers, located as `zipfile` does (end record, then zip64's) and counted
+    without parsing them, up to `limit` + 1. An odd layout is left to `zipfile`'s own parse."""
+    end = len(data) - 22  # negative for a tiny input: the slice is empty, rfind then decides
     if data[end : end + 4] != b"PK\x05\x06":
         end = data.rfind(b"PK\x05\x06", max(0, len(data) - 65557))
         if end < 0 or end + 22 > len(data):
@@ -236,14 +221,14 @@ def _stream(archive: zipfile.ZipFile, entry: _Entry, budget: int, limit: int) ->
                 if produced > budget:
                     raise InvalidParameterValue(f"Unzipped size must be smaller than {limit} bytes")
                 yield chunk
-    except (zipfile.BadZipFile, *_CORRUPT) as exc:  # a CRC mismatch is a BadZipFile
+    except _CORRUPT as exc:  # a CRC mismatch is a BadZipFile
         raise _unzip_error() from exc
     if produced != info.file_size:
         raise _unzip_error(f"entry {info.orig_filename!r} is not the size its header declares")
 
 
 def _read_link(entry: _Entry, chunks: Iterator[bytes]) -> bytes:
-    target = b""
+    target = b""  # a path: at most PATH_MAX bytes, so holding it whole is fine
     for chunk in chunks:
         target += chunk
         if len(target) > _MAX_LINK_TARGET:
@@ -254,13 +239,12 @@ def _read_link(entry: _Entry, chunks: Iterator[bytes]) -> bytes:
 def _link_escapes(name: str, target: str, links: dict[str, str]) -> bool:
     """Whether following symlink `name` leaves the package root (or loops), resolving through the
     package's other symlinks component by component, as the kernel would."""
-    where = name.split("/")[:-1]  # directories reached so far; never symlinks themselves
-    todo, hops = list(reversed(target.split("/"))), 0
     if target.startswith("/"):
         return True
+    # `where`: the directories reached so far, never symlinks themselves.
+    where, todo, hops = name.split("/")[:-1], list(reversed(target.split("/"))), 0
     while todo:
-        part = todo.pop()
-        if part in ("", "."):
+        if (part := todo.pop()) in ("", "."):
             continue
         if part == "..":
             if not where:

@@ -8,12 +8,18 @@ Contract
   - `key` orders records inside a scope (scans return keys in ascending byte order, so callers
     zero-pad numbers they want ordered numerically).
 
+A document is a JSON object: a dict of JSON values (no NaN or infinities; tuples come back as
+lists). What `get` and `scan` return is a fresh copy the caller may mutate.
+
 Every read or write happens inside a unit of work passed to `atomically` (read-write) or `read`
 (read-only). The unit of work is a plain *synchronous* function of a `Tx`: it must not await,
 sleep or do I/O other than through the `Tx`, and it may be retried by an implementation that
 needs to (PostgreSQL serialization failures), so it must not have side effects outside the Tx.
 Either all of its writes land or none do; an exception raised inside it rolls everything back and
-propagates unchanged. Units of work are serializable with respect to each other.
+propagates unchanged. Units of work are serializable with respect to each other; a `read` unit
+sees one consistent snapshot. Cancelling the task that awaits a unit does not undo it: the unit
+may still commit. Implementations are opened by `wiring.py` (an `open()` that is not part of
+this Protocol, since only the composition root calls it) and closed with `close()`.
 
 Why synchronous units inside an async interface: the embedded SQLite store runs them on one
 dedicated thread, which makes every control-plane change atomic without async locks, and a
@@ -21,8 +27,9 @@ PostgreSQL store can run the same function inside a transaction on a connection-
 
 `BlobStore` keeps immutable byte strings addressed by the hex SHA-256 of their content (code
 packages). `put` is idempotent: storing the same bytes twice stores them once. A blob is visible
-to `get`/`path` only after it is completely and durably written (write to a temporary file,
-fsync, rename), so a crash never leaves a truncated blob under a valid name.
+to `get`/`local_path` only after it is completely and durably written (write to a temporary
+file, fsync, rename), so a crash never leaves a truncated blob under a valid name. Every
+`sha256_hex` argument must be 64 lowercase hex digits (ValueError otherwise): it becomes a path.
 """
 
 from __future__ import annotations
@@ -58,7 +65,8 @@ class Tx(Protocol):
     def scan(
         self, kind: str, scope: str, *, after: str | None = None, limit: int | None = None
     ) -> list[tuple[str, Document]]:
-        """(key, doc) pairs of one scope in ascending key order, keys strictly after `after`."""
+        """(key, doc) pairs of one scope in ascending key order, keys strictly after `after`,
+        at most `limit` of them (None: all; a negative limit is a ValueError)."""
 
     def scopes(self, kind: str) -> list[str]:
         """Every scope that holds at least one record of `kind`, ascending."""
@@ -67,8 +75,9 @@ class Tx(Protocol):
         """How many records of `kind` (in `scope`, or in all scopes)."""
 
     def next_sequence(self, name: str) -> int:
-        """1, 2, 3... per name; a number once returned is never returned again, even after
-        the records that used it are deleted (Lambda never reuses a version number)."""
+        """1, 2, 3... per name; a number returned to a unit that committed is never returned
+        again, even after the records that used it are deleted (Lambda never reuses a version
+        number). A unit that rolls back gives its number back, like everything else it did."""
 
 
 class MetadataStore(Protocol):

@@ -1,32 +1,28 @@
 """The embedded `MetadataStore`: one SQLite file in WAL mode, every unit of work on one thread.
 
-Lifecycle: `SqliteMetadataStore(path)` -> `await open()` -> any number of `atomically` / `read`
--> `await close()`. Using a store that is not open (or already closed) raises `StoreError`.
-
-Why one dedicated thread: a unit of work is a synchronous function (see `api.py`); running every
-one of them on the same thread, one after another, makes them serializable without any lock,
-keeps blocking disk I/O off the event loop, and lets the single `sqlite3.Connection` stay on the
-thread that created it. `BEGIN IMMEDIATE` still takes SQLite's write lock up front, so another
-process opening the same file (a CLI, a second server by mistake) waits on `busy_timeout`
-instead of failing half-way through a unit.
+Why one dedicated thread: units of work are synchronous functions (see `api.py`); running them
+all on one thread, one after another, makes them serializable without a lock, keeps disk I/O off
+the event loop, and keeps the one `sqlite3.Connection` on the thread that made it. `BEGIN
+IMMEDIATE` takes the write lock up front, so another process on the same file (a CLI, a second
+server by mistake) makes us wait `busy_timeout` rather than fail half-way through a unit.
 
 Durability: `synchronous=FULL`. With WAL, NORMAL already survives a crash of the process
-(kill -9): committed pages are in the WAL file, in the OS page cache. It can lose the last
-commits on a power cut or kernel crash, though, and Firebox answers 202 to an async invoke only
-after the event is committed (ANATOMY invariant 6). FULL costs one fsync of the WAL per commit,
-which control-plane and queue write rates afford.
+(kill -9): commits are in the WAL file, in the OS page cache. But it can lose the last commits
+to a power cut or kernel crash, and Firebox answers 202 to an async invoke once the event is
+committed (ANATOMY invariant 6). FULL costs one fsync of the WAL per commit: affordable at
+control-plane and queue write rates.
 
 Known caveats
 -------------
 - Cancelling the task that awaits `atomically` does not stop its unit of work: the thread runs it
-  to the end and it may commit after the caller has gone. Units are short, so nothing tries to
-  interrupt them half-way.
-- While one unit runs every other unit waits; long listings should page with `after`/`limit`.
+  to the end, and it may commit after the caller has gone.
+- While one unit runs every other one waits: long listings should page with `after`/`limit`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import sqlite3
@@ -47,14 +43,13 @@ _SCHEMA = (
     " doc TEXT NOT NULL, PRIMARY KEY (kind, scope, key)) WITHOUT ROWID",
     "CREATE TABLE sequences (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
 )
-# Another process holding the write lock makes us wait this long before StoreError.
-_BUSY_TIMEOUT_MS = 5000
+_BUSY_TIMEOUT_MS = 5000  # how long another process's write lock is waited for
 
 
 @dataclass(frozen=True)
 class SqliteStatistics:
     transactions_committed: int  # `atomically` units that committed
-    transactions_rolled_back: int  # `atomically` units that rolled back (raised, or commit failed)
+    transactions_rolled_back: int  # `atomically` units that did not commit (they raised)
     reads: int  # `read` units run, whatever their outcome
 
 
@@ -72,39 +67,33 @@ class _SqliteTx:
         self._conn = conn
         self._writable = writable
         self._live = True
-        # Set when a statement failed: the unit may have swallowed the StoreError, but the
-        # transaction is no longer trustworthy, so it must not commit.
-        self.failed = False
+        self.failed = False  # a statement failed: commit nothing, even if the unit carried on
 
     def end(self) -> None:
         self._live = False
 
-    def _execute(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Cursor:
+    def _run(self, sql: str, params: tuple[Any, ...]) -> tuple[list[Any], int]:
         if not self._live:
             raise StoreError("this Tx belongs to a unit of work that has already ended")
         try:
-            return self._conn.execute(sql, params)
+            cursor = self._conn.execute(sql, params)
+            # A SELECT steps, and can fail, while its rows are fetched, not only in execute().
+            return cursor.fetchall(), cursor.rowcount
         except sqlite3.Error as exc:
             self.failed = True
             raise StoreError(f"SQLite failed: {exc}") from exc
 
-    def _query(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
-        cursor = self._execute(sql, params)
-        try:  # SELECTs step (and can fail) while rows are fetched, not only in execute().
-            return cursor.fetchall()
-        except sqlite3.Error as exc:
-            self.failed = True
-            raise StoreError(f"SQLite failed: {exc}") from exc
+    def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        return self._run(sql, params)[0]
 
     def _write(self, sql: str, params: tuple[Any, ...]) -> int:
         if not self._writable:
             raise StoreError("a read() unit of work cannot write; use atomically()")
-        return self._execute(sql, params).rowcount
+        return self._run(sql, params)[1]
 
     def get(self, kind: str, scope: str, key: str) -> Document | None:
-        rows = self._query(
-            "SELECT doc FROM records WHERE kind = ? AND scope = ? AND key = ?", (kind, scope, key)
-        )
+        sql = "SELECT doc FROM records WHERE kind = ? AND scope = ? AND key = ?"
+        rows = self._read(sql, (kind, scope, key))
         return json.loads(rows[0][0]) if rows else None
 
     def put(self, kind: str, scope: str, key: str, doc: Document) -> None:
@@ -140,19 +129,18 @@ class _SqliteTx:
         if after is not None:
             sql, params = sql + " AND key > ?", params + (after,)
         # TEXT compares with the BINARY collation: memcmp of UTF-8, the byte order api.py promises.
-        sql += " ORDER BY key LIMIT ?"
-        rows = self._query(sql, params + (-1 if limit is None else limit,))
+        rows = self._read(sql + " ORDER BY key LIMIT ?", params + (-1 if limit is None else limit,))
         return [(key, json.loads(doc)) for key, doc in rows]
 
     def scopes(self, kind: str) -> list[str]:
-        rows = self._query("SELECT DISTINCT scope FROM records WHERE kind = ? ORDER BY scope", (kind,))
-        return [scope for (scope,) in rows]
+        sql = "SELECT DISTINCT scope FROM records WHERE kind = ? ORDER BY scope"
+        return [scope for (scope,) in self._read(sql, (kind,))]
 
     def count(self, kind: str, scope: str | None = None) -> int:
         if scope is None:
-            return self._query("SELECT COUNT(*) FROM records WHERE kind = ?", (kind,))[0][0]
+            return self._read("SELECT COUNT(*) FROM records WHERE kind = ?", (kind,))[0][0]
         sql = "SELECT COUNT(*) FROM records WHERE kind = ? AND scope = ?"
-        return self._query(sql, (kind, scope))[0][0]
+        return self._read(sql, (kind, scope))[0][0]
 
     def next_sequence(self, name: str) -> int:
         # The row outlives every record numbered from it, so a number is never handed out twice.
@@ -161,21 +149,25 @@ class _SqliteTx:
             " ON CONFLICT (name) DO UPDATE SET value = value + 1",
             (name,),
         )
-        return self._query("SELECT value FROM sequences WHERE name = ?", (name,))[0][0]
+        return self._read("SELECT value FROM sequences WHERE name = ?", (name,))[0][0]
+
+
+def _execute(conn: sqlite3.Connection, sql: str) -> None:
+    try:
+        conn.execute(sql)
+    except sqlite3.Error as exc:
+        raise StoreError(f"SQLite failed on {sql}: {exc}") from exc
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
     if conn.in_transaction:
-        try:
+        with contextlib.suppress(sqlite3.Error):  # the error that made us roll back matters more
             conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            # We are already raising the error that made us roll back; SQLite has rolled the
-            # transaction back itself when ROLLBACK fails this way.
-            pass
 
 
 class SqliteMetadataStore:
-    """`MetadataStore` over one SQLite file. See the module docstring for the threading model."""
+    """`MetadataStore` over one SQLite file: `SqliteMetadataStore(path)`, `await open()`, any
+    number of `atomically` / `read`, `await close()`. Outside that window they raise StoreError."""
 
     def __init__(self, path: Path) -> None:
         self._path = Path(path)
@@ -186,10 +178,6 @@ class SqliteMetadataStore:
         self._committed = 0
         self._rolled_back = 0
         self._reads = 0
-
-    @property
-    def path(self) -> Path:
-        return self._path
 
     async def open(self) -> None:
         """Create the file (and its parent directories) and the schema when absent."""
@@ -204,13 +192,6 @@ class SqliteMetadataStore:
             self._executor.shutdown(wait=False)
             self._executor = None
             raise
-
-    async def __aenter__(self) -> SqliteMetadataStore:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     async def atomically(self, work: Callable[[Tx], T]) -> T:
         return await self._submit(self._run_unit, work, True)
@@ -250,23 +231,22 @@ class SqliteMetadataStore:
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the metadata store {self._path}: {exc}") from exc
         try:
-            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            _execute(conn, f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreError(f"{self._path}: SQLite refused WAL mode (got {mode!r})")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
+            _execute(conn, "PRAGMA synchronous = FULL")
+            _execute(conn, "PRAGMA foreign_keys = ON")
             self._migrate(conn)
-        except sqlite3.Error as exc:
+        except BaseException as exc:
             conn.close()
-            raise StoreError(f"cannot open the metadata store {self._path}: {exc}") from exc
-        except BaseException:
-            conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot open the metadata store {self._path}: {exc}") from exc
             raise
         self._conn = conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
+        _execute(conn, "BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
@@ -274,10 +254,8 @@ class SqliteMetadataStore:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self._path} has schema version {version}; "
-                    f"this Firebox reads version {SCHEMA_VERSION}"
-                )
+                raise StoreError(f"{self._path} has schema version {version}; "
+                                 f"this Firebox reads version {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
             _rollback(conn)
@@ -287,46 +265,34 @@ class SqliteMetadataStore:
         conn = self._conn
         if conn is None:
             raise StoreError("the metadata store is not open")
-        if not writable:
-            self._reads += 1
+        self._reads += int(not writable)
         tx = _SqliteTx(conn, writable=writable)
         try:
-            # A read transaction (deferred BEGIN) sees one snapshot of the WAL throughout.
-            conn.execute("BEGIN IMMEDIATE" if writable else "BEGIN")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot begin a transaction: {exc}") from exc
-        try:
+            # A read's deferred BEGIN still pins one snapshot of the WAL for the whole unit.
+            _execute(conn, "BEGIN IMMEDIATE" if writable else "BEGIN")
             result = work(tx)
             if inspect.isawaitable(result):
                 if inspect.iscoroutine(result):
-                    result.close()  # never awaited; avoid the RuntimeWarning
+                    result.close()  # never to be awaited; spare the RuntimeWarning
                 raise TypeError("a unit of work must be a plain function, not an async one")
             if tx.failed:
                 raise StoreError("a statement of this unit of work failed; nothing was written")
-        except BaseException:
             tx.end()
+            # A read has nothing to commit: ending it is all that is left.
+            _execute(conn, "COMMIT" if writable else "ROLLBACK")
+        except BaseException:
             _rollback(conn)
-            if writable:
-                self._rolled_back += 1
+            self._rolled_back += int(writable)
             raise
-        tx.end()
-        if not writable:
-            _rollback(conn)  # nothing to commit; ending the read is all that is left
-            return result
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            _rollback(conn)
-            self._rolled_back += 1
-            raise StoreError(f"commit failed: {exc}") from exc
-        self._committed += 1
+        finally:
+            tx.end()
+        self._committed += int(writable)
         return result
 
     def _close_sync(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        try:
-            conn.close()
-        except sqlite3.Error as exc:
-            raise StoreError(f"closing the metadata store failed: {exc}") from exc
+        if conn is not None:
+            try:
+                conn.close()
+            except sqlite3.Error as exc:
+                raise StoreError(f"closing the metadata store failed: {exc}") from exc
