@@ -1,0 +1,638 @@
+"""Firebox's Python runtime: the process that serves one Lambda sandbox's invocations.
+
+Run as a script, `python3 -u -S -B /var/runtime/python/bootstrap.py`, or loaded as a module and
+its `main()` called (what `firebox.runtimes.api.bootstrap_command` does, to use cached bytecode),
+with the Lambda variables set (see `firebox.runtimes.api` for the contract). Standard library
+only, one file, Python 3.8+: nothing of the platform is installed where this runs. It behaves as
+AWS's `awslambdaric`:
+
+    init:  sys.path = [task root, /opt/python/lib/pythonX.Y/site-packages, /opt/python, ...stdlib,
+           $FIREBOX_RUNTIME_LIBS]; root logger handler installed; the handler's module imported
+           ONCE (an error is posted to /runtime/init/error and the process exits 1)
+    loop:  GET /next -> handler(event, context) -> POST /response (JSON) or /error
+
+The Runtime API client is a minimal HTTP/1.1 client on one keep-alive socket rather than
+`http.client`, whose import (email parser, ssl) would double this runtime's own start-up cost
+(AWS's client also avoids importing it on the hot path).
+"""
+
+import os
+import sys
+
+# Python put this script's folder first on sys.path (or, started through `-c`, '' for the
+# current directory): a function's module must never resolve to anything there.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if sys.path and (sys.path[0] == "" or os.path.abspath(sys.path[0]) == _HERE):
+    del sys.path[0]
+
+import importlib  # noqa: E402  (after the sys.path fix on purpose)
+import json  # noqa: E402
+import logging  # noqa: E402
+import socket  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+
+API_VERSION = "2018-06-01"
+ERROR_TYPE_HEADER = "Lambda-Runtime-Function-Error-Type"
+ERROR_LOG_LINE_TERMINATE = "\r"
+ERROR_LOG_IDENT = "\u00a0"  # AWS indents traceback lines in error records with NO-BREAK SPACE
+USER_AGENT = "firebox-python/%d.%d.%d" % sys.version_info[:3]
+
+_request_id = None  # the invocation in progress, for log records
+_tenant_id = None
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+class FaultException(Exception):
+    """A runtime-detected fault with a Lambda error type (`Runtime.*`)."""
+
+    MARSHAL_ERROR = "Runtime.MarshalError"
+    UNMARSHAL_ERROR = "Runtime.UnmarshalError"
+    USER_CODE_SYNTAX_ERROR = "Runtime.UserCodeSyntaxError"
+    HANDLER_NOT_FOUND = "Runtime.HandlerNotFound"
+    IMPORT_MODULE_ERROR = "Runtime.ImportModuleError"
+    BUILT_IN_MODULE_CONFLICT = "Runtime.BuiltInModuleConflict"
+    MALFORMED_HANDLER_NAME = "Runtime.MalformedHandlerName"
+    LAMBDA_CONTEXT_UNMARSHAL_ERROR = "Runtime.LambdaContextUnmarshalError"
+
+    def __init__(self, exception_type, msg, trace=None):
+        super().__init__(msg)
+        self.exception_type = exception_type
+        self.msg = msg
+        self.trace = trace
+
+
+class RuntimeAPIGone(Exception):
+    """The Runtime API cannot be reached or answered nonsense: the platform went away.
+
+    `report`: say why on stderr before exiting (a misconfiguration); a vanished API is quiet."""
+
+    def __init__(self, msg, report=False):
+        super().__init__(msg)
+        self.report = report
+
+
+def make_error(error_message, error_type, stack_trace, invoke_id=None):
+    return {
+        "errorMessage": error_message if error_message else "",
+        "errorType": error_type if error_type else "",
+        "requestId": invoke_id if invoke_id is not None else "",
+        "stackTrace": stack_trace if stack_trace else [],
+    }
+
+
+def _user_frames(tb):
+    """The traceback's frames from the first one that is not this bootstrap's (as AWS does)."""
+    frames = [(f.filename, f.lineno, f.name, f.line) for f in traceback.extract_tb(tb)]
+    for i, frame in enumerate(frames):
+        if "/bootstrap.py" not in frame[0]:
+            return frames[i:]
+    return frames
+
+
+def build_fault_result(exc_info, invoke_id=None):
+    etype, value, tb = exc_info
+    return make_error(str(value), etype.__name__, traceback.format_list(_user_frames(tb)), invoke_id)
+
+
+# --- logging ---------------------------------------------------------------------------------
+
+
+def _one_record(text):
+    """A log record as one output line: inner newlines become `\\r`, one `\\n` ends it."""
+    if text.endswith("\n"):
+        text = text[:-1]
+    return text.replace("\n", ERROR_LOG_LINE_TERMINATE) + "\n"
+
+
+def _json_dumps(obj, **kwargs):
+    return json.dumps(obj, ensure_ascii=False, **kwargs)
+
+
+def log_error(error_result):
+    """Write an error report as ONE record on stdout, like AWS's runtime."""
+    if _LOG_FORMAT_JSON:
+        record = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "level": "ERROR"}
+        record.update(error_result)
+        _write_stdout(_json_dumps(record, default=str) + "\n")
+        return
+    description = "[ERROR]"
+    if error_result.get("errorType"):
+        description += " " + error_result["errorType"]
+    if error_result.get("errorMessage"):
+        if error_result.get("errorType"):
+            description += ":"
+        description += " " + error_result["errorMessage"]
+    lines = [description]
+    stack_trace = error_result.get("stackTrace")
+    if stack_trace is not None:
+        lines.append("Traceback (most recent call last):")
+        for element in stack_trace:
+            if element == "":
+                lines.append("")
+                continue
+            for line in element.splitlines():
+                stripped = line.lstrip(" ")
+                lines.append(ERROR_LOG_IDENT * (len(line) - len(stripped)) + stripped)
+    _write_stdout(_one_record("\n".join(lines)))
+
+
+def _write_stdout(text):
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass  # nobody is reading the log: never let that fail an invocation
+
+
+class LambdaLoggerFilter(logging.Filter):
+    def filter(self, record):
+        record.aws_request_id = _request_id or ""
+        record.tenant_id = _tenant_id
+        return True
+
+
+class LambdaLoggerHandler(logging.Handler):
+    """The root logger's handler: every record is one line on stdout (`sys.stdout` at emit time)."""
+
+    def emit(self, record):
+        try:
+            text = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        _write_stdout(_one_record(text))
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self):
+        super().__init__(
+            "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s\n",
+            "%Y-%m-%dT%H:%M:%S",
+        )
+
+
+_RESERVED_FIELDS = frozenset(
+    (
+        "name", "msg", "args", "levelname", "levelno", "pathname", "filename", "module",
+        "exc_info", "exc_text", "stack_info", "lineno", "funcName", "created", "msecs",
+        "relativeCreated", "thread", "threadName", "processName", "process", "taskName",
+        "aws_request_id", "tenant_id", "_frame_type", "message", "asctime",
+    )
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """AWS's JSON log records: timestamp, level, message, logger, requestId (+ error fields)."""
+
+    def formatTime(self, record, datefmt=None):
+        seconds = int(record.created)
+        millis = int((record.created - seconds) * 1000)
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + ".%03dZ" % millis
+
+    def format(self, record):
+        level = min(50, max(0, record.levelno)) // 10 * 10
+        exc_info = record.exc_info
+        result = {
+            "timestamp": self.formatTime(record),
+            "level": logging.getLevelName(level),
+            "message": record.getMessage(),
+            "logger": record.name,
+            "stackTrace": traceback.format_tb(exc_info[2]) if exc_info else None,
+            "errorType": exc_info[0].__name__ if exc_info else None,
+            "errorMessage": str(exc_info[1]) if exc_info else None,
+            "requestId": getattr(record, "aws_request_id", None),
+            "location": "%s:%s:%s" % (record.pathname, record.funcName, record.lineno) if exc_info else None,
+        }
+        if getattr(record, "tenant_id", None) is not None:
+            result["tenantId"] = record.tenant_id
+        for key, value in record.__dict__.items():
+            if key not in _RESERVED_FIELDS and key not in result:
+                result[key] = value
+        return _json_dumps({k: v for k, v in result.items() if v is not None}, default=str) + "\n"
+
+
+def setup_logging():
+    logging.Formatter.converter = time.gmtime  # as AWS's runtime does: every formatter says UTC
+    logger = logging.getLogger()
+    handler = LambdaLoggerHandler()
+    handler.setFormatter(JsonFormatter() if _LOG_FORMAT_JSON else TextFormatter())
+    handler.addFilter(LambdaLoggerFilter())
+    # AWS_LAMBDA_LOG_LEVEL is set by the platform when an application log level is configured
+    # (always with JSON); unset, the root logger keeps Python's default, WARNING, as on AWS.
+    level = os.environ.get("AWS_LAMBDA_LOG_LEVEL")
+    level = {None: "", "TRACE": "DEBUG"}.get(level, level).upper()
+    if level in logging._nameToLevel:  # noqa: SLF001  (what AWS's runtime checks)
+        logger.setLevel(level)
+    logger.addHandler(handler)
+
+
+_LOG_FORMAT_JSON = (os.environ.get("AWS_LAMBDA_LOG_FORMAT") or "").upper() == "JSON"
+
+
+# --- the Runtime API client ----------------------------------------------------------------
+
+_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~")
+
+
+def _quote(text):
+    return "".join(chr(b) if b in _SAFE else "%%%02X" % b for b in text.encode("utf-8"))
+
+
+class RuntimeClient:
+    """HTTP/1.1 to the Runtime API on one keep-alive connection (no timeout: /next long-polls)."""
+
+    def __init__(self, address):
+        host, sep, port = address.rpartition(":")
+        if not sep or not port.isdigit():
+            raise RuntimeAPIGone("AWS_LAMBDA_RUNTIME_API must be host:port, not %r" % address, report=True)
+        self._address = (host.strip("[]") or "127.0.0.1", int(port))
+        self._host = address
+        self._prefix = "/%s/runtime" % API_VERSION
+        self._sock = None
+        self._reader = None
+
+    def close(self):
+        if self._sock is not None:
+            try:
+                self._reader.close()
+                self._sock.close()
+            except OSError:
+                pass
+        self._sock = self._reader = None
+
+    def _connect(self):
+        host, port = self._address
+        try:  # an ASCII host as bytes: getaddrinfo then skips importing the idna codec
+            host = host.encode("ascii")
+        except UnicodeEncodeError:
+            pass
+        sock = socket.create_connection((host, port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock, self._reader = sock, sock.makefile("rb")
+
+    def request(self, method, path, body=None, headers=None):
+        """(status, lower-cased headers, body). Raises RuntimeAPIGone when the API is gone."""
+        head = ["%s %s%s HTTP/1.1" % (method, self._prefix, path), "Host: " + self._host, "User-Agent: " + USER_AGENT]
+        if body is not None:
+            head.append("Content-Length: %d" % len(body))
+        for name, value in (headers or {}).items():
+            head.append("%s: %s" % (name, value))
+        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1", "replace") + (body or b"")
+        for attempt in (1, 2):
+            reused = self._sock is not None
+            try:
+                if not reused:
+                    self._connect()
+                self._sock.sendall(data)
+                status_line = self._reader.readline(65537)
+                if not status_line:
+                    raise ConnectionResetError("connection closed before a response")
+            except OSError as exc:
+                self.close()
+                if reused and attempt == 1:
+                    continue  # a kept-alive connection the server had closed: one fresh try
+                raise RuntimeAPIGone(str(exc)) from None
+            try:
+                return self._read_response(status_line)
+            except (OSError, ValueError) as exc:
+                self.close()
+                raise RuntimeAPIGone(str(exc)) from None
+        raise RuntimeAPIGone("unreachable")
+
+    def _read_response(self, status_line):
+        while True:
+            parts = status_line.split(None, 2)
+            if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
+                raise ValueError("bad status line %r" % status_line[:100])
+            status = int(parts[1])
+            headers = {}
+            while True:
+                line = self._reader.readline(65537)
+                if not line:
+                    raise ConnectionResetError("connection closed in the headers")
+                if line in (b"\r\n", b"\n"):
+                    break
+                name, _, value = line.decode("latin-1").partition(":")
+                headers[name.strip().lower()] = value.strip()
+            if 100 <= status < 200:  # an interim response: the real one follows
+                status_line = self._reader.readline(65537)
+                continue
+            break
+        keep_alive = parts[0] != b"HTTP/1.0" and "close" not in headers.get("connection", "").lower()
+        if status in (204, 304):
+            body = b""
+        elif "chunked" in headers.get("transfer-encoding", "").lower():
+            chunks = []
+            while True:
+                size = int(self._reader.readline(65537).split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    while self._reader.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    break
+                chunks.append(self._read_exactly(size))
+                self._reader.readline(65537)
+            body = b"".join(chunks)
+        elif "content-length" in headers:
+            body = self._read_exactly(int(headers["content-length"]))
+        else:
+            body, keep_alive = self._reader.read(), False
+        if not keep_alive:
+            self.close()
+        return status, headers, body
+
+    def _read_exactly(self, size):
+        data = self._reader.read(size)
+        if len(data) != size:
+            raise ConnectionResetError("connection closed in the body")
+        return data
+
+    def next_invocation(self):
+        status, headers, body = self.request("GET", "/invocation/next")
+        if status != 200:
+            detail = body[:200].decode("utf-8", "replace")
+            raise RuntimeAPIGone("GET /next answered %d: %s" % (status, detail), report=True)
+        return headers, body
+
+    def post_invocation_result(self, invoke_id, body, content_type="application/json"):
+        self.request("POST", "/invocation/%s/response" % _quote(invoke_id), body, {"Content-Type": content_type})
+
+    def post_invocation_error(self, invoke_id, error_result):
+        headers = {"Content-Type": "application/json", ERROR_TYPE_HEADER: "Unhandled"}
+        self.request("POST", "/invocation/%s/error" % _quote(invoke_id), _encode_json(error_result), headers)
+
+    def post_init_error(self, error_result):
+        headers = {"Content-Type": "application/json", ERROR_TYPE_HEADER: error_result["errorType"] or "Unhandled"}
+        self.request("POST", "/init/error", _encode_json(error_result), headers)
+
+
+# --- (un)marshalling -------------------------------------------------------------------------
+
+
+def _json_default(obj):
+    # AWS's encoder writes decimal.Decimal as its exact digits; the standard library can only
+    # write it as a float (DynamoDB numbers are the usual case).
+    if type(obj).__name__ == "Decimal" and type(obj).__module__ in ("decimal", "_decimal", "_pydecimal"):
+        if obj.is_finite() and obj.as_tuple().exponent >= 0:
+            return int(obj)
+        return float(obj)
+    raise TypeError("Object of type %s is not JSON serializable" % type(obj).__name__)
+
+
+def _encode_json(obj):
+    text = json.dumps(obj, ensure_ascii=False, default=_json_default)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: escape them rather than fail
+        return json.dumps(obj, default=_json_default).encode("ascii")
+
+
+def unmarshal_request(body, content_type):
+    if content_type and "json" not in content_type.lower():
+        return body  # AWS hands a non-JSON payload over as bytes
+    try:
+        return json.loads(body)
+    except Exception as exc:
+        raise FaultException(FaultException.UNMARSHAL_ERROR, "Unable to unmarshal input: %s" % exc)
+
+
+def marshal_response(response):
+    if isinstance(response, bytes):
+        return response, "application/unknown"
+    try:
+        return _encode_json(response), "application/json"
+    except Exception as exc:
+        raise FaultException(FaultException.MARSHAL_ERROR, "Unable to marshal response: %s" % exc)
+
+
+# --- the context object ---------------------------------------------------------------------
+
+
+class LambdaContext:
+    """`context`: the same attributes and methods as AWS's `awslambdaric.lambda_context`."""
+
+    def __init__(self, invoke_id, client_context, cognito_identity, epoch_deadline_time_in_ms,
+                 invoked_function_arn=None, tenant_id=None):
+        self.aws_request_id = invoke_id
+        self.log_group_name = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME")
+        self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME")
+        self.function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
+        self.memory_limit_in_mb = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+        self.function_version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION")
+        self.invoked_function_arn = invoked_function_arn
+        self.tenant_id = tenant_id
+        self.client_context = _make_obj(ClientContext, client_context)
+        if self.client_context is not None:
+            self.client_context.client = _make_obj(Client, self.client_context.client)
+        # Always an object, like AWS's: its fields are None without a Cognito identity.
+        self.identity = _make_obj(CognitoIdentity, {})
+        if cognito_identity is not None:
+            self.identity.cognito_identity_id = cognito_identity.get("cognitoIdentityId")
+            self.identity.cognito_identity_pool_id = cognito_identity.get("cognitoIdentityPoolId")
+        self._epoch_deadline_time_in_ms = epoch_deadline_time_in_ms
+
+    def get_remaining_time_in_millis(self):
+        delta_ms = self._epoch_deadline_time_in_ms - int(time.time() * 1000)
+        return delta_ms if delta_ms > 0 else 0
+
+    def log(self, msg):
+        _write_stdout(str(msg))
+
+    def __repr__(self):
+        return (
+            "%s([aws_request_id=%s,log_group_name=%s,log_stream_name=%s,function_name=%s,"
+            "memory_limit_in_mb=%s,function_version=%s,invoked_function_arn=%s,client_context=%s,"
+            "identity=%s,tenant_id=%s])"
+            % (
+                self.__class__.__name__, self.aws_request_id, self.log_group_name, self.log_stream_name,
+                self.function_name, self.memory_limit_in_mb, self.function_version,
+                self.invoked_function_arn, self.client_context, self.identity, self.tenant_id,
+            )
+        )
+
+
+class CognitoIdentity:
+    __slots__ = ["cognito_identity_id", "cognito_identity_pool_id"]
+
+    def __repr__(self):
+        return "%s([cognito_identity_id=%s,cognito_identity_pool_id=%s])" % (
+            self.__class__.__name__, self.cognito_identity_id, self.cognito_identity_pool_id)
+
+
+class Client:
+    __slots__ = ["installation_id", "app_title", "app_version_name", "app_version_code", "app_package_name"]
+
+    def __repr__(self):
+        return "%s([installation_id=%s,app_title=%s,app_version_name=%s,app_version_code=%s,app_package_name=%s])" % (
+            self.__class__.__name__, self.installation_id, self.app_title, self.app_version_name,
+            self.app_version_code, self.app_package_name)
+
+
+class ClientContext:
+    __slots__ = ["custom", "env", "client"]
+
+    def __repr__(self):
+        return "%s([custom=%s,env=%s,client=%s])" % (self.__class__.__name__, self.custom, self.env, self.client)
+
+
+def _make_obj(cls, values):
+    if values is None:
+        return None
+    obj = cls()
+    for field in cls.__slots__:
+        setattr(obj, field, values.get(field) if isinstance(values, dict) else None)
+    return obj
+
+
+def _parse_json_header(value, name):
+    if not value:
+        return None
+    try:
+        return json.loads(value)
+    except Exception as exc:
+        raise FaultException(FaultException.LAMBDA_CONTEXT_UNMARSHAL_ERROR, "Unable to parse %s JSON: %s" % (name, exc))
+
+
+# --- init and the loop ---------------------------------------------------------------------
+
+
+def setup_path(task_root):
+    """sys.path as on AWS: the function's code, then its layers, then the standard library."""
+    version = "python%d.%d" % sys.version_info[:2]
+    front = [task_root, "/opt/python/lib/%s/site-packages" % version, "/opt/python"]
+    sys.path[:] = front + [p for p in sys.path if p not in front]
+    for extra in (os.environ.get("FIREBOX_RUNTIME_LIBS") or "").split(":"):
+        if extra and extra not in sys.path:
+            sys.path.append(extra)
+
+
+def setup_builtins():
+    """`exit` / `quit` / `help`, which `site` adds and `-S` leaves out."""
+    if "site" in sys.modules and not sys.flags.no_site:
+        return
+    import builtins
+
+    if not hasattr(builtins, "exit"):
+        try:
+            import _sitebuiltins
+
+            builtins.exit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")
+            builtins.quit = _sitebuiltins.Quitter("quit", "Ctrl-D (i.e. EOF)")
+            builtins.help = _sitebuiltins._Helper()
+        except (ImportError, AttributeError):
+            pass
+
+
+def setup_stdio():
+    """Every write reaches the pipe at once (`-u` does it; this covers a start without `-u`)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        try:
+            if not sys.flags.unbuffered:
+                stream.reconfigure(line_buffering=True)
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):
+            pass
+
+
+def get_handler(handler):
+    try:
+        modname, fname = handler.rsplit(".", 1)
+    except ValueError as exc:
+        raise FaultException(FaultException.MALFORMED_HANDLER_NAME, "Bad handler '%s': %s" % (handler, exc))
+    try:
+        if modname.split(".")[0] in sys.builtin_module_names:
+            raise FaultException(
+                FaultException.BUILT_IN_MODULE_CONFLICT, "Cannot use built-in module %s as a handler module" % modname
+            )
+        module = importlib.import_module(modname.replace("/", "."))
+    except ImportError as exc:
+        raise FaultException(FaultException.IMPORT_MODULE_ERROR, "Unable to import module '%s': %s" % (modname, exc))
+    except SyntaxError as exc:
+        trace = ['  File "%s" Line %s\n    %s' % (exc.filename, exc.lineno, exc.text)]
+        raise FaultException(
+            FaultException.USER_CODE_SYNTAX_ERROR, "Syntax error in module '%s': %s" % (modname, exc), trace
+        )
+    try:
+        return getattr(module, fname)
+    except AttributeError:
+        raise FaultException(
+            FaultException.HANDLER_NOT_FOUND, "Handler '%s' missing on module '%s'" % (fname, modname)
+        ) from None
+
+
+def handle_event_request(client, request_handler, headers, body):
+    global _request_id, _tenant_id
+    invoke_id = headers.get("lambda-runtime-aws-request-id", "")
+    _request_id = invoke_id
+    _tenant_id = headers.get("lambda-runtime-aws-tenant-id") or None
+    trace_id = headers.get("lambda-runtime-trace-id")
+    if trace_id:
+        os.environ["_X_AMZN_TRACE_ID"] = trace_id
+    else:
+        os.environ.pop("_X_AMZN_TRACE_ID", None)
+    error_result = None
+    try:
+        try:
+            deadline_ms = int(headers.get("lambda-runtime-deadline-ms") or 0)
+        except ValueError:
+            deadline_ms = 0
+        context = LambdaContext(
+            invoke_id,
+            _parse_json_header(headers.get("lambda-runtime-client-context"), "Client Context"),
+            _parse_json_header(headers.get("lambda-runtime-cognito-identity"), "Cognito Identity"),
+            deadline_ms,
+            headers.get("lambda-runtime-invoked-function-arn"),
+            _tenant_id,
+        )
+        event = unmarshal_request(body, headers.get("content-type"))
+        response = request_handler(event, context)
+        result, content_type = marshal_response(response)
+    except FaultException as exc:
+        error_result = make_error(exc.msg, exc.exception_type, exc.trace, invoke_id)
+    except Exception:
+        error_result = build_fault_result(sys.exc_info(), invoke_id)
+    if error_result is not None:
+        log_error(error_result)
+        client.post_invocation_error(invoke_id, error_result)
+    else:
+        client.post_invocation_result(invoke_id, result, content_type)
+
+
+def main():
+    setup_stdio()
+    setup_builtins()
+    task_root = os.environ.get("LAMBDA_TASK_ROOT") or "/var/task"
+    setup_path(task_root)
+    try:
+        os.chdir(task_root)
+    except OSError:
+        pass
+    try:
+        client = RuntimeClient(os.environ.get("AWS_LAMBDA_RUNTIME_API", ""))
+        setup_logging()
+        try:
+            request_handler = get_handler(os.environ.get("_HANDLER", ""))
+        except FaultException as exc:
+            error_result = make_error(exc.msg, exc.exception_type, exc.trace)
+        except Exception:
+            error_result = build_fault_result(sys.exc_info())
+        else:
+            error_result = None
+        if error_result is not None:
+            log_error(error_result)
+            client.post_init_error(error_result)
+            return 1
+        while True:
+            headers, body = client.next_invocation()
+            handle_event_request(client, request_handler, headers, body)
+    except RuntimeAPIGone as exc:
+        if exc.report:
+            sys.stderr.write("firebox runtime: %s\n" % exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
