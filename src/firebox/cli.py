@@ -9,10 +9,12 @@ printed in one place (`_Group.invoke`), never per command.
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import stat
 import sys
+import time
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -68,17 +70,21 @@ def _account_id() -> str:
 
 
 def _lambda_client(endpoint: str) -> Any:
-    """The Lambda client every client command uses: dummy credentials unless AWS's are set."""
+    return _client("lambda", endpoint)
+
+
+def _client(service: str, endpoint: str) -> Any:
+    """The client every client command uses: dummy credentials unless AWS's are set."""
     aws_credentials = all(os.environ.get(v) for v in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
     region = _env("FIREBOX_REGION", "AWS_REGION", "AWS_DEFAULT_REGION", default=fs.Settings.region)
     return botocore.session.get_session().create_client(
-        "lambda",
+        service,
         endpoint_url=endpoint,
         region_name=region,
         aws_access_key_id=None if aws_credentials else "test",
         aws_secret_access_key=None if aws_credentials else "test",
         # A local server is up or it is not: fail fast instead of retrying for seconds.
-        config=Config(retries={"mode": "standard", "total_max_attempts": 2}, connect_timeout=5),
+        config=Config(retries={"mode": "standard", "total_max_attempts": 2}, connect_timeout=5, read_timeout=905),
     )
 
 
@@ -203,6 +209,85 @@ def remove(endpoint: str, name: str, qualifier: str | None) -> None:
     kwargs = {"Qualifier": qualifier} if qualifier else {}
     _lambda_client(endpoint).delete_function(FunctionName=name, **kwargs)
     out.print(f"removed {name}:{qualifier}" if qualifier else f"removed function {name}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--payload", "-p", default="{}", help="JSON event, or @FILE to read it from a file.")
+@click.option("--qualifier", "-q", help="Version or alias to invoke.")
+@click.option("--tail", is_flag=True, help="Print the invocation's log too.")
+@click.pass_obj
+def invoke(endpoint: str, name: str, payload: str, qualifier: str | None, tail: bool) -> None:
+    """Invoke function NAME synchronously and print its result."""
+    data = Path(payload[1:]).read_bytes() if payload.startswith("@") else payload.encode()
+    kwargs = {"Qualifier": qualifier} if qualifier else {}
+    answer = _lambda_client(endpoint).invoke(FunctionName=name, Payload=data, LogType="Tail", **kwargs)
+    result = answer["Payload"].read().decode(errors="replace")
+    log = base64.b64decode(answer.get("LogResult", "")).decode(errors="replace")
+    if tail:
+        for line in log.splitlines():
+            _print_log_line(line)
+    if answer.get("FunctionError"):
+        err.print(Text(result, style="red"))
+    else:
+        out.print(Text(result))
+    report = next((line for line in log.splitlines() if line.startswith("REPORT ")), None)
+    if report:
+        figures = [field for field in report.split("\t")[1:] if field.strip()]
+        out.print(Text(f"version {answer.get('ExecutedVersion', '?')} | " + " | ".join(figures), style="dim"))
+    if answer.get("FunctionError"):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines as they arrive.")
+@click.option("--since", default="1h", show_default=True, help="How far back: 30s, 10m, 2h, 1d.")
+@click.pass_obj
+def logs(endpoint: str, name: str, follow: bool, since: str) -> None:
+    """Print the log of function NAME (group /aws/lambda/NAME)."""
+    client = _client("logs", endpoint)
+    group = name if name.startswith("/") else f"/aws/lambda/{name}"
+    start_ms = int((time.time() - _duration_s(since)) * 1000)
+    seen: set[str] = set()
+    while True:
+        kwargs: dict[str, Any] = {"logGroupName": group, "startTime": start_ms}
+        while True:
+            page = client.filter_log_events(**kwargs)
+            for event in page["events"]:
+                if event["eventId"] in seen:
+                    continue
+                seen.add(event["eventId"])
+                start_ms = max(start_ms, event["timestamp"])
+                stream = event["logStreamName"].rsplit("]", 1)[-1][:8]
+                for line in event["message"].rstrip("\n").split("\n"):
+                    _print_log_line(line, prefix=stream)
+            if "nextToken" not in page:
+                break
+            kwargs["nextToken"] = page["nextToken"]
+        if not follow:
+            return
+        time.sleep(0.5)
+
+
+def _print_log_line(line: str, prefix: str | None = None) -> None:
+    style = None
+    if line.startswith("REPORT "):
+        style = "cyan"
+    elif line.startswith(("START ", "END ")):
+        style = "dim"
+    elif "[ERROR]" in line or "\tERROR\t" in line or "Error" in line.split("\t")[0]:
+        style = "red"
+    text = Text(f"{prefix} " if prefix else "", style="dim")
+    text.append(line, style=style)
+    out.print(text, highlight=False, soft_wrap=True)
+
+
+def _duration_s(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit():
+        raise click.BadParameter(f"expected a number and a unit (s, m, h, d), got {text!r}", param_hint="--since")
+    return int(text[:-1]) * units[text[-1]]
 
 
 def _state(client: Any, name: str) -> str:

@@ -48,6 +48,14 @@ class Settings:
     activation_delay_s: float = 0.0
     # Log one line per request to the console.
     access_log: bool = True
+    # Sandboxes: "auto" (isolated where Linux namespaces work, else the plain-process fallback),
+    # "isolated" or "process".
+    sandbox_backend: str = "auto"
+    # How long an idle warm sandbox is kept before it is reaped.
+    keep_alive_s: float = 300.0
+    # A folder holding boto3 for Python sandboxes (AWS ships it in the runtime); None: the one
+    # `bin/setup` installs beside the virtual environment, if present.
+    python_libs: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -61,6 +69,9 @@ class Settings:
             "account_id": str,
             "region": str,
             "activation_delay_s": float,
+            "sandbox_backend": str,
+            "keep_alive_s": float,
+            "python_libs": Path,
         }
         for name, cast in casts.items():
             raw = env.get(f"FIREBOX_{name.upper()}")
@@ -78,6 +89,8 @@ class Settings:
             raise ValueError(f"invalid region {self.region!r}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"invalid port {self.port}")
+        if self.sandbox_backend not in ("auto", "isolated", "process"):
+            raise ValueError(f"sandbox backend must be auto, isolated or process, got {self.sandbox_backend!r}")
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -2,21 +2,35 @@
 
 Reading this file tells you what runs: which store, which blob store, which components, and
 what each is handed. Cluster roles (PostgreSQL, Redis) will be built here too, from settings.
+Start order is the order of `Platform.parts`; stop is the reverse.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from firebox.arns import Scope
 from firebox.control.registry import Registry
+from firebox.counter.local import LocalCounter
 from firebox.frontend.api import Services
 from firebox.frontend.app import FrontendApp
+from firebox.invoker.invoker import LocalInvoker
+from firebox.logs.store import SqliteLogStore
 from firebox.settings import Settings
 from firebox.store.blobs import LocalBlobStore
 from firebox.store.sqlite import SqliteMetadataStore
 from firebox.worker import host
 from firebox.worker.api import HostRuntimes
+from firebox.worker.backends import choose_backend
+from firebox.worker.codecache import CodeCache
+from firebox.worker.local import LocalWorker
+from firebox.worker.sandbox_api import SandboxBackend
+from firebox.workers.manager import LocalWorkerManager
+
+log = logging.getLogger("firebox")
 
 
 @dataclass
@@ -24,16 +38,30 @@ class Platform:
     settings: Settings
     runtimes: HostRuntimes
     store: SqliteMetadataStore
+    logs: SqliteLogStore
     registry: Registry
+    backend: SandboxBackend
+    worker: LocalWorker
+    workers: LocalWorkerManager
     app: FrontendApp
 
     async def start(self) -> None:
+        await self.logs.start()
         await self.registry.start()
+        await self.workers.start()
 
     async def stop(self) -> None:
         """Stop in reverse order of start; idempotent."""
+        await self.workers.stop()
+        await self.backend.close()
         await self.registry.stop()
+        await self.logs.stop()
         await self.store.close()
+
+
+def default_python_libs() -> Path | None:
+    candidate = Path(sys.prefix) / "firebox-lambda-python"
+    return candidate if candidate.is_dir() else None
 
 
 async def build_platform(settings: Settings) -> Platform:
@@ -42,8 +70,16 @@ async def build_platform(settings: Settings) -> Platform:
     store = SqliteMetadataStore(data_dir / "firebox.db")
     await store.open()
     blobs = LocalBlobStore(data_dir / "blobs")
+    logs = SqliteLogStore(data_dir / "logs.db")
     runtimes = host.probe()
     scope = Scope(account_id=settings.account_id, region=settings.region)
+
+    # choose_backend logs its choice and why (a warning when it falls back to no isolation).
+    backend = choose_backend(None if settings.sandbox_backend == "auto" else settings.sandbox_backend)
+    code_cache = CodeCache(data_dir / "code", blobs, settings.limits)
+    worker = LocalWorker(backend, code_cache, logs, runtimes, python_libs=settings.python_libs or default_python_libs())
+    workers = LocalWorkerManager(worker, keep_alive_s=settings.keep_alive_s)
+
     registry = Registry(
         store,
         blobs,
@@ -52,7 +88,10 @@ async def build_platform(settings: Settings) -> Platform:
         runtimes=runtimes.names,
         architecture=runtimes.architecture,
         activation_delay_s=settings.activation_delay_s,
+        on_change=workers.retire_function,
     )
-    services = Services(registry=registry, scope=scope, limits=settings.limits)
+    counter = LocalCounter(settings.limits.account_concurrency)
+    invoker = LocalInvoker(registry, counter, workers, scope)
+    services = Services(registry=registry, invoker=invoker, logs=logs, scope=scope, limits=settings.limits)
     app = FrontendApp(services, max_request_bytes=settings.limits.max_request_bytes)
-    return Platform(settings=settings, runtimes=runtimes, store=store, registry=registry, app=app)
+    return Platform(settings, runtimes, store, logs, registry, backend, worker, workers, app)

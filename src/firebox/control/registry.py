@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from firebox import codezip
-from firebox.arns import FunctionRef, Scope
+from firebox.arns import LATEST, FunctionRef, Scope
 from firebox.control import account, aliases, functions, validation, versions
 from firebox.control.api import (
     AccountSettings,
@@ -46,13 +46,17 @@ class Registry:
         architecture: str,
         prepare_steps: tuple[PrepareStep, ...] = (),
         activation_delay_s: float = 0.0,
+        on_change: Callable[[str, str | None], None] | None = None,
     ) -> None:
+        """`on_change(name, version)` is told after code or configuration of a version changed
+        or it was deleted (version None: the whole function), so its sandboxes can retire."""
         self._store = store
         self._blobs = blobs
         self._scope = scope
         self._limits = limits
         self._runtimes = runtimes
         self._architecture = architecture
+        self._on_change = on_change or (lambda name, version: None)
         self._preparer = Preparer(
             blobs, limits, self._finish_preparation, steps=prepare_steps, delay_s=activation_delay_s
         )
@@ -175,6 +179,7 @@ class Registry:
 
         result = await self._write(work)
         if not cmd.dry_run:
+            self._on_change(cmd.ref.name, LATEST)
             await self._submit_latest(cmd.ref.name)
         return result
 
@@ -187,6 +192,7 @@ class Registry:
         if "environment" in changes:
             validation.check_environment(changes["environment"], self._limits.max_environment_bytes)  # type: ignore[arg-type]
         result = await self._write(lambda tx: functions.update_configuration(tx, self._scope, cmd))
+        self._on_change(cmd.ref.name, LATEST)
         await self._submit_latest(cmd.ref.name)
         return result
 
@@ -194,6 +200,7 @@ class Registry:
         # Code blobs are left in place: a concurrent create may be about to reference the same
         # content. Unreferenced blobs are collected by a later sweep (not yet implemented).
         await self._write(lambda tx: functions.delete(tx, self._scope, ref))
+        self._on_change(ref.name, ref.qualifier)
 
     # -- versions and aliases ------------------------------------------------------------------
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from firebox.arns import Scope
 from firebox.control.api import Registry
+from firebox.invoker.api import Invoker
+from firebox.logs.api import LogReader
 from firebox.settings import Limits
 
 
@@ -23,6 +25,8 @@ class Services:
     """What handlers may call: the components' contracts, built by `wiring`."""
 
     registry: Registry
+    invoker: Invoker
+    logs: LogReader
     scope: Scope
     limits: Limits
 
@@ -32,6 +36,7 @@ class Request:
     operation: str
     params: dict[str, Any]
     headers: dict[str, str]
+    request_id: str  # also the invocation's request id, echoed in x-amzn-RequestId
     # scheme://host:port as the client reached us (for URLs we hand out, e.g. Code.Location).
     base_url: str
 

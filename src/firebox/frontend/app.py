@@ -22,7 +22,7 @@ from firebox.errors import NotImplementedYet, RequestTooLarge, UnknownOperation
 from firebox.frontend import responses
 from firebox.frontend.api import Handler, Request, Services
 from firebox.frontend.handlers import HANDLERS
-from firebox.frontend.model import ServiceModel, lambda_model
+from firebox.frontend.model import JSON_TARGETS, Operation, ServiceModel, lambda_model
 from firebox.frontend.parse import parse_input
 
 log = logging.getLogger("firebox.access")
@@ -95,21 +95,37 @@ class FrontendApp:
             data = await self._services.registry.code_blob(code.group(1))
             return responses.success(200, data, exchange.request_id, {})
 
-        matched = self._model.match(method, path, query)
-        if matched is None:
-            raise UnknownOperation(f"No Lambda API operation matches {method} {path}.")
-        op, labels = matched
+        target = headers.get("x-amz-target")
+        if method == "POST" and target:
+            model, op, labels = self._route_target(target)
+            content_type = "application/x-amz-json-1.1"
+        else:
+            model = self._model
+            matched = model.match(method, path, query)
+            if matched is None:
+                raise UnknownOperation(f"No Lambda API operation matches {method} {path}.")
+            op, labels = matched
+            content_type = None
         exchange.operation = op.name
         body = await self._read_body(scope, receive, headers, op.name)
-        params = parse_input(self._model, op, labels, query, headers, body)
+        params = parse_input(model, op, labels, query, headers, body)
         handler = self._handlers.get(op.name)
         if handler is None:
             raise NotImplementedYet(f"Firebox does not implement the {op.name} operation yet.")
         host = headers.get("host", f"{scope['server'][0]}:{scope['server'][1]}")
-        request = Request(op.name, params, headers, f"{scope.get('scheme', 'http')}://{host}")
+        request = Request(op.name, params, headers, exchange.request_id, f"{scope.get('scheme', 'http')}://{host}")
         reply = await handler(self._services, request)
         status = op.status if reply.status is None else reply.status
-        return responses.success(status, reply.body, exchange.request_id, reply.headers)
+        extra = reply.headers if content_type is None else {"Content-Type": content_type, **reply.headers}
+        return responses.success(status, reply.body, exchange.request_id, extra)
+
+    def _route_target(self, target: str) -> tuple[ServiceModel, Operation, dict[str, str]]:
+        prefix, _, name = target.partition(".")
+        load = JSON_TARGETS.get(prefix)
+        op = load().operation(name) if load is not None else None
+        if load is None or op is None:
+            raise UnknownOperation(f"Unknown operation {target}.")
+        return load(), op, {}
 
     async def _read_body(self, scope: Scope, receive: Any, headers: dict[str, str], operation: str) -> bytes:
         limit = self._max_request_bytes

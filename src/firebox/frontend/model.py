@@ -41,6 +41,10 @@ class ServiceModel:
     def shape(self, name: str) -> Shape:
         return self.shapes[name]
 
+    def operation(self, name: str) -> Operation | None:
+        """By name, for JSON-protocol services routed by `X-Amz-Target` rather than by path."""
+        return next((op for op in self.operations if op.name == name), None)
+
     def match(self, method: str, raw_path: str, query: dict[str, list[str]]) -> tuple[Operation, dict[str, str]] | None:
         """The operation bound to `method` + `raw_path` and its (still percent-encoded) labels."""
         path = raw_path.rstrip("/") or "/"
@@ -106,3 +110,11 @@ def load(service: str, api_version: str) -> ServiceModel:
 
 def lambda_model() -> ServiceModel:
     return load("lambda", "2015-03-31")
+
+
+def logs_model() -> ServiceModel:
+    return load("logs", "2014-03-28")
+
+
+# JSON 1.1 services are routed by the `X-Amz-Target: <prefix>.<Operation>` header.
+JSON_TARGETS = {"Logs_20140328": logs_model}

@@ -38,9 +38,11 @@ def success(status: int, body: Any, request_id: str, extra: dict[str, str]) -> H
     if body is None:
         return HttpResponse(status, _headers(request_id, extra, None), b"")
     if isinstance(body, bytes):
-        return HttpResponse(status, _headers(request_id, extra, "application/octet-stream"), body)
+        given = any(k.lower() == "content-type" for k in extra)
+        return HttpResponse(status, _headers(request_id, extra, None if given else "application/octet-stream"), body)
     data = json.dumps(body, separators=(",", ":")).encode()
-    return HttpResponse(status, _headers(request_id, extra, "application/json"), data)
+    given = any(k.lower() == "content-type" for k in extra)
+    return HttpResponse(status, _headers(request_id, extra, None if given else "application/json"), data)
 
 
 def failure(exc: BaseException, request_id: str, operation: str | None) -> HttpResponse:

@@ -26,3 +26,26 @@ class LogRecord:
 class LogSink(Protocol):
     def append(self, group: str, stream: str, records: Sequence[LogRecord]) -> None:
         """Queue records for writing; returns at once."""
+
+
+@dataclass(frozen=True)
+class LogEvent:
+    """A stored record: `id` orders the records of a group as they were produced."""
+
+    id: int
+    stream: str
+    timestamp_ms: int
+    message: str
+
+
+class LogReader(Protocol):
+    async def query(
+        self,
+        group: str,
+        *,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        after_id: int = 0,
+        streams: Sequence[str] | None = None,
+        limit: int = 10_000,
+    ) -> list[LogEvent]: ...

@@ -7,7 +7,7 @@ NotImplementedException by the app, never with a fake success.
 from __future__ import annotations
 
 from firebox.frontend.api import Handler
-from firebox.frontend.handlers import aliases, concurrency, functions, tags, versions
+from firebox.frontend.handlers import aliases, concurrency, functions, invoke, logs, tags, versions
 
 HANDLERS: dict[str, Handler] = {
     **functions.HANDLERS,
@@ -15,4 +15,6 @@ HANDLERS: dict[str, Handler] = {
     **aliases.HANDLERS,
     **concurrency.HANDLERS,
     **tags.HANDLERS,
+    **invoke.HANDLERS,
+    **logs.HANDLERS,
 }

@@ -1,0 +1,56 @@
+"""Invoke: parse the request at the edge, hand it to the invoker, shape Lambda's response."""
+
+from __future__ import annotations
+
+import json
+
+from firebox.errors import InvalidRequestContent, NotImplementedYet, RequestTooLarge
+from firebox.frontend.api import Handler, Reply, Request, Services
+from firebox.frontend.handlers.common import function_ref
+from firebox.invoker.api import InvocationType, InvokeRequest
+
+MAX_SYNC_PAYLOAD = 6 * 1024 * 1024
+
+
+def _check_payload(payload: bytes) -> None:
+    if len(payload) > MAX_SYNC_PAYLOAD:
+        raise RequestTooLarge(f"Request must be smaller than {MAX_SYNC_PAYLOAD} bytes for the InvokeFunction operation")
+    if not payload:
+        return
+    try:
+        json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequestContent(f"Could not parse request body into json: Could not parse payload into json: {exc}") from exc
+
+
+async def invoke(services: Services, request: Request) -> Reply:
+    p = request.params
+    invocation_type = InvocationType(p.get("InvocationType", "RequestResponse"))
+    if invocation_type is InvocationType.EVENT:
+        raise NotImplementedYet(
+            "InvocationType Event (asynchronous invocation) is not supported by Firebox yet; "
+            "invoke with RequestResponse."
+        )
+    payload = p.get("Payload") or b""
+    _check_payload(payload)
+    result = await services.invoker.invoke(
+        InvokeRequest(
+            ref=function_ref(services, request),
+            payload=payload,
+            request_id=request.request_id,
+            invocation_type=invocation_type,
+            tail_log=p.get("LogType") == "Tail",
+            client_context=p.get("ClientContext"),
+        )
+    )
+    headers = {"X-Amz-Executed-Version": result.executed_version}
+    if result.function_error:
+        headers["X-Amz-Function-Error"] = result.function_error
+    if result.log_tail is not None:
+        headers["X-Amz-Log-Result"] = result.log_tail
+    if invocation_type is InvocationType.DRY_RUN:
+        return Reply(None, status=204, headers=headers)
+    return Reply(result.payload, status=200, headers={**headers, "Content-Type": "application/json"})
+
+
+HANDLERS: dict[str, Handler] = {"Invoke": invoke}

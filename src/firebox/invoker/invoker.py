@@ -1,0 +1,122 @@
+"""The Frontend Invoker: resolve, authorize, count, lease, invoke, release (see api.py)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import random
+from collections.abc import Callable
+
+from firebox.arns import LATEST, FunctionRef, Scope
+from firebox.control.api import FunctionVersion, Registry, State
+from firebox.counter.api import Counter
+from firebox.errors import InvalidParameterValue, ResourceConflict
+from firebox.invoker.api import InvocationType, InvokeRequest, InvokeResult
+from firebox.workers.api import FunctionSpec, WorkerManager
+
+
+def function_spec(config: FunctionVersion, scope: Scope) -> FunctionSpec:
+    """What a sandbox is made of; `key` changes exactly when a sandbox would behave differently."""
+    environment = dict(config.environment or {})
+    log_group = config.logging.log_group or f"/aws/lambda/{config.name}"
+    identity = json.dumps(
+        [config.name, config.version, config.code_sha256, config.runtime, config.handler, config.memory_size,
+         config.timeout, config.ephemeral_storage, sorted(environment.items()), log_group,
+         config.logging.log_format, config.logging.application_log_level, config.role],
+    )
+    return FunctionSpec(
+        name=config.name,
+        version=config.version,
+        runtime=config.runtime or "",
+        handler=config.handler or "",
+        code_sha256_hex=config.code_sha256_hex,
+        memory_mb=config.memory_size,
+        timeout_s=config.timeout,
+        ephemeral_storage_mb=config.ephemeral_storage,
+        environment=environment,
+        log_group=log_group,
+        log_format=config.logging.log_format,
+        application_log_level=config.logging.application_log_level,
+        region=scope.region,
+        account_id=scope.account_id,
+        key=hashlib.sha256(identity.encode()).hexdigest()[:32],
+    )
+
+
+def decode_client_context(value: str | None) -> str | None:
+    """X-Amz-Client-Context is base64 JSON; the runtime receives the JSON text."""
+    if value is None:
+        return None
+    try:
+        text = base64.b64decode(value, validate=True).decode()
+        json.loads(text)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidParameterValue("Client context must be a valid Base64-encoded JSON object.") from exc
+    return text
+
+
+class LocalInvoker:
+    def __init__(
+        self,
+        registry: Registry,
+        counter: Counter,
+        workers: WorkerManager,
+        scope: Scope,
+        *,
+        choose: Callable[[], float] = random.random,
+    ) -> None:
+        self._registry = registry
+        self._counter = counter
+        self._workers = workers
+        self._scope = scope
+        self._choose = choose
+
+    async def _route(self, ref: FunctionRef) -> FunctionRef:
+        """An alias with weights sends a share of invocations to its additional version."""
+        qualifier = ref.qualifier
+        if qualifier is None or qualifier == LATEST or qualifier.isdigit():
+            return ref
+        alias = await self._registry.get_alias(FunctionRef(ref.name), qualifier)
+        target = alias.function_version
+        roll = self._choose()
+        for version, weight in alias.additional_weights.items():
+            if roll < weight:
+                target = version
+                break
+            roll -= weight
+        return FunctionRef(ref.name, target)
+
+    async def invoke(self, request: InvokeRequest) -> InvokeResult:
+        client_context = decode_client_context(request.client_context)
+        details = await self._registry.get_function(await self._route(request.ref))
+        config = details.config
+        if config.state is State.PENDING:
+            raise ResourceConflict(
+                "The operation cannot be performed at this time. The function is currently in the following state: Pending"
+            )
+        if config.state is State.FAILED:
+            raise ResourceConflict(
+                f"The function could not be invoked because it is in the Failed state: {config.state_reason}"
+            )
+        if request.invocation_type is InvocationType.DRY_RUN:
+            return InvokeResult(b"", config.version)
+        spec = function_spec(config, self._scope)
+        token = await self._counter.acquire_nowait(config.name, details.reserved_concurrency)
+        try:
+            lease = await self._workers.lease(spec)
+            try:
+                outcome = await self._workers.invoke(
+                    lease,
+                    request_id=request.request_id,
+                    payload=request.payload or b"{}",
+                    invoked_arn=self._scope.function_arn(request.ref.name, request.ref.qualifier),
+                    client_context=client_context,
+                )
+            finally:
+                await self._workers.release(lease)
+        finally:
+            await self._counter.release(token)
+        tail = base64.b64encode(outcome.log_tail).decode() if request.tail_log else None
+        return InvokeResult(outcome.payload, config.version, outcome.function_error, tail)

@@ -1,0 +1,260 @@
+"""What both backends share: per-sandbox uids, rlimits, the running-sandbox object."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import grp
+import os
+import pwd
+import resource
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from firebox.errors import ServiceError
+from firebox.worker.cgroups import SandboxCgroup
+from firebox.worker.sandbox_api import SandboxSpec
+
+# Host uids (and gids of the same number) handed to sandboxes, one per live sandbox.
+DEFAULT_UID_RANGE = range(60000, 65000)
+_EXIT_TIMEOUT_S = 5.0
+PR_SET_PDEATHSIG = 1
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+class UidPool:
+    """A free list of host uids for sandboxes. Never hands out a uid or gid that the host's
+    passwd/group databases name, nor the platform's own. A uid comes back (`release`) only once
+    every process that ran under it is gone (the sandbox's `cleanup` makes sure)."""
+
+    def __init__(self, ids: range = DEFAULT_UID_RANGE) -> None:
+        taken = {os.getuid(), os.geteuid(), os.getgid(), os.getegid()}
+        with contextlib.suppress(OSError):
+            taken |= {entry.pw_uid for entry in pwd.getpwall()}
+        with contextlib.suppress(OSError):
+            taken |= {entry.gr_gid for entry in grp.getgrall()}
+        self._free: deque[int] = deque(uid for uid in ids if uid not in taken and uid > 0)
+        self._used: set[int] = set()
+        self.size = len(self._free)
+
+    def allocate(self) -> int:
+        if not self._free:
+            raise ServiceError(f"no free sandbox uid: all {self.size} are in use")
+        uid = self._free.popleft()
+        self._used.add(uid)
+        return uid
+
+    def release(self, uid: int) -> None:
+        if uid in self._used:
+            self._used.remove(uid)
+            self._free.append(uid)  # FIFO: a released uid is reused as late as possible
+
+    @property
+    def in_use(self) -> int:
+        return len(self._used)
+
+
+def check_host_dirs(spec: SandboxSpec) -> None:
+    """FileNotFoundError unless every host directory the sandbox needs exists."""
+    for path in (spec.code_dir, spec.runtime_dir, *(host for host, _ in spec.extra_ro_binds)):
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"sandbox {spec.sandbox_id}: host directory {path} does not exist")
+
+
+def set_rlimits(spec: SandboxSpec, *, per_uid: bool) -> None:
+    """In the child, before exec. RLIMIT_NPROC counts the processes of the real uid, so it is
+    set only when the sandbox runs under its own uid (`per_uid`)."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (spec.max_open_files, spec.max_open_files))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (spec.ephemeral_bytes, spec.ephemeral_bytes))
+    if per_uid:
+        resource.setrlimit(resource.RLIMIT_NPROC, (spec.max_processes, spec.max_processes))
+
+
+def drop_to(uid: int, gid: int) -> None:
+    """In the child, as root: become uid/gid with no supplementary groups."""
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+
+
+def die_with_parent() -> None:
+    """SIGKILL this child when the thread that forked it dies. Call AFTER any uid change (a
+    credential change clears the setting)."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def decode_status(code: int, *, bwrap: bool) -> int:
+    """subprocess-style status: bubblewrap reports a signal death of its command as 128+N."""
+    if bwrap and 128 < code <= 128 + 64:
+        return -(code - 128)
+    return code
+
+
+def make_state_dir(prefix: str) -> Path:
+    """A new `/tmp/<prefix>-<pid>-<random>` directory; first removes those of the same prefix
+    whose pid is dead (a platform killed with -9 cannot clean up after itself)."""
+    base = Path(tempfile.gettempdir())
+    for stale in base.glob(f"{prefix}-*"):
+        pid = stale.name[len(prefix) + 1:].partition("-")[0]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}") and stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}-{os.getpid()}-", dir=base))
+
+
+def make_private_dir(parent: Path, name: str, owner: int | None) -> Path:
+    path = parent / name
+    path.mkdir(mode=0o700)
+    if owner is not None:
+        os.chown(path, owner, owner)
+    return path
+
+
+class RunningSandbox:
+    """The `SandboxProcess` both backends return; backend specifics come in as callables."""
+
+    def __init__(
+        self,
+        *,
+        spec: SandboxSpec,
+        proc: asyncio.subprocess.Process,
+        listener: socket.socket,
+        address: str,
+        cgroup: SandboxCgroup | None,
+        uid: int | None,
+        bwrap: bool,
+        extra_kill: Callable[[], bool],
+        release_uid: Callable[[int], None],
+        on_cleanup: Callable[[RunningSandbox], None],
+        private_dirs: tuple[Path, ...] = (),
+        closers: tuple[Callable[[], None], ...] = (),
+        leftovers_of_uid: bool = False,
+    ) -> None:
+        self.spec = spec
+        self.sandbox_id = spec.sandbox_id
+        self.pid = proc.pid
+        self.runtime_api = listener
+        self.runtime_api_address = address
+        assert proc.stdout is not None and proc.stderr is not None
+        self.stdout: asyncio.StreamReader = proc.stdout
+        self.stderr: asyncio.StreamReader = proc.stderr
+        self.uid = uid
+        self.cgroup = cgroup
+        self.started_at = time.monotonic()
+        self._proc = proc
+        self._bwrap = bwrap
+        self._extra_kill = extra_kill
+        self._release_uid = release_uid
+        self._on_cleanup = on_cleanup
+        self._private_dirs = private_dirs
+        self._closers = closers
+        self._leftovers_of_uid = leftovers_of_uid
+        self._cleanup: asyncio.Future[None] | None = None
+        self._status: int | None = None
+
+    @property
+    def returncode(self) -> int | None:
+        """The decoded status once `wait` saw the exit, else None."""
+        return self._status
+
+    async def wait(self) -> int:
+        code = await self._proc.wait()
+        self._status = decode_status(code, bwrap=self._bwrap)
+        return self._status
+
+    def kill(self) -> None:
+        # `extra_kill` True: it ends the whole sandbox by itself (bwrap: SIGKILL to the pid
+        # namespace's init), and the launcher then exits on its own once every process of the
+        # sandbox is gone, so `wait()` returning means all of them are. Killing the launcher
+        # too would let `wait()` return while the namespace is still being torn down.
+        ends_all = self._extra_kill()
+        spare = frozenset({self._proc.pid}) if ends_all else frozenset()
+        if not ends_all and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+        if self.cgroup is not None and not self.cgroup.removed:
+            self.cgroup.kill(exclude=spare)
+
+    def memory_peak_bytes(self) -> int | None:
+        return self.cgroup.memory_peak() if self.cgroup is not None else None
+
+    def reset_memory_peak(self) -> None:
+        if self.cgroup is not None:
+            self.cgroup.reset_memory_peak()
+
+    def oom_kills(self) -> int:
+        return self.cgroup.oom_kills() if self.cgroup is not None else 0
+
+    async def cleanup(self) -> None:
+        if self._cleanup is None:
+            self._cleanup = asyncio.ensure_future(self._do_cleanup())
+        await asyncio.shield(self._cleanup)
+
+    async def _do_cleanup(self) -> None:
+        if self._proc.returncode is None:
+            self.kill()
+        deadline = time.monotonic() + _EXIT_TIMEOUT_S
+        while True:
+            try:
+                await asyncio.wait_for(self.wait(), timeout=0.25)
+                break
+            except asyncio.TimeoutError:
+                if time.monotonic() > deadline:
+                    break
+                self.kill()
+        transport = getattr(self._proc, "_transport", None)
+        if transport is not None:
+            transport.close()  # the pipes: the platform may not have read them to EOF
+        self.runtime_api.close()
+        for close in self._closers:
+            with contextlib.suppress(OSError):
+                close()
+        all_gone = self._proc.returncode is not None
+        if self.cgroup is not None:
+            all_gone = await self.cgroup.remove() and all_gone
+        if self._leftovers_of_uid and self.uid is not None:
+            all_gone = await _kill_uid(self.uid) and all_gone
+        for directory in self._private_dirs:
+            shutil.rmtree(directory, ignore_errors=True)
+        if self.uid is not None and all_gone:
+            self._release_uid(self.uid)  # else quarantined: never reused by this backend
+        self._on_cleanup(self)
+
+
+def pids_of_uid(uid: int) -> list[int]:
+    """Live host pids owned by `uid` (a /proc scan: the fallback when no cgroup exists)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != uid:
+                continue
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                state = stat.read().rpartition(b")")[2].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in (b"Z", b"X"):  # a zombie holds nothing; its parent reaps it
+            found.append(int(entry))
+    return found
+
+
+async def _kill_uid(uid: int, timeout_s: float = _EXIT_TIMEOUT_S) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while pids := pids_of_uid(uid):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True

@@ -1,0 +1,233 @@
+"""The Lambda Runtime API (2018-06-01), served to one sandbox on the socket its backend made.
+
+    GET  /2018-06-01/runtime/invocation/next            long poll: the next event
+    POST /2018-06-01/runtime/invocation/{id}/response   202: the function's result
+    POST /2018-06-01/runtime/invocation/{id}/error      202: the function's error
+    POST /2018-06-01/runtime/init/error                 202: init failed (the runtime then exits)
+
+Byte-compatible with AWS: the `Lambda-Runtime-*` headers on `/next`, `{"status":"OK"}` on 202,
+`{"errorMessage","errorType"}` on 4xx, 413 for a response over the 6 MB limit. Any runtime that
+speaks this (our bootstraps, AWS's `awslambdaric`, a shell script with curl) works unmodified.
+
+A `RuntimeChannel` is the sandbox's side of the conversation: `deliver()` hands an invocation to
+the runtime's pending (or next) `/next`, and the invocation's `outcome` future resolves when the
+runtime posts its response or error. The HTTP side is a small asyncio Protocol on httptools, no
+framework: this hop is on every invocation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from dataclasses import dataclass, field
+
+import httptools
+
+MAX_RESPONSE_BYTES = 6 * 1024 * 1024
+_PREFIX = "/2018-06-01/runtime"
+_INVOCATION_PATH = re.compile(_PREFIX + r"/invocation/([^/]+)/(response|error)")
+
+
+@dataclass
+class Invocation:
+    request_id: str
+    payload: bytes
+    deadline_ms: int
+    invoked_function_arn: str
+    trace_id: str
+    client_context: str | None = None  # JSON text
+    cognito_identity: str | None = None  # JSON text
+    outcome: asyncio.Future[RuntimeOutcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+@dataclass(frozen=True)
+class RuntimeOutcome:
+    """What the runtime said about one invocation."""
+
+    payload: bytes
+    error_type: str | None = None  # set when the runtime posted /error (or the response was too big)
+
+
+class RuntimeChannel:
+    """One sandbox's Runtime API state: init progress, the event handed out, pending outcomes."""
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future[None] = loop.create_future()  # first /next = init done
+        self.init_error: asyncio.Future[RuntimeOutcome] = loop.create_future()
+        self._events: asyncio.Queue[Invocation] = asyncio.Queue(maxsize=1)
+        self._in_flight: dict[str, Invocation] = {}
+
+    def deliver(self, invocation: Invocation) -> None:
+        """Queue the event for the runtime's `/next`; a sandbox runs one invocation at a time."""
+        self._in_flight[invocation.request_id] = invocation
+        self._events.put_nowait(invocation)
+
+    def forget(self, request_id: str) -> None:
+        self._in_flight.pop(request_id, None)
+
+    async def next_event(self) -> Invocation:
+        if not self.ready.done():
+            self.ready.set_result(None)
+        return await self._events.get()
+
+    def complete(self, request_id: str, outcome: RuntimeOutcome) -> bool:
+        invocation = self._in_flight.pop(request_id, None)
+        if invocation is None or invocation.outcome.done():
+            return False
+        invocation.outcome.set_result(outcome)
+        return True
+
+    def fail_init(self, outcome: RuntimeOutcome) -> None:
+        if not self.init_error.done():
+            self.init_error.set_result(outcome)
+
+
+def _response(status: int, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+    reason = {200: "OK", 202: "Accepted", 400: "Bad Request", 404: "Not Found", 413: "Request Entity Too Large",
+              500: "Internal Server Error"}.get(status, "Status")
+    lines = [f"HTTP/1.1 {status} {reason}", "Content-Type: application/json", f"Content-Length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+_ACCEPTED = _response(202, b'{"status":"OK"}')
+
+
+def _error(status: int, error_type: str, message: str) -> bytes:
+    return _response(status, json.dumps({"errorMessage": message, "errorType": error_type}).encode())
+
+
+class _Request:
+    __slots__ = ("method", "url", "headers", "body", "size", "too_large")
+
+    def __init__(self) -> None:
+        self.method = ""
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
+        self.size = 0
+        self.too_large = False
+
+
+class RuntimeApiProtocol(asyncio.Protocol):
+    """One connection from the runtime. Requests on a connection are answered in order."""
+
+    def __init__(self, channel: RuntimeChannel) -> None:
+        self._channel = channel
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._current = _Request()
+        self._queue: asyncio.Queue[_Request] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._worker = asyncio.create_task(self._serve())
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._write(_error(400, "InvalidRequest", "Malformed HTTP request"))
+            self._close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if self._worker is not None:
+            self._worker.cancel()
+
+    # -- httptools callbacks -------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._current = _Request()
+
+    def on_url(self, url: bytes) -> None:
+        self._current.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._current.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        request = self._current
+        request.size += len(body)
+        if request.size > MAX_RESPONSE_BYTES:
+            request.too_large = True
+            request.body.clear()
+        elif not request.too_large:
+            request.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._current.method = self._parser.get_method().decode()
+        self._queue.put_nowait(self._current)
+
+    # -- handling ------------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        while True:
+            request = await self._queue.get()
+            self._write(await self._handle(request))
+
+    async def _handle(self, request: _Request) -> bytes:
+        path = request.url.decode("latin-1").split("?", 1)[0]
+        if request.method == "GET" and path == f"{_PREFIX}/invocation/next":
+            return self._next_response(await self._channel.next_event())
+        if request.method == "POST" and path == f"{_PREFIX}/init/error":
+            error_type = request.headers.get("lambda-runtime-function-error-type", "Runtime.Unknown")
+            self._channel.fail_init(RuntimeOutcome(b"".join(request.body), error_type))
+            return _ACCEPTED
+        found = _INVOCATION_PATH.fullmatch(path)
+        if request.method == "POST" and found:
+            request_id, kind = found.groups()
+            if request.too_large:
+                outcome = RuntimeOutcome(
+                    json.dumps({
+                        "errorMessage": f"Response payload size ({request.size} bytes) exceeded maximum "
+                                        f"allowed payload size ({MAX_RESPONSE_BYTES} bytes).",
+                        "errorType": "Function.ResponseSizeTooLarge",
+                    }).encode(),
+                    "Function.ResponseSizeTooLarge",
+                )
+                self._channel.complete(request_id, outcome)
+                return _error(413, "RequestEntityTooLarge",
+                              f"Exceeded maximum allowed payload size ({MAX_RESPONSE_BYTES} bytes).")
+            body = b"".join(request.body)
+            if kind == "response":
+                outcome = RuntimeOutcome(body)
+            else:
+                error_type = request.headers.get("lambda-runtime-function-error-type", "Unhandled")
+                outcome = RuntimeOutcome(body, error_type)
+            if not self._channel.complete(request_id, outcome):
+                return _error(400, "InvalidRequestID", "Invalid request ID")
+            return _ACCEPTED
+        return _error(404, "InvalidRequest", f"No Runtime API route for {request.method} {path}")
+
+    def _next_response(self, invocation: Invocation) -> bytes:
+        headers = {
+            "Lambda-Runtime-Aws-Request-Id": invocation.request_id,
+            "Lambda-Runtime-Deadline-Ms": str(invocation.deadline_ms),
+            "Lambda-Runtime-Invoked-Function-Arn": invocation.invoked_function_arn,
+            "Lambda-Runtime-Trace-Id": invocation.trace_id,
+        }
+        if invocation.client_context is not None:
+            headers["Lambda-Runtime-Client-Context"] = invocation.client_context
+        if invocation.cognito_identity is not None:
+            headers["Lambda-Runtime-Cognito-Identity"] = invocation.cognito_identity
+        return _response(200, invocation.payload, headers)
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def _close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+async def serve(channel: RuntimeChannel, sock: object) -> asyncio.AbstractServer:
+    """Serve the Runtime API for one sandbox on its (already listening) socket."""
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: RuntimeApiProtocol(channel), sock=sock)  # type: ignore[arg-type]

@@ -1,0 +1,150 @@
+"""The sandbox layer's parts on their own: the spec's validation, the seccomp program, the
+private network namespace, the cgroup driver, the uid pool, exit-status decoding."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from firebox.errors import ServiceError
+from firebox.worker import netns, seccomp
+from firebox.worker.backends._common import UidPool, decode_status
+from firebox.worker.cgroups import CgroupDriver, CgroupsUnavailable
+from firebox.worker.sandbox_api import SandboxBackend
+from sandbox_helpers import make_spec
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+def test_spec_is_validated_and_frozen(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path)
+    with pytest.raises(AttributeError):
+        spec.memory_mb = 1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        spec.environment["X"] = "y"  # type: ignore[index]
+    assert spec.memory_bytes == 256 * 1024 * 1024
+    bad = [
+        dict(sandbox_id="XYZ"),
+        dict(command=("python3", "x.py")),
+        dict(command=()),
+        dict(environment={"AWS_LAMBDA_RUNTIME_API": "1.2.3.4:1"}),
+        dict(environment={"BAD=NAME": "x"}),
+        dict(environment={"A": "nul\0"}),
+        dict(memory_mb=0),
+        dict(runtime_dir=Path("relative")),
+        dict(extra_ro_binds=((Path("/x"), "/var/task"),)),
+        dict(extra_ro_binds=((Path("/x"), "relative"),)),
+    ]
+    for override in bad:
+        with pytest.raises(ValueError):
+            make_spec(tmp_path, **override)
+
+
+def test_seccomp_program_is_compiled_once_and_served_per_sandbox() -> None:
+    program = seccomp.compiled_filter()
+    assert program and len(program) % 8 == 0  # struct sock_filter is 8 bytes
+    assert seccomp.compiled_filter() is program
+    fd = seccomp.filter_fd()
+    try:
+        assert os.read(fd, len(program) + 1) == program
+    finally:
+        os.close(fd)
+    assert "mount" in seccomp.DENIED and "personality" not in seccomp.DENIED
+
+
+@root_only
+@pytest.mark.parametrize("method", ["thread", "fork"])
+def test_private_loopback_lives_in_its_own_namespace(method: str) -> None:
+    net = netns.create_private_loopback(method=method)
+    try:
+        assert net.address == "127.0.0.1:9001"
+        assert net.listener.getblocking() is False
+        assert os.readlink(f"/proc/self/fd/{net.netns_fd}") != os.readlink("/proc/self/ns/net")
+        # A thread that joins the namespace reaches the listener there; the namespace has lo up.
+        seen: list[object] = []
+
+        def inside() -> None:
+            try:
+                netns.enter_netns(net.netns_fd)
+                with socket.create_connection(("127.0.0.1", 9001), timeout=5) as conn:
+                    conn.sendall(b"hi")
+                seen.append(socket.if_nameindex())
+            except BaseException as exc:  # noqa: BLE001
+                seen.append(exc)
+
+        thread = threading.Thread(target=inside)
+        thread.start()
+        thread.join()
+        assert seen == [[(1, "lo")]], seen
+        net.listener.setblocking(True)
+        conn, _ = net.listener.accept()
+        assert conn.recv(2) == b"hi"
+        conn.close()
+    finally:
+        net.close()
+    net.close_netns_fd()  # idempotent
+
+
+@root_only
+def test_cgroup_driver_limits_and_removal() -> None:
+    try:
+        driver = CgroupDriver.detect()
+    except CgroupsUnavailable as exc:
+        pytest.skip(f"no writable cgroups here: {exc}")
+    try:
+        group = driver.create("0" * 32, memory_bytes=64 * 1024 * 1024, max_pids=7)
+        memory = group.dirs[0]
+        if driver.version == 1:
+            assert int((memory / "memory.limit_in_bytes").read_text()) == 64 * 1024 * 1024
+        else:
+            assert int((memory / "memory.max").read_text()) == 64 * 1024 * 1024
+        if "pids" in driver.controllers:
+            assert (group.dirs[-1] / "pids.max").read_text().strip() == "7"
+        assert group.oom_kills() == 0 and group.pids() == set()
+        assert asyncio.run(group.remove())
+        assert not any(d.exists() for d in group.dirs)
+        assert group.memory_peak() is None
+    finally:
+        driver.close()
+    assert not any(d.exists() for d in driver.instance_dirs)
+
+
+def test_uid_pool_skips_known_ids_and_reuses_late() -> None:
+    import pwd
+
+    known = pwd.getpwall()[0].pw_uid  # root's, on any host
+    assert UidPool(range(known, known + 1)).size == 0
+    assert UidPool(range(os.getuid(), os.getuid() + 1)).size == 0
+    pool = UidPool(range(64990, 64993))
+    first = pool.allocate()
+    pool.release(first)
+    second = pool.allocate()
+    assert second != first  # FIFO: a released uid goes to the back
+    pool.release(second)
+    pool.release(second)  # idempotent
+    assert pool.in_use == 0
+    with pytest.raises(ServiceError, match="no free sandbox uid"):
+        UidPool(range(known, known + 1)).allocate()
+
+
+def test_exit_status_decoding() -> None:
+    assert decode_status(0, bwrap=True) == 0
+    assert decode_status(1, bwrap=True) == 1
+    assert decode_status(137, bwrap=True) == -9
+    assert decode_status(128, bwrap=True) == 128
+    assert decode_status(-9, bwrap=False) == -9
+
+
+def test_backends_satisfy_the_protocol() -> None:
+    from firebox.worker.backends import IsolatedBackend, ProcessBackend
+
+    for cls in (IsolatedBackend, ProcessBackend):
+        for name in ("spawn", "statistics", "close"):
+            assert callable(getattr(cls, name))
+        assert isinstance(cls.name, str) and isinstance(cls.isolated, bool)
+    assert SandboxBackend is not None
