@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import stat
 import sys
@@ -268,6 +269,25 @@ def logs(endpoint: str, name: str, follow: bool, since: str) -> None:
         if not follow:
             return
         time.sleep(0.5)
+
+
+@main.command()
+@click.pass_obj
+def events(endpoint: str) -> None:
+    """Asynchronous events per function: queued, in flight, retrying, failed, succeeded."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{endpoint.rstrip('/')}/_firebox/events", timeout=10) as answer:
+            stats = json.loads(answer.read())
+    except urllib.error.URLError as exc:
+        err.print(f"[red]error: cannot reach Firebox at {escape(endpoint)}: {escape(str(exc.reason))}[/red]")
+        sys.exit(1)
+    table = Table("function", "queued", "in flight", "retrying", "failed", "succeeded")
+    for name, counts in stats.items():
+        table.add_row(Text(name), *(str(counts[k]) for k in ("queued", "in_flight", "retrying", "failed", "succeeded")))
+    out.print(table if table.row_count else "no asynchronous events")
 
 
 def _print_log_line(line: str, prefix: str | None = None) -> None:

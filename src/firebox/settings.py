@@ -56,6 +56,12 @@ class Settings:
     # A folder holding boto3 for Python sandboxes (AWS ships it in the runtime); None: the one
     # `bin/setup` installs beside the virtual environment, if present.
     python_libs: Path | None = None
+    # Asynchronous invocation: the first retry of a failed event waits this long, the second
+    # twice as long (Lambda: about 1 and 2 minutes); events in flight at once, overall and per
+    # function (the per-function cap keeps one function's flood from starving the others).
+    async_retry_base_s: float = 60.0
+    async_concurrency: int = 32
+    async_per_function: int = 8
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -72,6 +78,9 @@ class Settings:
             "sandbox_backend": str,
             "keep_alive_s": float,
             "python_libs": Path,
+            "async_retry_base_s": float,
+            "async_concurrency": int,
+            "async_per_function": int,
         }
         for name, cast in casts.items():
             raw = env.get(f"FIREBOX_{name.upper()}")

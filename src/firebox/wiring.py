@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from firebox.arns import Scope
+from firebox.asyncinvoke.destinations import Targets
+from firebox.asyncinvoke.dispatcher import DispatchSettings, Dispatcher
+from firebox.asyncinvoke.queue import StoreEventQueue
+from firebox.asyncinvoke.service import AsyncInvokeService
 from firebox.control.registry import Registry
 from firebox.counter.local import LocalCounter
 from firebox.frontend.api import Services
@@ -43,15 +47,18 @@ class Platform:
     backend: SandboxBackend
     worker: LocalWorker
     workers: LocalWorkerManager
+    events: AsyncInvokeService
     app: FrontendApp
 
     async def start(self) -> None:
         await self.logs.start()
         await self.registry.start()
         await self.workers.start()
+        await self.events.start()
 
     async def stop(self) -> None:
         """Stop in reverse order of start; idempotent."""
+        await self.events.stop()
         await self.workers.stop()
         await self.backend.close()
         await self.registry.stop()
@@ -92,6 +99,17 @@ async def build_platform(settings: Settings) -> Platform:
     )
     counter = LocalCounter(settings.limits.account_concurrency)
     invoker = LocalInvoker(registry, counter, workers, scope)
-    services = Services(registry=registry, invoker=invoker, logs=logs, scope=scope, limits=settings.limits)
+
+    queue = StoreEventQueue(store)
+    events = AsyncInvokeService(queue, registry)
+    dispatch = DispatchSettings(
+        retry_base_s=settings.async_retry_base_s,
+        concurrency=settings.async_concurrency,
+        per_function=settings.async_per_function,
+    )
+    events.attach(Dispatcher(queue, invoker, registry, Targets(scope, events.accept), scope, dispatch))
+
+    services = Services(registry=registry, invoker=invoker, events=events, logs=logs, scope=scope,
+                        limits=settings.limits)
     app = FrontendApp(services, max_request_bytes=settings.limits.max_request_bytes)
-    return Platform(settings, runtimes, store, logs, registry, backend, worker, workers, app)
+    return Platform(settings, runtimes, store, logs, registry, backend, worker, workers, events, app)

@@ -90,7 +90,9 @@ def delete(tx: Tx, scope: Scope, ref: FunctionRef, name: str) -> None:
     _unqualified(ref)
     load(tx, scope, ref.name)
     # Deleting an alias that does not exist succeeds, as on AWS.
-    tx.delete(ALIAS, records.function_scope(scope.account_id, ref.name), name)
+    fscope = records.function_scope(scope.account_id, ref.name)
+    tx.delete(ALIAS, fscope, name)
+    tx.delete(records.EVENT_CONFIG, fscope, name)
 
 
 def listing(

@@ -171,6 +171,19 @@ class UpdateConfiguration:
 
 
 @dataclass(frozen=True)
+class EventInvokeConfig:
+    """Asynchronous invocation settings of one qualifier; None fields take Lambda's defaults
+    (2 retries, 6 hours). Destinations are ARNs."""
+
+    qualifier: str = "$LATEST"
+    maximum_retry_attempts: int | None = None
+    maximum_event_age_s: int | None = None
+    on_success: str | None = None
+    on_failure: str | None = None
+    last_modified: float = 0.0
+
+
+@dataclass(frozen=True)
 class Page:
     items: tuple[object, ...]
     next_marker: str | None
@@ -229,6 +242,15 @@ class Registry(Protocol):
     async def tag(self, ref: FunctionRef, tags: Mapping[str, str]) -> None: ...
     async def untag(self, ref: FunctionRef, keys: list[str]) -> None: ...
     async def list_tags(self, ref: FunctionRef) -> Mapping[str, str]: ...
+
+    async def put_event_invoke_config(self, ref: FunctionRef, config: EventInvokeConfig, *, merge: bool) -> EventInvokeConfig:
+        """Put replaces (merge=False); Update merges into an existing one (merge=True)."""
+
+    async def get_event_invoke_config(self, ref: FunctionRef) -> EventInvokeConfig: ...
+    async def delete_event_invoke_config(self, ref: FunctionRef) -> None: ...
+    async def list_event_invoke_configs(self, ref: FunctionRef, *, marker: str | None, max_items: int) -> Page: ...
+    async def find_event_invoke_config(self, ref: FunctionRef) -> EventInvokeConfig | None:
+        """The configuration that applies to an event invoked as `ref` (None: defaults)."""
 
     async def start(self) -> None:
         """Start background work (preparation) and resume what a previous run left Pending."""

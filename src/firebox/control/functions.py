@@ -20,7 +20,7 @@ from firebox.control.api import (
     UpdateCode,
     UpdateConfiguration,
 )
-from firebox.control.records import ALIAS, FUNCTION, VERSION, FunctionRecord
+from firebox.control.records import ALIAS, EVENT_CONFIG, FUNCTION, VERSION, FunctionRecord
 from firebox.errors import InvalidParameterValue, PreconditionFailed, ResourceConflict, ResourceNotFound
 from firebox.store.api import Tx
 
@@ -171,6 +171,7 @@ def delete(tx: Tx, scope: Scope, ref: FunctionRef) -> list[str]:
         tx.delete(FUNCTION, scope.account_id, ref.name)
         tx.delete_scope(VERSION, fscope)
         tx.delete_scope(ALIAS, fscope)
+        tx.delete_scope(EVENT_CONFIG, fscope)
         return [h for h in hashes if not code_in_use(tx, scope, h)]
     if ref.qualifier == LATEST:
         raise InvalidParameterValue("$LATEST version cannot be deleted without deleting the function.")
@@ -189,6 +190,7 @@ def delete(tx: Tx, scope: Scope, ref: FunctionRef) -> list[str]:
             f"Unable to delete version because the following aliases reference it: [{', '.join(users)}]"
         )
     tx.delete(VERSION, fscope, records.version_key(ref.qualifier))
+    tx.delete(EVENT_CONFIG, fscope, ref.qualifier)
     return [doc["code_sha256"]] if not code_in_use(tx, scope, doc["code_sha256"]) else []
 
 

@@ -4,6 +4,7 @@
     function   <account>             <name>              FunctionRecord: $LATEST + function-wide data
     version    <account>/<name>      <version, 10 digits> FunctionVersion (immutable once written)
     alias      <account>/<name>      <alias name>        Alias
+    event-config <account>/<name>    <qualifier>         EventInvokeConfig
 
 Version keys are zero-padded so that the store's byte order is numeric order.
 """
@@ -22,6 +23,7 @@ from firebox.store.api import Document
 FUNCTION = "function"
 VERSION = "version"
 ALIAS = "alias"
+EVENT_CONFIG = "event-config"
 
 
 def function_scope(account_id: str, name: str) -> str:

@@ -14,10 +14,11 @@ from typing import TypeVar
 
 from firebox import codezip
 from firebox.arns import LATEST, FunctionRef, Scope
-from firebox.control import account, aliases, functions, validation, versions
+from firebox.control import account, aliases, eventconfig, functions, validation, versions
 from firebox.control.api import (
     AccountSettings,
     Alias,
+    EventInvokeConfig,
     CodeInput,
     CreateFunction,
     FunctionDetails,
@@ -271,3 +272,20 @@ class Registry:
 
     async def list_tags(self, ref: FunctionRef) -> Mapping[str, str]:
         return await self._read(lambda tx: account.list_tags(tx, self._scope, ref))
+
+    # -- asynchronous invocation settings ------------------------------------------------------
+
+    async def put_event_invoke_config(self, ref: FunctionRef, config: EventInvokeConfig, *, merge: bool) -> EventInvokeConfig:
+        return await self._write(lambda tx: eventconfig.put(tx, self._scope, ref, config, merge=merge))
+
+    async def get_event_invoke_config(self, ref: FunctionRef) -> EventInvokeConfig:
+        return await self._read(lambda tx: eventconfig.get(tx, self._scope, ref))
+
+    async def delete_event_invoke_config(self, ref: FunctionRef) -> None:
+        await self._write(lambda tx: eventconfig.delete(tx, self._scope, ref))
+
+    async def list_event_invoke_configs(self, ref: FunctionRef, *, marker: str | None, max_items: int) -> Page:
+        return await self._read(lambda tx: eventconfig.listing(tx, self._scope, ref, marker=marker, max_items=max_items))
+
+    async def find_event_invoke_config(self, ref: FunctionRef) -> EventInvokeConfig | None:
+        return await self._read(lambda tx: eventconfig.find(tx, self._scope, ref))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from firebox.arns import Scope
+from firebox.asyncinvoke.api import AsyncInvoker
 from firebox.control.api import Registry
 from firebox.invoker.api import Invoker
 from firebox.logs.api import LogReader
@@ -26,6 +27,7 @@ class Services:
 
     registry: Registry
     invoker: Invoker
+    events: AsyncInvoker
     logs: LogReader
     scope: Scope
     limits: Limits

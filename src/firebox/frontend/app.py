@@ -2,14 +2,16 @@
 
     receive body (bounded) -> route by the service model -> parse + validate -> handler -> respond
 
-Platform routes outside the Lambda API: `GET /health` (200 once the platform has started) and
-`GET /_firebox/code/<sha256 hex>` (the zip behind GetFunction's `Code.Location`).
+Platform routes outside the Lambda API: `GET /health` (200 once the platform has started),
+`GET /_firebox/code/<sha256 hex>` (the zip behind GetFunction's `Code.Location`) and
+`GET /_firebox/events` (asynchronous events per function, for `firebox events`).
 Framework-free on purpose: routing is data from the service model, and the invoke hot path
 should not pay for a framework's middleware stack.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -90,6 +92,11 @@ class FrontendApp:
             status = 200 if self.ready else 503
             exchange.operation = "Health"
             return responses.success(status, {"status": "ok" if self.ready else "starting"}, exchange.request_id, {})
+        if method == "GET" and path == "/_firebox/events":
+            exchange.operation = "EventStatistics"
+            stats = await self._services.events.statistics()
+            body = {name: dataclasses.asdict(s) for name, s in stats.items()}
+            return responses.success(200, body, exchange.request_id, {})
         if method == "GET" and (code := _CODE_PATH.fullmatch(path)):
             exchange.operation = "GetCodePackage"
             data = await self._services.registry.code_blob(code.group(1))

@@ -7,7 +7,7 @@ NotImplementedException by the app, never with a fake success.
 from __future__ import annotations
 
 from firebox.frontend.api import Handler
-from firebox.frontend.handlers import aliases, concurrency, functions, invoke, logs, tags, versions
+from firebox.frontend.handlers import aliases, concurrency, eventconfig, functions, invoke, logs, tags, versions
 
 HANDLERS: dict[str, Handler] = {
     **functions.HANDLERS,
@@ -16,5 +16,6 @@ HANDLERS: dict[str, Handler] = {
     **concurrency.HANDLERS,
     **tags.HANDLERS,
     **invoke.HANDLERS,
+    **eventconfig.HANDLERS,
     **logs.HANDLERS,
 }

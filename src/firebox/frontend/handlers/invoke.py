@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from firebox.errors import InvalidRequestContent, NotImplementedYet, RequestTooLarge
+from firebox.errors import InvalidRequestContent, RequestTooLarge
 from firebox.frontend.api import Handler, Reply, Request, Services
 from firebox.frontend.handlers.common import function_ref
 from firebox.invoker.api import InvocationType, InvokeRequest
@@ -15,6 +15,10 @@ MAX_SYNC_PAYLOAD = 6 * 1024 * 1024
 def _check_payload(payload: bytes) -> None:
     if len(payload) > MAX_SYNC_PAYLOAD:
         raise RequestTooLarge(f"Request must be smaller than {MAX_SYNC_PAYLOAD} bytes for the InvokeFunction operation")
+    _check_json(payload)
+
+
+def _check_json(payload: bytes) -> None:
     if not payload:
         return
     try:
@@ -26,12 +30,11 @@ def _check_payload(payload: bytes) -> None:
 async def invoke(services: Services, request: Request) -> Reply:
     p = request.params
     invocation_type = InvocationType(p.get("InvocationType", "RequestResponse"))
-    if invocation_type is InvocationType.EVENT:
-        raise NotImplementedYet(
-            "InvocationType Event (asynchronous invocation) is not supported by Firebox yet; "
-            "invoke with RequestResponse."
-        )
     payload = p.get("Payload") or b""
+    if invocation_type is InvocationType.EVENT:
+        _check_json(payload)
+        await services.events.accept(function_ref(services, request), payload, request.request_id)
+        return Reply(None, status=202)
     _check_payload(payload)
     result = await services.invoker.invoke(
         InvokeRequest(
@@ -53,4 +56,12 @@ async def invoke(services: Services, request: Request) -> Reply:
     return Reply(result.payload, status=200, headers={**headers, "Content-Type": "application/json"})
 
 
-HANDLERS: dict[str, Handler] = {"Invoke": invoke}
+async def invoke_async(services: Services, request: Request) -> Reply:
+    """The deprecated InvokeAsync: an Event invocation answered with status 202."""
+    payload = request.params.get("InvokeArgs") or b""
+    _check_json(payload)
+    await services.events.accept(function_ref(services, request, qualifier=False), payload, request.request_id)
+    return Reply(None, status=202)
+
+
+HANDLERS: dict[str, Handler] = {"Invoke": invoke, "InvokeAsync": invoke_async}

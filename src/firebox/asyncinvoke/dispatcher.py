@@ -1,0 +1,243 @@
+"""Dispatchers: drain the event queue through the synchronous invoke path, with Lambda's retries.
+
+Scheduling
+----------
+One loop owns all dispatching. Each pass lists the functions that have due events, starting the
+list one further along each pass (rotation), and claims for each function at most
+`per_function - in_flight(function)` events while the global `concurrency` has room. Each claimed
+event runs as its own task in the dispatcher's task group; a finished task wakes the loop, and
+so does every accepted event, so a pass follows any change at once. With nothing to do the loop
+sleeps until the next due time (a retry or a backoff), or `idle_poll_s` at most.
+
+Fairness bound (what the fairness test checks): a function g with an event due while another
+function f floods the queue waits for at most one pass, provided fewer than `concurrency`
+events are in flight: f can never hold more than `per_function` of the `concurrency` slots.
+A pass costs a few store reads (milliseconds), so g's event starts within ~tens of ms of being
+accepted, plus its own cold start, however deep f's backlog is.
+
+Retry arithmetic (Lambda's): function errors are retried `retry_base_s * attempt` after the
+failure (60 s then 120 s by default); throttles and platform errors back off
+`min(1 s * 2^(n-1), 300 s)` and do not count as attempts.
+
+Known caveats: events are at-least-once. An event whose invocation finished but whose
+completion was not yet committed when the server died runs again after restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from firebox.arns import LATEST, FunctionRef, Scope
+from firebox.asyncinvoke.api import QueuedEvent
+from firebox.asyncinvoke.destinations import Response, Targets, destination_record
+from firebox.asyncinvoke.queue import StoreEventQueue
+from firebox.control.api import EventInvokeConfig, Registry
+from firebox.errors import ApiError, ResourceNotFound, TooManyRequests
+from firebox.invoker.api import InvocationType, Invoker, InvokeRequest
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RETRIES = 2
+DEFAULT_MAX_AGE_S = 21600
+# A claim outlives the longest invocation (900 s) so that a live dispatcher never loses its
+# events to another; a dead one's are re-queued at the next start.
+LEASE_MS = 930_000
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    retry_base_s: float = 60.0
+    max_backoff_s: float = 300.0
+    concurrency: int = 32
+    per_function: int = 8
+    idle_poll_s: float = 1.0
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        queue: StoreEventQueue,
+        invoker: Invoker,
+        registry: Registry,
+        targets: Targets,
+        scope: Scope,
+        settings: DispatchSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._queue = queue
+        self._invoker = invoker
+        self._registry = registry
+        self._targets = targets
+        self._scope = scope
+        self._settings = settings
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._in_flight: dict[str, int] = defaultdict(int)
+        self._rotation = 0
+        self._loop_task: asyncio.Task[None] | None = None
+        self._runs: set[asyncio.Task[None]] = set()
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    @property
+    def in_flight(self) -> int:
+        return sum(self._in_flight.values())
+
+    async def start(self) -> None:
+        if self._loop_task is None:
+            await self._queue.requeue_orphans(self._now_ms())
+            self._loop_task = asyncio.create_task(self._run_forever(), name="firebox-dispatcher")
+
+    async def stop(self) -> None:
+        """Stop claiming; cancel running events (they stay claimed and are re-queued at the
+        next start, so nothing accepted is lost)."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        for task in list(self._runs):
+            task.cancel()
+        await asyncio.gather(*self._runs, return_exceptions=True)
+
+    async def _run_forever(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self._pass()
+                timeout = await self._sleep_s()
+            except Exception:  # the store hiccuped: try again shortly, never die
+                log.exception("dispatch pass failed")
+                timeout = self._settings.idle_poll_s
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+
+    async def _sleep_s(self) -> float:
+        next_due = await self._queue.next_due_ms()
+        if next_due is None:
+            return self._settings.idle_poll_s
+        return max(0.0, min(self._settings.idle_poll_s, (next_due - self._now_ms()) / 1000))
+
+    async def _pass(self) -> None:
+        now = self._now_ms()
+        functions = await self._queue.due_functions(now)
+        if not functions:
+            return
+        start = self._rotation % len(functions)
+        self._rotation += 1
+        for name in functions[start:] + functions[:start]:
+            room = min(self._settings.per_function - self._in_flight[name], self._settings.concurrency - self.in_flight)
+            if room <= 0:
+                continue
+            for event in await self._queue.claim(name, now, room, LEASE_MS):
+                self._in_flight[name] += 1
+                task = asyncio.create_task(self._run(event))
+                self._runs.add(task)
+                task.add_done_callback(self._runs.discard)
+
+    # -- one event -----------------------------------------------------------------------------
+
+    async def _run(self, event: QueuedEvent) -> None:
+        try:
+            await self._attempt(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # leave it claimed: it is re-queued at the next start
+            log.exception("event %s of %s failed unexpectedly", event.request_id, event.function_name)
+        finally:
+            self._in_flight[event.function_name] -= 1
+            if not self._in_flight[event.function_name]:
+                del self._in_flight[event.function_name]
+            self._wake.set()
+
+    async def _attempt(self, event: QueuedEvent) -> None:
+        config = await self._config(event.ref)
+        max_age_ms = (config.maximum_event_age_s or DEFAULT_MAX_AGE_S) * 1000
+        retries = DEFAULT_RETRIES if config.maximum_retry_attempts is None else config.maximum_retry_attempts
+        if self._now_ms() - event.enqueued_at_ms > max_age_ms:
+            await self._fail(event, config, "EventAgeExceeded", None)
+            return
+        try:
+            result = await self._invoker.invoke(
+                InvokeRequest(event.ref, event.payload, event.request_id, InvocationType.REQUEST_RESPONSE)
+            )
+        except ResourceNotFound:
+            log.warning("dropping event %s: function %s no longer exists", event.request_id, event.function_name)
+            await self._queue.finish(event, succeeded=False)
+            return
+        except TooManyRequests:
+            if await self._zero_reserved(event.function_name):
+                await self._fail(event, config, "ZeroReservedConcurrency", None)
+            else:
+                await self._back_off(event)
+            return
+        except ApiError as exc:  # Pending, a platform error: not the function's fault
+            log.info("event %s of %s: %s; backing off", event.request_id, event.function_name, exc.message)
+            await self._back_off(event)
+            return
+        response = Response(result.payload, result.executed_version, result.function_error)
+        if result.function_error is None:
+            if config.on_success:
+                record = destination_record(event, self._arn(event), "Success", event.attempts + 1, response)
+                await self._targets.deliver(config.on_success, record, what="a success record")
+            await self._queue.finish(event, succeeded=True)
+            return
+        attempts = event.attempts + 1
+        if attempts <= retries:
+            due = self._now_ms() + int(self._settings.retry_base_s * attempts * 1000)
+            await self._queue.reschedule(event, due_ms=due, attempts=attempts, system_retries=event.system_retries)
+            return
+        await self._fail(dataclasses.replace(event, attempts=attempts), config, "RetriesExhausted", response)
+
+    async def _back_off(self, event: QueuedEvent) -> None:
+        retries = event.system_retries + 1
+        delay_s = min(self._settings.max_backoff_s, 2 ** (retries - 1))
+        await self._queue.reschedule(
+            event, due_ms=self._now_ms() + int(delay_s * 1000), attempts=event.attempts, system_retries=retries
+        )
+
+    async def _fail(self, event: QueuedEvent, config: EventInvokeConfig, condition: str, response: Response | None) -> None:
+        if config.on_failure:
+            record = destination_record(event, self._arn(event), condition, event.attempts, response)
+            await self._targets.deliver(config.on_failure, record, what=f"a {condition} record")
+        dead_letter = await self._dead_letter_target(event.ref)
+        if dead_letter:
+            await self._targets.deliver(dead_letter, event.payload, what="a dead letter")
+        if not config.on_failure and not dead_letter:
+            log.warning("event %s of %s dropped: %s", event.request_id, event.function_name, condition)
+        await self._queue.finish(event, succeeded=False)
+
+    async def _config(self, ref: FunctionRef) -> EventInvokeConfig:
+        try:
+            return await self._registry.find_event_invoke_config(ref) or EventInvokeConfig()
+        except ApiError:
+            return EventInvokeConfig()
+
+    async def _zero_reserved(self, name: str) -> bool:
+        try:
+            return await self._registry.get_reserved_concurrency(FunctionRef(name)) == 0
+        except ApiError:
+            return False
+
+    async def _dead_letter_target(self, ref: FunctionRef) -> str | None:
+        try:
+            config, _ = await self._registry.get_configuration(ref)
+        except ApiError:
+            return None
+        return config.dead_letter_target_arn
+
+    def _arn(self, event: QueuedEvent) -> str:
+        return self._scope.function_arn(event.function_name, event.qualifier or LATEST)
+
