@@ -38,7 +38,7 @@ def _lock_data_dir(data_dir: Path) -> IO[str]:
     return handle
 
 
-async def _announce(server: uvicorn.Server, settings: Settings) -> None:
+async def _announce(server: uvicorn.Server, settings: Settings, sandboxes: str) -> None:
     while not server.started:
         if server.should_exit:
             return
@@ -50,7 +50,8 @@ async def _announce(server: uvicorn.Server, settings: Settings) -> None:
         f"  boto3:   boto3.client('lambda', endpoint_url='{endpoint}', region_name='{settings.region}',\n"
         "                        aws_access_key_id='test', aws_secret_access_key='test')\n"
         f"  AWS CLI: aws --endpoint-url {endpoint} --region {settings.region} lambda list-functions\n"
-        f"  data:    {settings.data_dir.resolve()}",
+        f"  data:    {settings.data_dir.resolve()}\n"
+        f"  sandbox: {sandboxes}",
         flush=True,
     )
 
@@ -72,7 +73,9 @@ async def _run(settings: Settings) -> None:
         timeout_graceful_shutdown=10,
     )
     server = uvicorn.Server(config)
-    announce = asyncio.create_task(_announce(server, settings))
+    backend = platform.backend
+    sandboxes = backend.reason if backend.isolated else f"NOT ISOLATED: {backend.reason}"
+    announce = asyncio.create_task(_announce(server, settings, sandboxes))
     try:
         await server.serve()
     finally:
