@@ -9,7 +9,9 @@
     │   ├── InvalidRequestContent     400 InvalidRequestContentException: the body is not the
     │   │                                 JSON the operation takes (syntax, types, unknown fields)
     │   ├── UnsupportedMediaType      415 UnsupportedMediaTypeException
-    │   ├── RequestTooLarge           413 RequestTooLargeException
+    │   ├── RequestTooLarge           413 RequestTooLargeException: an invoke payload over its limit
+    │   ├── RequestEntityTooLarge     413 RequestEntityTooLargeException: a request body over
+    │   │                                 the API's limit (69,905,067 bytes)
     │   ├── ResourceNotFound          404 ResourceNotFoundException
     │   ├── ResourceConflict          409 ResourceConflictException: exists, or an update runs
     │   ├── PreconditionFailed        412 PreconditionFailedException: stale RevisionId
@@ -74,6 +76,10 @@ class UnsupportedMediaType(ApiError):
 
 class RequestTooLarge(ApiError):
     code, status = "RequestTooLargeException", 413
+
+
+class RequestEntityTooLarge(ApiError):
+    code, status = "RequestEntityTooLargeException", 413
 
 
 class ResourceNotFound(ApiError):

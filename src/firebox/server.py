@@ -7,10 +7,13 @@ only starts them in order, announces the endpoint, and stops them in reverse ord
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -56,6 +59,24 @@ async def _announce(server: uvicorn.Server, settings: Settings, sandboxes: str) 
     )
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGINT/SIGTERM once `serve()` returns, which would kill the process
+    before the platform stops; here a signal only asks the server to exit, and `_run` then
+    stops the platform and returns normally (exit status 0)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGINT, signal.SIGTERM)
+        for sig in signals:
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+
 async def _run(settings: Settings) -> None:
     platform = await build_platform(settings)
     runtimes = ", ".join(sorted(platform.runtimes.names))
@@ -72,7 +93,7 @@ async def _run(settings: Settings) -> None:
         log_config=None,
         timeout_graceful_shutdown=10,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     backend = platform.backend
     sandboxes = backend.reason if backend.isolated else f"NOT ISOLATED: {backend.reason}"
     announce = asyncio.create_task(_announce(server, settings, sandboxes))

@@ -13,7 +13,7 @@ from firebox.control import records
 from firebox.control.api import FunctionVersion, Page, State, UpdateStatus
 from firebox.control.functions import check_revision, decode_marker, encode_marker, load, save
 from firebox.control.records import VERSION
-from firebox.errors import InvalidParameterValue, PreconditionFailed, ResourceConflict
+from firebox.errors import InvalidParameterValue, ResourceConflict
 from firebox.store.api import Tx
 
 
@@ -40,9 +40,9 @@ def publish(
         )
     check_revision(latest.revision_id, revision_id)
     if code_sha256 is not None and code_sha256 != latest.code_sha256:
-        raise PreconditionFailed(
+        raise InvalidParameterValue(
             f"CodeSHA256 ({code_sha256}) is different from current CodeSHA256 in $LATEST "
-            f"({latest.code_sha256}). Please try again with the CodeSHA256 value"
+            f"({latest.code_sha256}). Please try again with the CodeSHA256 in $LATEST."
         )
     fingerprint = records.fingerprint(latest)
     fscope = records.function_scope(scope.account_id, ref.name)

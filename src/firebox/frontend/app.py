@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from firebox.errors import NotImplementedYet, RequestTooLarge, UnknownOperation
+from firebox.errors import NotImplementedYet, RequestEntityTooLarge, UnknownOperation
 from firebox.frontend import responses
 from firebox.frontend.api import Handler, Request, Services
 from firebox.frontend.handlers import HANDLERS
@@ -136,7 +136,7 @@ class FrontendApp:
 
     async def _read_body(self, scope: Scope, receive: Any, headers: dict[str, str], operation: str) -> bytes:
         limit = self._max_request_bytes
-        too_large = RequestTooLarge(f"Request must be smaller than {limit} bytes for the {operation} operation")
+        too_large = RequestEntityTooLarge(f"Request must be smaller than {limit} bytes for the {operation} operation")
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise too_large

@@ -183,8 +183,15 @@ def _camel(path: str) -> str:
     return ".".join(p[:1].lower() + p[1:] for p in path.split("."))
 
 
+# Java's Unicode property classes, which the service models use inside character classes, in
+# Python's `re` terms: letters and numbers are word characters, separators are white space.
+_JAVA_CLASSES = {r"\p{L}": r"\w", r"\p{N}": r"\w", r"\p{Z}": r"\s"}
+
+
 @cache
 def _regex(pattern: str) -> re.Pattern[str]:
+    for java, python in _JAVA_CLASSES.items():
+        pattern = pattern.replace(java, python)
     return re.compile(pattern)
 
 

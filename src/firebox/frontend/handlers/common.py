@@ -8,6 +8,8 @@ from firebox.arns import FunctionRef, parse_function_name
 from firebox.frontend.api import Request, Services
 
 DEFAULT_MAX_ITEMS = 50
+# Lambda's list operations return at most 50 items per page, whatever MaxItems asks for.
+PAGE_CAP = 50
 
 
 def function_ref(services: Services, request: Request, *, qualifier: bool = True) -> FunctionRef:
@@ -17,7 +19,8 @@ def function_ref(services: Services, request: Request, *, qualifier: bool = True
 
 
 def page_args(params: dict[str, Any]) -> dict[str, Any]:
-    return {"marker": params.get("Marker") or None, "max_items": params.get("MaxItems") or DEFAULT_MAX_ITEMS}
+    max_items = min(params.get("MaxItems") or DEFAULT_MAX_ITEMS, PAGE_CAP)
+    return {"marker": params.get("Marker") or None, "max_items": max_items}
 
 
 def with_marker(body: dict[str, Any], next_marker: str | None) -> dict[str, Any]:
