@@ -6,9 +6,10 @@ its lease end and stamps `claimed_by` with this queue's run id; finishing delete
 rescheduling moves it to its new due time, unclaimed. Succeeded and failed counts are kept per
 function (kind `async-count`) for `statistics()`.
 
-Durability at speed: `enqueue` joins a group commit. The first caller starts a commit; callers
-that arrive while it runs are committed together in the next one; each returns when its own
-commit is durable. Throughput then grows with load while every 202 still follows an fsync.
+Durability at speed: every write (enqueue, claim, finish, reschedule) joins a group commit. The
+first caller starts a commit; callers that arrive while it runs are committed together in the
+next one; each returns when its own commit is durable. Throughput then grows with load while
+every 202 still follows an fsync, and dispatching does not cost one fsync per step.
 """
 
 from __future__ import annotations
@@ -17,14 +18,18 @@ import asyncio
 import base64
 import dataclasses
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from firebox.asyncinvoke.api import FunctionEventStats, QueuedEvent
 from firebox.store.api import MetadataStore, Tx
 
 EVENT = "async-event"
 COUNT = "async-count"
+
+
+T = TypeVar("T")
+_Pending = tuple[Callable[[Tx], Any], "asyncio.Future[Any]"]
 
 
 def _key(event: QueuedEvent) -> str:
@@ -49,36 +54,47 @@ class StoreEventQueue:
     def __init__(self, store: MetadataStore) -> None:
         self._store = store
         self.run_id = uuid.uuid4().hex
-        self._pending: list[tuple[QueuedEvent, asyncio.Future[None]]] = []
+        self._pending: list[_Pending] = []
         self._committer: asyncio.Task[None] | None = None
 
-    # -- enqueue with group commit -------------------------------------------------------------
+    # -- group commit --------------------------------------------------------------------------
 
-    async def enqueue(self, event: QueuedEvent) -> None:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((event, done))
+    async def _commit(self, work: Callable[[Tx], T]) -> T:
+        """Run `work` in the next shared transaction and return its result once that is durable."""
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((work, done))
         if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(self._commit_pending())
-        await asyncio.shield(done)
+        return await asyncio.shield(done)
 
     async def _commit_pending(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
 
-            def work(tx: Tx, batch: list[tuple[QueuedEvent, asyncio.Future[None]]] = batch) -> None:
-                for event, _ in batch:
-                    tx.put(EVENT, event.function_name, _key(event), _to_doc(event))
+            def together(tx: Tx, batch: list[_Pending] = batch) -> list[Any]:
+                return [work(tx) for work, _ in batch]
 
             try:
-                await self._store.atomically(work)
-            except Exception as exc:  # nobody's event is accepted: every caller gets the error
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(exc)
+                results = await self._store.atomically(together)
+            except Exception:
+                # One unit failed and took the batch down with it: run each alone, so only the
+                # failing one's caller gets the error.
+                for work, done in batch:
+                    try:
+                        result = await self._store.atomically(work)
+                    except Exception as exc:
+                        if not done.done():
+                            done.set_exception(exc)
+                    else:
+                        if not done.done():
+                            done.set_result(result)
                 continue
-            for _, done in batch:
+            for (_, done), result in zip(batch, results, strict=True):
                 if not done.done():
-                    done.set_result(None)
+                    done.set_result(result)
+
+    async def enqueue(self, event: QueuedEvent) -> None:
+        await self._commit(lambda tx: tx.put(EVENT, event.function_name, _key(event), _to_doc(event)))
 
     # -- dispatching ---------------------------------------------------------------------------
 
@@ -86,9 +102,10 @@ class StoreEventQueue:
         def work(tx: Tx) -> list[str]:
             due = []
             for scope in tx.scopes(EVENT):
-                # Unclaimed due events sort first: a claimed event's key is its lease end.
+                # A claimed event's key is its lease end, so any event whose key is due is
+                # claimable: unclaimed, or claimed by a dispatcher whose lease expired.
                 rows = tx.scan(EVENT, scope, limit=1)
-                if rows and _due(rows[0][0]) <= now_ms and rows[0][1]["claimed_by"] is None:
+                if rows and _due(rows[0][0]) <= now_ms:
                     due.append(scope)
             return due
 
@@ -100,15 +117,13 @@ class StoreEventQueue:
             for key, doc in tx.scan(EVENT, function_name, limit=limit):
                 if _due(key) > now_ms:
                     break
-                if doc["claimed_by"] is not None:
-                    continue
                 event = dataclasses.replace(_from_doc(doc), due_ms=now_ms + lease_ms, claimed_by=self.run_id)
                 tx.delete(EVENT, function_name, key)
                 tx.put(EVENT, function_name, _key(event), _to_doc(event))
                 claimed.append(event)
             return claimed
 
-        return await self._store.atomically(work)
+        return await self._commit(work)
 
     async def finish(self, event: QueuedEvent, *, succeeded: bool = True) -> None:
         def work(tx: Tx) -> None:
@@ -117,7 +132,7 @@ class StoreEventQueue:
             counts["succeeded" if succeeded else "failed"] += 1
             tx.put(COUNT, "", event.function_name, counts)
 
-        await self._store.atomically(work)
+        await self._commit(work)
 
     async def reschedule(self, event: QueuedEvent, *, due_ms: int, attempts: int, system_retries: int) -> None:
         moved = dataclasses.replace(event, due_ms=due_ms, attempts=attempts, system_retries=system_retries,
@@ -127,7 +142,7 @@ class StoreEventQueue:
             tx.delete(EVENT, event.function_name, _key(event))
             tx.put(EVENT, event.function_name, _key(moved), _to_doc(moved))
 
-        await self._store.atomically(work)
+        await self._commit(work)
 
     async def next_due_ms(self) -> int | None:
         def work(tx: Tx) -> int | None:

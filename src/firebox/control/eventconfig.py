@@ -56,8 +56,13 @@ def _from_doc(doc: dict[str, object]) -> EventInvokeConfig:
 
 def put(tx: Tx, scope: Scope, ref: FunctionRef, config: EventInvokeConfig, *, merge: bool) -> EventInvokeConfig:
     resolve(tx, scope, ref)  # the function and the qualifier must exist
-    check_destination(scope, config.on_success)
-    check_destination(scope, config.on_failure)
+    given = (config.maximum_retry_attempts, config.maximum_event_age_s, config.on_success, config.on_failure)
+    if all(value is None for value in given):
+        raise InvalidParameterValue("You must specify at least one of error handling or destination setting.")
+    for destination in (config.on_success, config.on_failure):
+        check_destination(scope, destination)
+        if destination and parse_function_arn(destination, scope).name == ref.name:
+            raise InvalidParameterValue("You can't specify the function as a destination for itself.")
     fscope = records.function_scope(scope.account_id, ref.name)
     key = _qualifier(ref)
     current = tx.get(EVENT_CONFIG, fscope, key)
