@@ -242,33 +242,131 @@ def invoke(endpoint: str, name: str, payload: str, qualifier: str | None, tail: 
 
 @main.command()
 @click.argument("name")
-@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines as they arrive.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines as they arrive (Ctrl-C stops).")
 @click.option("--since", default="1h", show_default=True, help="How far back: 30s, 10m, 2h, 1d.")
+@click.option("--filter", "pattern", metavar="PATTERN",
+              help='CloudWatch filter pattern: terms, "a phrase", ?either ?or, -not, { $.level = "ERROR" }.')
+@click.option("--request-id", metavar="ID", help="Only that invocation: START..REPORT and the lines carrying ID.")
 @click.pass_obj
-def logs(endpoint: str, name: str, follow: bool, since: str) -> None:
-    """Print the log of function NAME (group /aws/lambda/NAME)."""
+def logs(endpoint: str, name: str, follow: bool, since: str, pattern: str | None, request_id: str | None) -> None:
+    """Print the log of function NAME (its LoggingConfig.LogGroup, else /aws/lambda/NAME), or of
+    the log group NAME when it starts with '/'. REPORT lines are cyan, errors red."""
     client = _client("logs", endpoint)
-    group = name if name.startswith("/") else f"/aws/lambda/{name}"
+    group = _log_group(endpoint, name)
     start_ms = int((time.time() - _duration_s(since)) * 1000)
-    seen: set[str] = set()
+    try:
+        if request_id:
+            _print_invocation(client, group, request_id.strip(), start_ms, follow)
+        else:
+            _tail(client, group, start_ms, pattern or "", follow)
+    except KeyboardInterrupt:  # Ctrl-C ends --follow: not an error
+        pass
+
+
+FOLLOW_POLL_S = 0.5
+FOLLOW_SLACK_MS = 1000
+
+
+def _tail(client: Any, group: str, start_ms: int, pattern: str, follow: bool) -> None:
+    """Poll FilterLogEvents from the newest timestamp seen (less a slack, for records committed
+    a little after later ones) and skip the event ids already printed, as `aws logs tail
+    --follow` does."""
+    seen: dict[str, int] = {}
+    cursor = start_ms
     while True:
-        kwargs: dict[str, Any] = {"logGroupName": group, "startTime": start_ms}
-        while True:
-            page = client.filter_log_events(**kwargs)
-            for event in page["events"]:
-                if event["eventId"] in seen:
-                    continue
-                seen.add(event["eventId"])
-                start_ms = max(start_ms, event["timestamp"])
-                stream = event["logStreamName"].rsplit("]", 1)[-1][:8]
-                for line in event["message"].rstrip("\n").split("\n"):
-                    _print_log_line(line, prefix=stream)
-            if "nextToken" not in page:
-                break
-            kwargs["nextToken"] = page["nextToken"]
+        for event in _log_events(client, group, max(start_ms, cursor - FOLLOW_SLACK_MS), pattern, quiet=follow):
+            if event["eventId"] not in seen:
+                seen[event["eventId"]] = event["timestamp"]
+                cursor = max(cursor, event["timestamp"])
+                _print_event(event)
         if not follow:
             return
-        time.sleep(0.5)
+        seen = {k: ts for k, ts in seen.items() if ts >= cursor - FOLLOW_SLACK_MS}
+        time.sleep(FOLLOW_POLL_S)
+
+
+def _log_group(endpoint: str, name: str) -> str:
+    if name.startswith("/"):
+        return name
+    try:
+        config = _lambda_client(endpoint).get_function_configuration(FunctionName=name)
+    except ClientError:  # deleted (its logs stay), or not a function name at all
+        return f"/aws/lambda/{name}"
+    return str(config.get("LoggingConfig", {}).get("LogGroup") or f"/aws/lambda/{name}")
+
+
+def _log_events(client: Any, group: str, start_ms: int, pattern: str, *, quiet: bool = False,
+                streams: list[str] | None = None, end_ms: int | None = None) -> list[dict[str, Any]]:
+    """Every event of FilterLogEvents from `start_ms`, all pages; [] while the group does not
+    exist (said once on stderr unless `quiet`)."""
+    kwargs: dict[str, Any] = {"logGroupName": group, "startTime": start_ms, "filterPattern": pattern}
+    if streams:
+        kwargs["logStreamNames"] = streams
+    if end_ms is not None:
+        kwargs["endTime"] = end_ms
+    events: list[dict[str, Any]] = []
+    try:
+        for page in client.get_paginator("filter_log_events").paginate(**kwargs):
+            events += page["events"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
+            raise
+        if not quiet:
+            err.print(Text(f"no log group {group} (nothing logged yet)", style="dim"))
+    return events
+
+
+def _print_invocation(client: Any, group: str, request_id: str, start_ms: int, follow: bool) -> None:
+    """START..REPORT of `request_id` in its stream, plus every line carrying the id (found with
+    the quoted filter pattern "<id>"); with --follow, until its REPORT line arrives."""
+    shown: set[str] = set()
+    while True:
+        events = {e["eventId"]: e for e in _log_events(client, group, start_ms, f'"{request_id}"', quiet=follow)}
+        start = next((e for e in events.values() if _platform_line(e["message"], "START", request_id)), None)
+        report = next((e for e in events.values() if _platform_line(e["message"], "REPORT", request_id)), None)
+        if start is not None:
+            end_ms = report["timestamp"] if report is not None else None
+            for e in _log_events(client, group, start["timestamp"], "", streams=[start["logStreamName"]], end_ms=end_ms):
+                if _order(start) <= _order(e) and (report is None or _order(e) <= _order(report)):
+                    events[e["eventId"]] = e
+        for event in sorted(events.values(), key=_order):
+            if event["eventId"] not in shown:
+                shown.add(event["eventId"])
+                _print_event(event)
+        if report is not None or not follow:
+            if not shown:
+                err.print(Text(f"no log lines of request {request_id} in {group}", style="dim"))
+            return
+        time.sleep(FOLLOW_POLL_S)
+
+
+def _order(event: dict[str, Any]) -> tuple[int, int, str]:
+    event_id = event["eventId"]
+    return event["timestamp"], int(event_id) if event_id.isdigit() else 0, event_id
+
+
+def _platform_line(message: str, kind: str, request_id: str) -> bool:
+    """START / REPORT of `request_id`, as text or as LogFormat=JSON's platform records."""
+    if message.startswith(f"{kind} RequestId: {request_id}"):
+        return True
+    if not message.startswith('{"time"'):
+        return False
+    try:
+        record = json.loads(message)
+    except ValueError:
+        return False
+    kinds = {"START": "platform.start", "REPORT": "platform.report"}
+    return (isinstance(record, dict) and record.get("type") == kinds[kind]
+            and isinstance(record.get("record"), dict) and record["record"].get("requestId") == request_id)
+
+
+def _print_event(event: dict[str, Any]) -> None:
+    """One event: the sandbox's short id, then its lines (a traceback is one event, one style)."""
+    stream = event["logStreamName"].rsplit("]", 1)[-1][:8]
+    lines = event["message"].rstrip("\n").split("\n")
+    style = _log_style(lines[0]) or _log_style(event["message"])
+    for line in lines:
+        _print_log_line(line, prefix=stream, style=style)
 
 
 @main.command()
@@ -290,16 +388,22 @@ def events(endpoint: str) -> None:
     out.print(table if table.row_count else "no asynchronous events")
 
 
-def _print_log_line(line: str, prefix: str | None = None) -> None:
-    style = None
-    if line.startswith("REPORT "):
-        style = "cyan"
-    elif line.startswith(("START ", "END ")):
-        style = "dim"
-    elif "[ERROR]" in line or "\tERROR\t" in line or "Error" in line.split("\t")[0]:
-        style = "red"
+def _log_style(line: str) -> str | None:
+    """cyan for REPORT (text or JSON), dim for START / END, red for errors, else None."""
+    if line.startswith("REPORT ") or line.startswith('{"time"') and '"type":"platform.report"' in line:
+        return "cyan"
+    if line.startswith(("START ", "END ")) or line.startswith('{"time"') and '"type":"platform.' in line:
+        return "dim"
+    head = line.split("\t", 1)[0]
+    if ("[ERROR]" in line or "[CRITICAL]" in line or "\tERROR\t" in line or "Error" in head
+            or "Task timed out" in line or '"level":"ERROR"' in line or '"level": "ERROR"' in line):
+        return "red"
+    return None
+
+
+def _print_log_line(line: str, prefix: str | None = None, style: str | None = None) -> None:
     text = Text(f"{prefix} " if prefix else "", style="dim")
-    text.append(line, style=style)
+    text.append(line, style=style or _log_style(line))
     out.print(text, highlight=False, soft_wrap=True)
 
 

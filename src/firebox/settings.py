@@ -56,6 +56,8 @@ class Settings:
     # A folder holding boto3 for Python sandboxes (AWS ships it in the runtime); None: the one
     # `bin/setup` installs beside the virtual environment, if present.
     python_libs: Path | None = None
+    # How often the log store deletes events older than their group's RetentionInDays.
+    log_sweep_interval_s: float = 60.0
     # Asynchronous invocation: the first retry of a failed event waits this long, the second
     # twice as long (Lambda: about 1 and 2 minutes); events in flight at once, overall and per
     # function (the per-function cap keeps one function's flood from starving the others).
@@ -78,6 +80,7 @@ class Settings:
             "sandbox_backend": str,
             "keep_alive_s": float,
             "python_libs": Path,
+            "log_sweep_interval_s": float,
             "async_retry_base_s": float,
             "async_concurrency": int,
             "async_per_function": int,

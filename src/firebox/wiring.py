@@ -77,7 +77,7 @@ async def build_platform(settings: Settings) -> Platform:
     store = SqliteMetadataStore(data_dir / "firebox.db")
     await store.open()
     blobs = LocalBlobStore(data_dir / "blobs")
-    logs = SqliteLogStore(data_dir / "logs.db")
+    logs = SqliteLogStore(data_dir / "logs.db", sweep_interval_s=settings.log_sweep_interval_s)
     runtimes = host.probe()
     scope = Scope(account_id=settings.account_id, region=settings.region)
 

@@ -34,6 +34,8 @@ from firebox.store.api import BlobStore, MetadataStore, Tx
 
 T = TypeVar("T")
 
+CACHE_ENTRIES = 10_000
+
 
 class Registry:
     def __init__(
@@ -58,6 +60,7 @@ class Registry:
         self._runtimes = runtimes
         self._architecture = architecture
         self._on_change = on_change or (lambda name, version: None)
+        self._cache: dict[tuple[str, ...], object] = {}
         self._preparer = Preparer(
             blobs, limits, self._finish_preparation, steps=prepare_steps, delay_s=activation_delay_s
         )
@@ -85,7 +88,25 @@ class Registry:
         return await self._write(lambda tx: functions.finish_preparation(tx, self._scope, name, revision_id, error))
 
     async def _write(self, work: Callable[[Tx], T]) -> T:
-        return await self._store.atomically(work)
+        try:
+            return await self._store.atomically(work)
+        finally:
+            # Any write may change what a cached read saw: forget them all (writes are rare
+            # next to invocations, which read the same few functions over and over).
+            self._cache.clear()
+
+    async def _cached(self, key: tuple[str, ...], work: Callable[[Tx], T]) -> T:
+        """A read for the invoke path, served from memory until the next write.
+
+        Known caveat: valid while this process is the only writer (the single-machine
+        topology). Cluster frontends will need the store to announce changes."""
+        if key in self._cache:
+            return self._cache[key]  # type: ignore[no-any-return]
+        if len(self._cache) >= CACHE_ENTRIES:
+            self._cache.clear()
+        value = await self._store.read(work)
+        self._cache[key] = value
+        return value
 
     async def _read(self, work: Callable[[Tx], T]) -> T:
         return await self._store.read(work)
@@ -156,7 +177,8 @@ class Registry:
             self._preparer.submit(details.config)
 
     async def get_function(self, ref: FunctionRef) -> FunctionDetails:
-        return await self._read(lambda tx: functions.details(tx, self._scope, ref))
+        key = ("details", ref.name, ref.qualifier or "")
+        return await self._cached(key, lambda tx: functions.details(tx, self._scope, ref))
 
     async def get_configuration(self, ref: FunctionRef) -> tuple[FunctionVersion, str | None]:
         return await self._read(lambda tx: functions.resolve(tx, self._scope, ref))
@@ -223,7 +245,8 @@ class Registry:
         return await self._write(lambda tx: aliases.create(tx, self._scope, ref, name, version, description, weights or {}))
 
     async def get_alias(self, ref: FunctionRef, name: str) -> Alias:
-        return await self._read(lambda tx: aliases.get(tx, self._scope, ref, name))
+        key = ("alias", ref.name, ref.qualifier or "", name)
+        return await self._cached(key, lambda tx: aliases.get(tx, self._scope, ref, name))
 
     async def update_alias(
         self,

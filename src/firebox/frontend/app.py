@@ -62,7 +62,8 @@ class FrontendApp:
         try:
             response = await self._handle(scope, receive, exchange)
         except Exception as exc:  # every failure becomes a response; the server goes on
-            response = responses.failure(exc, request_id, exchange.operation)
+            json_protocol = any(k == b"x-amz-target" for k, _ in scope["headers"])
+            response = responses.failure(exc, request_id, exchange.operation, json_protocol=json_protocol)
         await send({"type": "http.response.start", "status": response.status, "headers": response.headers})
         await send({"type": "http.response.body", "body": response.body})
         elapsed_ms = (time.perf_counter() - started) * 1000

@@ -45,10 +45,15 @@ def success(status: int, body: Any, request_id: str, extra: dict[str, str]) -> H
     return HttpResponse(status, _headers(request_id, extra, None if given else "application/json"), data)
 
 
-def failure(exc: BaseException, request_id: str, operation: str | None) -> HttpResponse:
+def failure(exc: BaseException, request_id: str, operation: str | None, *, json_protocol: bool = False) -> HttpResponse:
+    """`json_protocol`: the request came through `X-Amz-Target` (JSON 1.1 services such as
+    CloudWatch Logs), whose clients read the error code from `__type` in the body."""
     if not isinstance(exc, ApiError):
         log.error("unexpected error in %s (request %s)", operation or "request", request_id, exc_info=exc)
         exc = ServiceError("An internal error occurred in Firebox; the server log has the details.")
     headers = {"x-amzn-ErrorType": exc.code, **exc.headers()}
-    data = json.dumps(exc.body(), separators=(",", ":")).encode()
+    body = exc.body()
+    if json_protocol:
+        body = {"__type": exc.code, **body}
+    data = json.dumps(body, separators=(",", ":")).encode()
     return HttpResponse(exc.status, _headers(request_id, headers, "application/json"), data)

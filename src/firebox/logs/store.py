@@ -1,117 +1,327 @@
 """Log records in their own SQLite database, written in batches off the invocation path.
 
-`append` only puts records in a bounded in-memory buffer and wakes the writer task; the writer
-commits whatever accumulated in one transaction on the store's own thread. When the buffer is
-full (a function flooding its output faster than the disk takes it), new records are dropped and
-counted, and one notice record per stream says how many were lost: memory stays bounded and
-nothing blocks the invocation.
+    append_lines (event loop, never blocks) -> bounded buffer of segments -> writer task ->
+    writer thread (one transaction per batch)
+    reads -> reader thread (own connection: WAL lets reads run while a batch is written)
+    sweeper task -> writer thread (retention, the rest of deleted groups)
 
-Schema: `events(id INTEGER PRIMARY KEY, log_group, stream, ts, message)` with an index on
-(log_group, ts) for time queries and (log_group, stream, id) for stream reads; `id` orders
-records of one stream as they were produced.
+The buffer holds segments (the records of one read of a pipe, sharing a timestamp), so the
+event loop spends a few operations per read, not per line, and a flood costs it little.
+
+Back-pressure: the buffer holds at most `max_records` records and `max_bytes` characters, and one
+stream at most half of each (so one flooding function cannot crowd out the others). What does not
+fit is dropped from the end of a segment and counted against its stream; once a stream drops, it
+keeps dropping until the buffer has drained below half of those bounds (a few large gaps rather
+than many small ones). The next records of that stream that are accepted are preceded by a notice
+at the place of the gap: `[firebox] 1234 log records (5678901 bytes) dropped: ...`. Drops still
+pending when the writer has emptied the buffer get their notice then. Platform records (START,
+END, REPORT...) are never dropped: they are a few per invocation.
+
+Worked example (max_records=1000, one stream flooding 100-record segments while the writer is
+busy): segments 1-5 are accepted (500 = the stream's half), segment 6 is dropped (100 counted),
+and so are the following ones until the writer has taken enough to bring the stream under 250;
+the next accepted segment comes after a notice "[firebox] N log records ... dropped".
+
+Lifecycle: `start` opens both connections (creating or migrating the file, see `schema.py`) and
+starts the writer and the sweeper; `stop` flushes (5 s at most), stops both tasks, closes.
+The sweeper runs `sweep` every `sweep_interval_s`: it finishes group deletions and applies
+retention by `clock` (injectable: tests move time forward without waiting for it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
-from collections import defaultdict
-from collections.abc import Sequence
+import time
+from bisect import bisect_right
+from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
+from typing import Any, TypeVar
 
-from firebox.logs.api import LogEvent, LogRecord
+from firebox.errors import StoreError
+from firebox.logs import reads, schema
+from firebox.logs.api import (
+    DescribeGroups,
+    DescribeStreams,
+    EventsPage,
+    FilteredPage,
+    FilterEvents,
+    GetEvents,
+    GroupsPage,
+    LogEvent,
+    LogRecord,
+    StreamsPage,
+)
+from firebox.logs.writes import Segment, Writer
+
+log = logging.getLogger("firebox.logs")
 
 MAX_BUFFERED_RECORDS = 200_000
 MAX_BUFFERED_BYTES = 64 * 1024 * 1024
+BATCH_RECORDS = 20_000
+BATCH_BYTES = 8 * 1024 * 1024
+SWEEP_INTERVAL_S = 60.0
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class LogStoreStatistics:
-    written: int
-    dropped: int
-    buffered: int
+    written: int  # records committed, notices included
+    dropped: int  # records dropped by back-pressure
+    dropped_bytes: int
+    buffered: int  # records waiting in the buffer
+    buffered_bytes: int
+    failed: int  # records lost to a failed write (disk full...)
+    sweeps: int
+
+
+def _notice(count: int, size: int) -> str:
+    """(Sizes are counted in characters, which are bytes for ASCII text.)"""
+    return (f"[firebox] {count} log records ({size} bytes) dropped: the function wrote faster than its logs "
+            "could be stored\n")
 
 
 class SqliteLogStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        sweep_interval_s: float = SWEEP_INTERVAL_S,
+        max_records: int = MAX_BUFFERED_RECORDS,
+        max_bytes: int = MAX_BUFFERED_BYTES,
+        batch_records: int = BATCH_RECORDS,
+    ) -> None:
         self._path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="firebox-logs")
-        self._conn: sqlite3.Connection | None = None
-        self._buffer: list[tuple[str, str, int, str]] = []
-        self._buffered_bytes = 0
-        self._dropped: dict[tuple[str, str], int] = defaultdict(int)
+        self._clock = clock
+        self._sweep_interval_s = sweep_interval_s
+        self._max_records = max_records
+        self._max_bytes = max_bytes
+        self._max_stream_records = max(1, max_records // 2)
+        self._max_stream_bytes = max(1, max_bytes // 2)
+        self._batch_records = batch_records
+        self._write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="firebox-logs-write")
+        self._read_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="firebox-logs-read")
+        self._writer: Writer | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._segments: deque[Segment] = deque()
+        self._buffered = self._buffered_bytes = 0
+        # (group, stream) -> [records, characters] in the buffer
+        self._stream_use: dict[tuple[str, str], list[int]] = {}
+        # (group, stream) -> [records, characters, last timestamp] dropped and not yet noticed
+        self._dropped: dict[tuple[str, str], list[int]] = {}
         self._wake = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
-        self._written = 0
-        self._dropped_total = 0
-        self._flushed = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._writing = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._written = self._dropped_total = self._dropped_bytes = self._failed = self._sweeps = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._conn = await loop.run_in_executor(self._executor, self._open)
-        self._writer = asyncio.create_task(self._write_forever(), name="firebox-log-writer")
+        conn = await self._on_writer(schema.open_database, self._path)
+        self._writer = await self._on_writer(Writer, conn, self._now_ms)
+        self._reader = await self._on_reader(schema.connect, self._path, readonly=True)
+        self._tasks = [
+            asyncio.create_task(self._write_forever(), name="firebox-log-writer"),
+            asyncio.create_task(self._sweep_forever(), name="firebox-log-sweeper"),
+        ]
 
-    def _open(self) -> sqlite3.Connection:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")  # logs may lose the last batch on power loss
-        conn.executescript(
-            """
-            CREATE TABLE IF NOT EXISTS events (
-                id INTEGER PRIMARY KEY, log_group TEXT NOT NULL, stream TEXT NOT NULL,
-                ts INTEGER NOT NULL, message TEXT NOT NULL);
-            CREATE INDEX IF NOT EXISTS events_by_time ON events (log_group, ts);
-            CREATE INDEX IF NOT EXISTS events_by_stream ON events (log_group, stream, id);
-            """
-        )
-        return conn
+    async def stop(self) -> None:
+        if self._tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.flush(), timeout=5)
+            for task in reversed(self._tasks):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self._tasks = []
+        loop = asyncio.get_running_loop()
+        if self._reader is not None:
+            conn, self._reader = self._reader, None
+            await loop.run_in_executor(self._read_thread, conn.close)
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            await loop.run_in_executor(self._write_thread, writer.conn.close)
+        self._read_thread.shutdown(wait=True)
+        self._write_thread.shutdown(wait=True)
 
     def statistics(self) -> LogStoreStatistics:
-        return LogStoreStatistics(self._written, self._dropped_total, len(self._buffer))
+        return LogStoreStatistics(self._written, self._dropped_total, self._dropped_bytes, self._buffered,
+                                  self._buffered_bytes, self._failed, self._sweeps)
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    # -- the sink ------------------------------------------------------------------------------
 
     def append(self, group: str, stream: str, records: Sequence[LogRecord]) -> None:
         for record in records:
-            size = len(record.message)
-            if len(self._buffer) >= MAX_BUFFERED_RECORDS or self._buffered_bytes + size > MAX_BUFFERED_BYTES:
-                self._dropped[(group, stream)] += 1
-                self._dropped_total += 1
-                continue
-            self._buffer.append((group, stream, record.timestamp_ms, record.message))
-            self._buffered_bytes += size
+            self.append_lines(group, stream, record.timestamp_ms, [record.message])
+
+    def append_lines(self, group: str, stream: str, timestamp_ms: int, messages: Sequence[str], *,
+                     platform: bool = False) -> None:
+        if not messages:
+            return
+        key = (group, stream)
+        use = self._stream_use.get(key)
+        if use is None:
+            use = self._stream_use[key] = [0, 0]
+        size = sum(map(len, messages))
+        accepted = len(messages) if platform else self._room(key, use, messages, size)
+        if accepted < len(messages):
+            kept = sum(map(len, messages[:accepted]))
+            lost = self._dropped.setdefault(key, [0, 0, timestamp_ms])
+            lost[0] += len(messages) - accepted
+            lost[1] += size - kept
+            lost[2] = timestamp_ms
+            self._dropped_total += len(messages) - accepted
+            self._dropped_bytes += size - kept
+            messages, size = messages[:accepted], kept
+        if not messages:
+            return
+        gap = self._dropped.pop(key, None)
+        if gap is not None:
+            self._push(Segment(group, stream, gap[2], [_notice(gap[0], gap[1])], 0), use)
+        self._push(Segment(group, stream, timestamp_ms, messages, size), use)
         self._wake.set()
 
+    def _room(self, key: tuple[str, str], use: list[int], messages: Sequence[str], size: int) -> int:
+        """How many of `messages` (from the first) fit in the buffer now."""
+        if key in self._dropped and (2 * self._buffered > self._max_records
+                                     or 2 * self._buffered_bytes > self._max_bytes
+                                     or 2 * use[0] > self._max_stream_records
+                                     or 2 * use[1] > self._max_stream_bytes):
+            return 0  # still dropping: wait for the buffer to drain to half
+        count = min(len(messages), self._max_records - self._buffered, self._max_stream_records - use[0])
+        budget = min(self._max_bytes - self._buffered_bytes, self._max_stream_bytes - use[1])
+        if count <= 0 or budget <= 0:
+            return 0
+        if count == len(messages) and size <= budget:
+            return count
+        return bisect_right(list(accumulate(map(len, messages[:count]))), budget)
+
+    def _push(self, segment: Segment, use: list[int]) -> None:
+        self._segments.append(segment)
+        self._buffered += len(segment.messages)
+        self._buffered_bytes += segment.size
+        use[0] += len(segment.messages)
+        use[1] += segment.size
+
     async def flush(self) -> None:
-        """Wait until everything appended so far is committed."""
-        while self._buffer or self._dropped:
-            self._flushed.clear()
+        """Wait until everything appended so far is committed (or lost to a failed write)."""
+        while self._segments or self._dropped or self._writing:
             self._wake.set()
-            await self._flushed.wait()
+            self._progress.clear()
+            await self._progress.wait()
+
+    def _take_batch(self) -> list[Segment]:
+        batch: list[Segment] = []
+        count = size = 0
+        while self._segments and count < self._batch_records and size < BATCH_BYTES:
+            segment = self._segments.popleft()
+            batch.append(segment)
+            count += len(segment.messages)
+            size += segment.size
+            key = (segment.group, segment.stream)
+            use = self._stream_use.get(key)
+            if use is not None:
+                use[0] -= len(segment.messages)
+                use[1] -= segment.size
+                if use[0] <= 0:
+                    del self._stream_use[key]
+        self._buffered -= count
+        self._buffered_bytes -= size
+        if not self._segments:
+            self._stream_use.clear()
+            # Streams still dropping: their notice closes this batch.
+            for (group, stream), (records, dropped_bytes, ts) in self._dropped.items():
+                batch.append(Segment(group, stream, ts, [_notice(records, dropped_bytes)], 0))
+            self._dropped.clear()
+        return batch
 
     async def _write_forever(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
-            batch, self._buffer, self._buffered_bytes = self._buffer, [], 0
-            for (group, stream), count in self._dropped.items():
-                ts = batch[-1][2] if batch else 0
-                batch.append((group, stream, ts, f"[firebox] {count} log records dropped: the function wrote "
-                                                 "faster than logs could be stored\n"))
-            self._dropped.clear()
-            if batch:
-                await loop.run_in_executor(self._executor, self._insert, batch)
-                self._written += len(batch)
-            self._flushed.set()
+            while self._segments or self._dropped:
+                batch = self._take_batch()
+                self._writing = True
+                try:
+                    assert self._writer is not None
+                    self._written += await self._on_writer(self._writer.insert, batch)
+                except Exception:  # the disk is full or the file broken: lose this batch, go on
+                    lost = sum(len(segment.messages) for segment in batch)
+                    self._failed += lost
+                    log.exception("could not write %d log records", lost)
+                finally:
+                    self._writing = False
+                    self._progress.set()
+            self._progress.set()
 
-    def _insert(self, batch: list[tuple[str, str, int, str]]) -> None:
-        assert self._conn is not None
-        with self._conn:
-            self._conn.execute("BEGIN")
-            self._conn.executemany("INSERT INTO events (log_group, stream, ts, message) VALUES (?, ?, ?, ?)", batch)
+    # -- retention -----------------------------------------------------------------------------
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval_s)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("log retention sweep failed")
+
+    async def sweep(self) -> None:
+        """Finish deleted groups and delete expired events, one chunk per transaction."""
+        writer = self._writer
+        assert writer is not None
+        while await self._on_writer(writer.delete_orphans):
+            pass
+        while await self._on_writer(writer.expire):
+            pass
+        self._sweeps += 1
+
+    # -- management ----------------------------------------------------------------------------
+
+    async def create_group(self, name: str) -> None:
+        assert self._writer is not None
+        await self._on_writer(self._writer.create_group, name)
+
+    async def delete_group(self, name: str) -> None:
+        # Records still buffered for the group were written before the deletion: they go too.
+        if any(segment.group == name for segment in self._segments):
+            self._segments = deque(segment for segment in self._segments if segment.group != name)
+            self._buffered = sum(len(segment.messages) for segment in self._segments)
+            self._buffered_bytes = sum(segment.size for segment in self._segments)
+            self._stream_use = {k: v for k, v in self._stream_use.items() if k[0] != name}
+        self._dropped = {k: v for k, v in self._dropped.items() if k[0] != name}
+        assert self._writer is not None
+        await self._on_writer(self._writer.delete_group, name)
+        while await self._on_writer(self._writer.delete_orphans):
+            pass
+
+    async def put_retention(self, name: str, days: int | None) -> None:
+        assert self._writer is not None
+        await self._on_writer(self._writer.put_retention, name, days)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def describe_groups(self, command: DescribeGroups) -> GroupsPage:
+        return await self._read(reads.describe_groups, command)
+
+    async def describe_streams(self, command: DescribeStreams) -> StreamsPage:
+        return await self._read(reads.describe_streams, command)
+
+    async def get_events(self, command: GetEvents) -> EventsPage:
+        return await self._read(reads.get_events, command)
+
+    async def filter_events(self, command: FilterEvents) -> FilteredPage:
+        return await self._read(reads.filter_events, command)
 
     async def query(
         self,
@@ -123,37 +333,25 @@ class SqliteLogStore:
         streams: Sequence[str] | None = None,
         limit: int = 10_000,
     ) -> list[LogEvent]:
-        """Records of `group` in id order (production order), after `after_id`, within the times."""
-        sql = "SELECT id, stream, ts, message FROM events WHERE log_group = ? AND id > ?"
-        args: list[object] = [group, after_id]
-        if start_ms is not None:
-            sql += " AND ts >= ?"
-            args.append(start_ms)
-        if end_ms is not None:
-            sql += " AND ts <= ?"
-            args.append(end_ms)
-        if streams:
-            sql += f" AND stream IN ({', '.join('?' for _ in streams)})"
-            args.extend(streams)
-        sql += " ORDER BY id LIMIT ?"
-        args.append(limit)
+        return await self._read(reads.query, group, start_ms=start_ms, end_ms=end_ms, after_id=after_id,
+                                streams=streams, limit=limit)
+
+    # -- threads -------------------------------------------------------------------------------
+
+    async def _read(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        assert self._reader is not None, "the log store is not started"
+        return await self._on_reader(function, self._reader, *args, **kwargs)
+
+    async def _on_reader(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await self._run(self._read_thread, function, *args, **kwargs)
+
+    async def _on_writer(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await self._run(self._write_thread, function, *args, **kwargs)
+
+    @staticmethod
+    async def _run(executor: ThreadPoolExecutor, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
-        rows = await loop.run_in_executor(self._executor, self._select, sql, args)
-        return [LogEvent(id=r[0], stream=r[1], timestamp_ms=r[2], message=r[3]) for r in rows]
-
-    def _select(self, sql: str, args: list[object]) -> list[tuple[int, str, int, str]]:
-        assert self._conn is not None
-        return self._conn.execute(sql, args).fetchall()
-
-    async def stop(self) -> None:
-        if self._writer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.flush(), timeout=5)
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-            self._writer = None
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
-        self._executor.shutdown(wait=True)
+        try:
+            return await loop.run_in_executor(executor, lambda: function(*args, **kwargs))
+        except sqlite3.Error as exc:
+            raise StoreError(f"log store: {exc}") from exc

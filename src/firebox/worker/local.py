@@ -20,7 +20,7 @@ from firebox.runtimes.api import RUNTIME_DIR, bootstrap_command, precompile
 from firebox.worker.api import FunctionSpec, HostRuntimes
 from firebox.worker.codecache import CodeCache
 from firebox.worker.runtimeapi import Invocation
-from firebox.worker.sandbox import Identity, InvokeOutcome, Sandbox
+from firebox.worker.sandbox import FailedInit, Identity, InvokeOutcome, Sandbox
 from firebox.worker.sandbox_api import SandboxBackend, SandboxSpec
 
 # Where the platform's copy of boto3 appears inside Python sandboxes (AWS ships boto3 in the
@@ -65,6 +65,18 @@ def lambda_environment(spec: FunctionSpec, stream: str, *, with_libs: bool) -> d
     return env
 
 
+def _bootstrap_problem(runtime: str, code_dir: Path) -> str | None:
+    """A custom runtime needs an executable `bootstrap` (AWS's Runtime.InvalidEntrypoint)."""
+    if not runtime.startswith("provided"):
+        return None
+    bootstrap = code_dir / "bootstrap"
+    if not bootstrap.is_file():
+        return "Couldn't find valid bootstrap(s): [/var/task/bootstrap /opt/bootstrap]"
+    if not bootstrap.stat().st_mode & 0o111:
+        return "fork/exec /var/task/bootstrap: permission denied"
+    return None
+
+
 class LocalWorker:
     def __init__(
         self,
@@ -90,7 +102,7 @@ class LocalWorker:
     def statistics(self) -> WorkerStatistics:
         return WorkerStatistics(self._created, self._init_failures)
 
-    async def create_sandbox(self, spec: FunctionSpec) -> Sandbox:
+    async def create_sandbox(self, spec: FunctionSpec) -> Sandbox | FailedInit:
         """A new sandbox for `spec`, initialised. If init failed it is already dead and holds the
         error (`Sandbox.init_failure`) for the invocation that triggered it."""
         interpreter = self._runtimes.interpreters.get(spec.runtime)
@@ -112,9 +124,13 @@ class LocalWorker:
             ephemeral_storage_mb=spec.ephemeral_storage_mb,
             extra_ro_binds=((self._python_libs, SANDBOX_LIBS),) if with_libs and self._python_libs else (),
         )
+        identity = Identity(spec.log_group, stream)
+        if (problem := _bootstrap_problem(spec.runtime, code_dir)) is not None:
+            self._init_failures += 1
+            return FailedInit(sandbox_spec, self._logs, identity, "Runtime.InvalidEntrypoint", problem)
         started = time.perf_counter()
         process = await self.backend.spawn(sandbox_spec)
-        sandbox = Sandbox(sandbox_spec, process, self._logs, Identity(spec.log_group, stream), timeout_s=spec.timeout_s)
+        sandbox = Sandbox(sandbox_spec, process, self._logs, identity, timeout_s=spec.timeout_s)
         self._created += 1
         if not await sandbox.start(started):
             self._init_failures += 1

@@ -185,8 +185,8 @@ class RuntimeApiProtocol(asyncio.Protocol):
             if request.too_large:
                 outcome = RuntimeOutcome(
                     json.dumps({
-                        "errorMessage": f"Response payload size ({request.size} bytes) exceeded maximum "
-                                        f"allowed payload size ({MAX_RESPONSE_BYTES} bytes).",
+                        # AWS's wording, odd number included.
+                        "errorMessage": "Response payload size exceeded maximum allowed payload size (6291556 bytes).",
                         "errorType": "Function.ResponseSizeTooLarge",
                     }).encode(),
                     "Function.ResponseSizeTooLarge",

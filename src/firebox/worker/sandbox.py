@@ -22,15 +22,17 @@ import base64
 import contextlib
 import enum
 import fcntl
+import functools
 import json
 import math
+import re
 import struct
 import termios
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from firebox.logs.api import LogRecord, LogSink
+from firebox.logs.api import MAX_EVENT_BYTES, LogSink
 from firebox.worker.api import InvokeOutcome
 from firebox.worker.runtimeapi import Invocation, RuntimeChannel, RuntimeOutcome, serve
 from firebox.worker.sandbox_api import SandboxProcess, SandboxSpec
@@ -110,7 +112,7 @@ class Sandbox:
         self._readers: list[asyncio.Task[None]] = []
         self._exit: asyncio.Task[int] | None = None
         self._tail: list[bytes] | None = None
-        self._init_error: RuntimeOutcome | None = None
+        self._init_error: Callable[[str], RuntimeOutcome] | None = None
         self._on_death = on_death
 
     @property
@@ -143,14 +145,14 @@ class Sandbox:
             self._move(SandboxState.READY)
             return True
         if self._channel.init_error.done():
-            self._init_error = self._channel.init_error.result()
+            error = self._channel.init_error.result()
+            self._init_error = lambda request_id: error
         elif self._exit in done:
-            self._init_error = self._exit_error("", self._exit.result())
+            status = self._exit.result()
+            self._init_error = lambda request_id: self._exit_error(request_id, status)
         else:
-            self._init_error = RuntimeOutcome(
-                json.dumps({"errorType": "Runtime.InitTimeout",
-                            "errorMessage": f"Init phase timed out after {init_timeout_s:.2f} seconds"}).encode(),
-                "Runtime.InitTimeout",
+            self._init_error = lambda request_id: init_error(
+                "Runtime.InitTimeout", request_id, f"Init phase timed out after {init_timeout_s:.2f} seconds"
             )
         await self.destroy()
         return False
@@ -158,13 +160,8 @@ class Sandbox:
     def init_failure(self, request_id: str) -> InvokeOutcome:
         """The answer for the invocation that triggered a failed init (AWS reports it there)."""
         assert self._init_error is not None
-        tail = [self._line(f"START RequestId: {request_id} Version: {self.spec.version}\n")]
-        error = self._init_error
-        tail.append(self._line(f"{_error_line(error)}\n"))
-        tail.append(self._line(f"END RequestId: {request_id}\n"))
-        tail.append(self._line(self._report(request_id, 0.0, status=f"error\tError Type: {error.error_type}")))
-        self._emit_platform(tail)
-        return InvokeOutcome(error.payload, "Unhandled", False, 0.0, b"".join(tail)[-TAIL_BYTES:])
+        peak = self.process.memory_peak_bytes()
+        return report_init_failure(self._logs, self.identity, self.spec, request_id, self._init_error(request_id), peak)
 
     # -- invoke --------------------------------------------------------------------------------
 
@@ -245,45 +242,69 @@ class Sandbox:
         return RuntimeOutcome(json.dumps(body).encode(), "Runtime.ExitError")
 
     # -- logs ----------------------------------------------------------------------------------
+    # Function output is read in chunks and cut into records at newlines (`_Lines`); a line
+    # longer than MAX_EVENT_BYTES becomes several records, never a truncated one. With
+    # LogFormat=JSON the platform's START / END / REPORT become Lambda's JSON platform records
+    # (`_platform_json`); the runtimes already write the function's own records as JSON.
+
+    @functools.cached_property
+    def _capture_state(self) -> _CaptureState:
+        return _CaptureState(json=self.spec.environment.get("AWS_LAMBDA_LOG_FORMAT", "").upper() == "JSON")
 
     async def _capture(self, reader: asyncio.StreamReader) -> None:
+        lines = _Lines()
+        self._capture_state.pipes.append(lines)
         while True:
-            try:
-                line = await reader.readuntil(b"\n")
-            except asyncio.IncompleteReadError as exc:
-                if exc.partial:
-                    self._record_bytes(exc.partial + b"\n")
+            chunk = await reader.read(CAPTURE_CHUNK_BYTES)
+            if not chunk:
+                self._record_lines(lines.flush())
                 return
-            except asyncio.LimitOverrunError as exc:
-                # A line longer than the reader's buffer: keep it in pieces rather than lose it.
-                self._record_bytes(await reader.readexactly(exc.consumed))
-                continue
-            self._record_bytes(line)
+            self._record_lines(lines.feed(chunk))
 
     async def _drain_output(self, deadline_s: float = 0.05) -> None:
+        """Wait (briefly) until what the runtime wrote so far is recorded, then record the
+        unfinished last line of each pipe, if any: it belongs to the invocation ending now."""
         end = time.perf_counter() + deadline_s
         while time.perf_counter() < end:
             if not any(_pending_bytes(r) for r in (self.process.stdout, self.process.stderr)):
+                for lines in self._capture_state.pipes:
+                    self._record_lines(lines.flush())
                 return
             await asyncio.sleep(0)
 
-    def _record_bytes(self, line: bytes) -> None:
-        text = line.decode("utf-8", errors="replace").replace("\r", "\n")
-        if not text.endswith("\n"):
-            text += "\n"
-        self._record(text)
+    def _record_lines(self, texts: list[str], *, platform: bool = False) -> None:
+        if not texts:
+            return
+        self._logs.append_lines(self.identity.group, self.identity.stream, _now_ms(), texts, platform=platform)
+        if self._tail is not None:
+            self._record_tail(texts)
+
+    def _record_tail(self, texts: list[str]) -> None:
+        """Keep only what the 4 KB tail of LogType=Tail can show: memory stays flat in a flood."""
+        assert self._tail is not None
+        kept: list[bytes] = []
+        size = 0
+        for text in reversed(texts):
+            data = text.encode()[-TAIL_BYTES:]
+            kept.append(data)
+            size += len(data)
+            if size >= TAIL_BYTES:
+                break
+        self._tail.extend(reversed(kept))
+        if len(self._tail) > 64:
+            size, first = 0, len(self._tail)
+            while first > 0 and size < TAIL_BYTES:
+                first -= 1
+                size += len(self._tail[first])
+            del self._tail[:first]
 
     def _record(self, text: str) -> None:
-        self._logs.append(self.identity.group, self.identity.stream, [LogRecord(_now_ms(), text)])
-        if self._tail is not None:
-            self._tail.append(text.encode())
+        """A platform line (START, END, REPORT, an error or timeout line) of the invocation."""
+        texts = self._platform_json(text) if self._capture_state.json else [text]
+        self._record_lines(texts, platform=True)
 
-    def _line(self, text: str) -> bytes:
-        return text.encode()
-
-    def _emit_platform(self, lines: list[bytes]) -> None:
-        for line in lines:
-            self._logs.append(self.identity.group, self.identity.stream, [LogRecord(_now_ms(), line.decode())])
+    def _platform_json(self, text: str) -> list[str]:
+        return _platform_json(text, self._capture_state)
 
     # -- end -----------------------------------------------------------------------------------
 
@@ -306,6 +327,57 @@ class Sandbox:
             await callback(self)
 
 
+def init_error(error_type: str, request_id: str, reason: str) -> RuntimeOutcome:
+    body = {"errorType": error_type, "errorMessage": f"RequestId: {request_id} Error: {reason}"}
+    return RuntimeOutcome(json.dumps(body).encode(), error_type)
+
+
+def report_init_failure(
+    logs: LogSink, identity: Identity, spec: SandboxSpec, request_id: str, error: RuntimeOutcome,
+    peak_bytes: int | None = None,
+) -> InvokeOutcome:
+    """Log and answer the invocation that found its sandbox's init failed."""
+    used_mb = math.ceil(peak_bytes / (1024 * 1024)) if peak_bytes else 0
+    lines = [
+        f"START RequestId: {request_id} Version: {spec.version}\n",
+        f"{_error_line(error)}\n",
+        f"END RequestId: {request_id}\n",
+        "\t".join([f"REPORT RequestId: {request_id}", "Duration: 0.00 ms", "Billed Duration: 0 ms",
+                   f"Memory Size: {spec.memory_mb} MB", f"Max Memory Used: {used_mb} MB",
+                   f"Status: error\tError Type: {error.error_type}"]) + "\t\n",
+    ]
+    logged = json_platform_lines(lines) if spec.environment.get("AWS_LAMBDA_LOG_FORMAT") == "JSON" else lines
+    logs.append_lines(identity.group, identity.stream, _now_ms(), logged, platform=True)
+    return InvokeOutcome(error.payload, "Unhandled", False, 0.0, "".join(lines).encode()[-TAIL_BYTES:])
+
+
+class FailedInit:
+    """A sandbox that could not even start (e.g. no valid bootstrap): it holds the error for the
+    invocation that asked for it, as a dead sandbox whose init failed does."""
+
+    def __init__(self, spec: SandboxSpec, logs: LogSink, identity: Identity, error_type: str, reason: str) -> None:
+        self.spec = spec
+        self._logs = logs
+        self._identity = identity
+        self._error_type = error_type
+        self._reason = reason
+
+    @property
+    def id(self) -> str:
+        return self.spec.sandbox_id
+
+    @property
+    def ready(self) -> bool:
+        return False
+
+    def init_failure(self, request_id: str) -> InvokeOutcome:
+        error = init_error(self._error_type, request_id, self._reason)
+        return report_init_failure(self._logs, self._identity, self.spec, request_id, error)
+
+    async def destroy(self) -> None:
+        return None
+
+
 def _error_line(outcome: RuntimeOutcome) -> str:
     try:
         body = json.loads(outcome.payload)
@@ -317,6 +389,132 @@ def _error_line(outcome: RuntimeOutcome) -> str:
 def _iso_now() -> str:
     moment = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(moment)) + f".{int(moment * 1000) % 1000:03d}Z"
+
+
+# -- log capture ---------------------------------------------------------------------------------
+
+CAPTURE_CHUNK_BYTES = 256 * 1024
+_LINE = re.compile(r"[^\n]*\n")
+
+
+@dataclass
+class _CaptureState:
+    json: bool
+    pipes: list[_Lines] = field(default_factory=list)
+    pending_end: str | None = None  # JSON logs: END's time, until REPORT makes it runtimeDone
+
+
+class _Lines:
+    """Cuts a pipe's bytes into records: one per line, each ending with a newline, the
+    runtimes' `\\r` (a newline inside a multi-line record) turned back into `\\n`. A record is
+    at most MAX_EVENT_BYTES of UTF-8 (its newline included): a longer line becomes several
+    records, cut at character boundaries, the full-size ones emitted while the line still grows
+    (so an endless line costs no more memory than one record)."""
+
+    def __init__(self) -> None:
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> list[str]:
+        data = self._partial + chunk if self._partial else chunk
+        cut = data.rfind(b"\n") + 1
+        records = _records(data[:cut]) if cut else []
+        rest = data[cut:]
+        while len(rest) >= MAX_EVENT_BYTES:
+            end = _char_boundary(rest, MAX_EVENT_BYTES - 1)
+            records.append(_text(rest[:end]))
+            rest = rest[end:]
+        self._partial = rest
+        return records
+
+    def flush(self) -> list[str]:
+        """The unfinished last line, as a record of its own."""
+        if not self._partial:
+            return []
+        rest, self._partial = self._partial, b""
+        return [_text(rest)]
+
+
+def _records(complete: bytes) -> list[str]:
+    """Records of `complete`, which ends with a newline."""
+    if len(complete) <= MAX_EVENT_BYTES or max(map(len, complete.split(b"\n"))) < MAX_EVENT_BYTES:
+        records = _LINE.findall(complete.decode("utf-8", "replace"))
+        if b"\r" in complete:
+            records = [record.replace("\r", "\n") for record in records]
+        return records
+    records = []
+    for line in complete[:-1].split(b"\n"):
+        while len(line) >= MAX_EVENT_BYTES:
+            end = _char_boundary(line, MAX_EVENT_BYTES - 1)
+            records.append(_text(line[:end]))
+            line = line[end:]
+        records.append(_text(line))
+    return records
+
+
+def _text(line: bytes) -> str:
+    """One record from a line without its newline."""
+    return line.decode("utf-8", "replace").replace("\r", "\n") + "\n"
+
+
+def _char_boundary(data: bytes, limit: int) -> int:
+    """The largest index <= limit that does not split a UTF-8 character (limit < len(data))."""
+    end = limit
+    while end > limit - 4 and end > 0 and data[end] & 0xC0 == 0x80:
+        end -= 1
+    return end if end > 0 else limit
+
+
+def json_platform_lines(lines: list[str]) -> list[str]:
+    """One invocation's platform lines (START ... END, REPORT) as LoggingConfig.LogFormat=JSON
+    records, for code that logs a whole invocation at once (a failed init)."""
+    state = _CaptureState(json=True)
+    return [record for line in lines for record in _platform_json(line, state)]
+
+
+def _platform_json(text: str, state: _CaptureState) -> list[str]:
+    """START -> platform.start; END is held until REPORT, which says the status, then becomes
+    platform.runtimeDone; REPORT -> platform.report. Other lines are kept as they are."""
+    if text.startswith("START RequestId: "):
+        request_id, _, version = text[17:].strip().partition(" Version: ")
+        return [_platform_record("platform.start", {"requestId": request_id, "version": version})]
+    if text.startswith("END RequestId: "):
+        state.pending_end = _iso_now()
+        return []
+    if not text.startswith("REPORT RequestId: "):
+        return [text]
+    fields = dict(part.split(": ", 1) for part in text.strip().split("\t") if ": " in part)
+    request_id = fields.get("REPORT RequestId", "")
+    status, error_type = fields.get("Status", "success"), fields.get("Error Type")
+    metrics: dict[str, float] = {
+        "durationMs": _number(fields.get("Duration")),
+        "billedDurationMs": _number(fields.get("Billed Duration")),
+        "memorySizeMB": _number(fields.get("Memory Size")),
+        "maxMemoryUsedMB": _number(fields.get("Max Memory Used")),
+    }
+    if "Init Duration" in fields:
+        metrics["initDurationMs"] = _number(fields["Init Duration"])
+    done: dict[str, object] = {"requestId": request_id, "status": status}
+    report: dict[str, object] = {"requestId": request_id, "metrics": metrics, "status": status}
+    if error_type:
+        done["errorType"] = report["errorType"] = error_type
+    done["metrics"] = {"durationMs": metrics["durationMs"]}
+    done_time, state.pending_end = state.pending_end, None
+    return [_platform_record("platform.runtimeDone", done, done_time), _platform_record("platform.report", report)]
+
+
+def _platform_record(kind: str, record: dict[str, object], at: str | None = None) -> str:
+    """Lambda's JSON platform record (LoggingConfig.LogFormat=JSON)."""
+    document = {"time": at or _iso_now(), "type": kind, "record": record}
+    return json.dumps(document, separators=(",", ":")) + "\n"
+
+
+def _number(text: str | None) -> float:
+    """'1.22 ms' -> 1.22, '128 MB' -> 128 (an int when whole)."""
+    try:
+        value = float((text or "0").split()[0])
+    except ValueError:
+        return 0
+    return int(value) if value.is_integer() else value
 
 
 def _signal_name(number: int) -> str:

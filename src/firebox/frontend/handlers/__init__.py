@@ -7,7 +7,7 @@ NotImplementedException by the app, never with a fake success.
 from __future__ import annotations
 
 from firebox.frontend.api import Handler
-from firebox.frontend.handlers import aliases, concurrency, eventconfig, functions, invoke, logs, tags, versions
+from firebox.frontend.handlers import aliases, concurrency, eventconfig, functions, invoke, logs, logs_events, tags, versions
 
 HANDLERS: dict[str, Handler] = {
     **functions.HANDLERS,
@@ -18,4 +18,5 @@ HANDLERS: dict[str, Handler] = {
     **invoke.HANDLERS,
     **eventconfig.HANDLERS,
     **logs.HANDLERS,
+    **logs_events.HANDLERS,
 }

@@ -75,7 +75,8 @@ def set_rlimits(spec: SandboxSpec, *, per_uid: bool) -> None:
     set only when the sandbox runs under its own uid (`per_uid`)."""
     resource.setrlimit(resource.RLIMIT_NOFILE, (spec.max_open_files, spec.max_open_files))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (spec.ephemeral_bytes, spec.ephemeral_bytes))
+    # No RLIMIT_FSIZE: /tmp's own size bounds what can be written (ENOSPC, as on Lambda), while a
+    # file-size limit would answer EFBIG and SIGXFSZ-kill programs that write one large file.
     if per_uid:
         resource.setrlimit(resource.RLIMIT_NPROC, (spec.max_processes, spec.max_processes))
 

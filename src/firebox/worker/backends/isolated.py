@@ -11,7 +11,7 @@ Launch sequence (`spawn`)
    of the platform's environment reaches bwrap, hence nothing reaches `/proc/1/environ` inside)
    and a `preexec_fn` that, as root in the forked child and in this order: joins the network
    namespace (`setns`), writes its pid into the sandbox's cgroups, sets rlimits (NOFILE, NPROC,
-   CORE=0, FSIZE=EphemeralStorage), drops supplementary groups, then setgid/setuid to the
+   CORE=0), drops supplementary groups, then setgid/setuid to the
    sandbox's host uid. bwrap therefore NEVER runs as root: run as root, the sandbox's uid would
    map to host root and any bound host path would be readable with root's rights.
    Between the cgroups and the rlimits, still as root, it also enters a private mount

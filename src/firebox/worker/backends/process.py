@@ -7,7 +7,7 @@ The runtime is a plain child process of the platform:
   and every environment value are rewritten, component by component (colon-separated lists
   too), to the host's `code_dir`, `runtime_dir` and extra-bind host paths; cwd is `code_dir`;
 - `TMPDIR` points to a private directory (removed by `cleanup`); `/tmp` itself is the host's;
-- rlimits (NOFILE, CORE=0, FSIZE=EphemeralStorage), its own session, SIGKILL when the platform
+- rlimits (NOFILE, CORE=0), its own session, SIGKILL when the platform
   dies (PR_SET_PDEATHSIG);
 - when the platform runs as root, the runtime still runs under a per-sandbox unprivileged uid
   (so it cannot read root-only files such as /etc/shadow, and RLIMIT_NPROC applies per sandbox);

@@ -1,0 +1,253 @@
+"""Everything that changes the log database, run on the store's single writer thread.
+
+Batches: one transaction inserts the events of a batch and updates the counters of their streams
+and groups (first/last event, last ingestion, stored bytes), creating a group and a stream the
+first time a record names them. Ids of groups and streams are cached (the cache is forgotten on
+any failure and trimmed when large).
+
+Long deletions never hold the write lock for long: a deleted group's events and expired events
+are removed in chunks of `CHUNK` rows, one transaction each, so batches of new records are
+written in between. A group deletion is recorded in `log_deletions` in the same transaction
+that removes the group, and finished by the sweep if the server stopped half way.
+
+Retention, worked example: a group with RetentionInDays=1 swept at 2024-01-03T00:00Z has the
+cutoff 2024-01-02T00:00Z; events with timestamps before it are deleted, their bytes subtracted
+from their stream and group, a stream's firstEventTimestamp moves to its oldest remaining event,
+and a stream with no event left and a last event before the cutoff is deleted.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from itertools import repeat
+from typing import NamedTuple
+
+from firebox.logs.api import RETENTION_DAYS, InvalidLogParameter, LogGroupExists, LogGroupNotFound
+
+CHUNK = 20_000
+DAY_MS = 86_400_000
+_CACHE_LIMIT = 50_000
+
+
+class Segment(NamedTuple):
+    """Records of one stream that share a timestamp (what one read of a pipe gave)."""
+
+    group: str
+    stream: str
+    ts: int
+    messages: Sequence[str]
+    size: int  # characters: the buffer's measure; stored bytes are counted in UTF-8
+
+
+def utf8_size(messages: Sequence[str], chars: int) -> int:
+    if all(map(str.isascii, messages)):
+        return chars
+    return sum(len(m.encode("utf-8", "surrogatepass")) for m in messages)
+
+
+class Writer:
+    def __init__(self, conn: sqlite3.Connection, now_ms: Callable[[], int]) -> None:
+        self.conn = conn
+        self._now_ms = now_ms
+        self._groups: dict[str, int] = {}
+        self._streams: dict[tuple[int, str], int] = {}
+        self._next_id = conn.execute("SELECT value FROM log_meta WHERE key = 'next_event_id'").fetchone()[0]
+
+    # -- batches -------------------------------------------------------------------------------
+
+    def insert(self, batch: Sequence[Segment]) -> int:
+        """Write the batch in one transaction; the number of records written."""
+        now = self._now_ms()
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows: list[tuple[int, int, int, int, int, str]] = []
+            # stream id -> [first ts, last ts, bytes, group id]
+            stats: dict[int, list[int]] = {}
+            next_id = self._next_id
+            for group, stream, ts, messages, size in batch:
+                group_id, stream_id = self._ids(group, stream, now)
+                count = len(messages)
+                rows.extend(zip(range(next_id, next_id + count), repeat(group_id), repeat(stream_id), repeat(ts),
+                                repeat(now), messages))
+                next_id += count
+                current = stats.get(stream_id)
+                if current is None:
+                    current = stats[stream_id] = [ts, ts, 0, group_id]
+                current[0], current[1] = min(current[0], ts), max(current[1], ts)
+                current[2] += utf8_size(messages, size)
+            conn.executemany(
+                "INSERT INTO log_events (id, group_id, stream_id, ts, ingested, message) VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            group_bytes: dict[int, int] = defaultdict(int)
+            for sid, (first, last, size, gid) in stats.items():
+                conn.execute(
+                    """UPDATE log_streams SET first_event = min(coalesce(first_event, ?), ?),
+                           last_event = max(coalesce(last_event, ?), ?), last_ingestion = ?,
+                           stored_bytes = stored_bytes + ? WHERE id = ?""",
+                    (first, first, last, last, now, size, sid),
+                )
+                group_bytes[gid] += size
+            conn.executemany("UPDATE log_groups SET stored_bytes = stored_bytes + ? WHERE id = ?",
+                             [(size, gid) for gid, size in group_bytes.items()])
+            conn.execute("UPDATE log_meta SET value = ? WHERE key = 'next_event_id'", (next_id,))
+            conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        self._next_id = next_id
+        return len(rows)
+
+    def _ids(self, group: str, stream: str, now: int) -> tuple[int, int]:
+        group_id = self._groups.get(group)
+        if group_id is None:
+            self.conn.execute("INSERT INTO log_groups (name, created) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                              (group, now))
+            group_id = self.conn.execute("SELECT id FROM log_groups WHERE name = ?", (group,)).fetchone()[0]
+            if len(self._groups) > _CACHE_LIMIT:
+                self._groups.clear()
+            self._groups[group] = group_id
+        stream_id = self._streams.get((group_id, stream))
+        if stream_id is None:
+            self.conn.execute(
+                "INSERT INTO log_streams (group_id, name, created) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                (group_id, stream, now),
+            )
+            stream_id = self.conn.execute(
+                "SELECT id FROM log_streams WHERE group_id = ? AND name = ?", (group_id, stream)
+            ).fetchone()[0]
+            if len(self._streams) > _CACHE_LIMIT:
+                self._streams.clear()
+            self._streams[(group_id, stream)] = stream_id
+        return group_id, stream_id
+
+    def _rollback(self) -> None:
+        self._groups.clear()
+        self._streams.clear()
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    # -- groups --------------------------------------------------------------------------------
+
+    def create_group(self, name: str) -> None:
+        cursor = self.conn.execute("INSERT INTO log_groups (name, created) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                                   (name, self._now_ms()))
+        if cursor.rowcount == 0:
+            raise LogGroupExists()
+
+    def delete_group(self, name: str) -> None:
+        """Removes the group and its streams at once; its events go chunk by chunk in
+        `delete_orphans`, which the caller runs until it returns False."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT id FROM log_groups WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise LogGroupNotFound()
+            conn.execute("INSERT OR IGNORE INTO log_deletions (group_id) VALUES (?)", row)
+            conn.execute("DELETE FROM log_streams WHERE group_id = ?", row)
+            conn.execute("DELETE FROM log_groups WHERE id = ?", row)
+            conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        self._groups.pop(name, None)
+        self._streams = {key: sid for key, sid in self._streams.items() if key[0] != row[0]}
+
+    def delete_orphans(self) -> bool:
+        """Delete one chunk of the events of deleted groups; True while more remain."""
+        row = self.conn.execute("SELECT group_id FROM log_deletions LIMIT 1").fetchone()
+        if row is None:
+            return False
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = self.conn.execute(
+                "DELETE FROM log_events WHERE id IN (SELECT id FROM log_events WHERE group_id = ? LIMIT ?)",
+                (row[0], CHUNK),
+            )
+            if cursor.rowcount < CHUNK:
+                self.conn.execute("DELETE FROM log_deletions WHERE group_id = ?", row)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        return True
+
+    def put_retention(self, name: str, days: int | None) -> None:
+        if days is not None and days not in RETENTION_DAYS:
+            values = ", ".join(map(str, RETENTION_DAYS))
+            raise InvalidLogParameter(
+                f"1 validation error detected: Value '{days}' at 'retentionInDays' failed to satisfy constraint: "
+                f"Member must satisfy enum value set: [{values}]"
+            )
+        cursor = self.conn.execute("UPDATE log_groups SET retention_days = ? WHERE name = ?", (days, name))
+        if cursor.rowcount == 0:
+            raise LogGroupNotFound()
+
+    # -- retention -----------------------------------------------------------------------------
+
+    def expire(self) -> bool:
+        """Delete one chunk of events older than their group's retention; True while more remain."""
+        now = self._now_ms()
+        groups = self.conn.execute(
+            "SELECT id, retention_days FROM log_groups WHERE retention_days IS NOT NULL"
+        ).fetchall()
+        for group_id, days in groups:
+            cutoff = now - days * DAY_MS
+            rows = self.conn.execute(
+                """SELECT id, stream_id, ts, length(CAST(message AS BLOB)) FROM log_events
+                   WHERE group_id = ? AND ts < ? ORDER BY ts, id LIMIT ?""",
+                (group_id, cutoff, CHUNK),
+            ).fetchall()
+            if rows:
+                self._expire_rows(group_id, cutoff, rows)
+                if len(rows) == CHUNK:
+                    return True
+            elif self._expired_streams(group_id, cutoff):
+                self.conn.execute("BEGIN IMMEDIATE")
+                self._drop_expired_streams(group_id, cutoff)
+                self.conn.execute("COMMIT")
+        return False
+
+    def _expire_rows(self, group_id: int, cutoff: int, rows: list[tuple[int, int, int, int]]) -> None:
+        last_id, _, last_ts, _ = rows[-1]
+        freed: dict[int, int] = defaultdict(int)
+        for _, stream_id, _, size in rows:
+            freed[stream_id] += size
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "DELETE FROM log_events WHERE group_id = ? AND ts <= ? AND (ts < ? OR id <= ?)",
+                (group_id, last_ts, last_ts, last_id),
+            )
+            for stream_id, size in freed.items():
+                conn.execute(
+                    """UPDATE log_streams SET stored_bytes = max(0, stored_bytes - ?),
+                           first_event = (SELECT min(ts) FROM log_events WHERE stream_id = ?) WHERE id = ?""",
+                    (size, stream_id, stream_id),
+                )
+            conn.execute("UPDATE log_groups SET stored_bytes = max(0, stored_bytes - ?) WHERE id = ?",
+                         (sum(freed.values()), group_id))
+            self._drop_expired_streams(group_id, cutoff)
+            conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _expired_streams(self, group_id: int, cutoff: int) -> list[tuple[int, str]]:
+        """Streams left without events whose last event is older than the cutoff."""
+        return self.conn.execute(
+            "SELECT id, name FROM log_streams WHERE group_id = ? AND first_event IS NULL AND last_event < ?",
+            (group_id, cutoff),
+        ).fetchall()
+
+    def _drop_expired_streams(self, group_id: int, cutoff: int) -> None:
+        """(Inside the caller's transaction.)"""
+        gone = self._expired_streams(group_id, cutoff)
+        self.conn.executemany("DELETE FROM log_streams WHERE id = ?", [(sid,) for sid, _ in gone])
+        for _, name in gone:
+            self._streams.pop((group_id, name), None)

@@ -1,0 +1,408 @@
+"""The log store (logs/store.py + reads.py + writes.py): groups and streams from the first
+record, tokens, pagination, retention with an injected clock, deletion, back-pressure, and the
+indexes its queries use. Each test runs its own store on a fresh file."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from firebox.logs import reads
+from firebox.logs.api import (
+    DescribeGroups,
+    DescribeStreams,
+    FilterEvents,
+    GetEvents,
+    InvalidLogParameter,
+    LogGroupExists,
+    LogGroupNotFound,
+    LogRecord,
+    LogStreamNotFound,
+)
+from firebox.logs.store import SqliteLogStore
+
+DAY_MS = 86_400_000
+T0 = 1_700_000_000_000  # 2023-11-14, in ms
+GROUP = "/aws/lambda/fn"
+STREAM = "2023/11/14/[$LATEST]0123456789abcdef0123456789abcdef"
+
+
+class Clock:
+    """An injected wall clock: tests move it instead of waiting."""
+
+    def __init__(self, ms: int) -> None:
+        self.ms = ms
+
+    def __call__(self) -> float:
+        return self.ms / 1000
+
+
+def run(coro_fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run an async test on its own event loop (no plugin needed)."""
+
+    @functools.wraps(coro_fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return asyncio.run(asyncio.wait_for(coro_fn(*args, **kwargs), timeout=60))
+
+    return wrapper
+
+
+async def started(path: Path, **kwargs: Any) -> SqliteLogStore:
+    store = SqliteLogStore(path, **kwargs)
+    await store.start()
+    return store
+
+
+def records(start_ms: int, count: int, text: str = "line") -> list[LogRecord]:
+    return [LogRecord(start_ms + i, f"{text} {i}\n") for i in range(count)]
+
+
+async def wait_until(probe: Callable[[], Any], deadline_s: float = 10.0) -> None:
+    end = time.monotonic() + deadline_s
+    while not await probe():
+        assert time.monotonic() < end, "timed out"
+        await asyncio.sleep(0.02)
+
+
+@run
+async def test_first_record_creates_group_and_stream(tmp_path: Path) -> None:
+    clock = Clock(T0 + 5000)
+    store = await started(tmp_path / "logs.db", clock=clock)
+    try:
+        store.append(GROUP, STREAM, [LogRecord(T0, "héllo\n"), LogRecord(T0 + 10, "world\n")])
+        await store.flush()
+        (group,) = (await store.describe_groups(DescribeGroups())).groups
+        assert (group.name, group.creation_ms, group.retention_days) == (GROUP, T0 + 5000, None)
+        assert group.stored_bytes == len("héllo\n".encode()) + len("world\n")
+        (stream,) = (await store.describe_streams(DescribeStreams(GROUP))).streams
+        assert (stream.name, stream.creation_ms, stream.first_event_ms, stream.last_event_ms,
+                stream.last_ingestion_ms) == (STREAM, T0 + 5000, T0, T0 + 10, T0 + 5000)
+        assert stream.stored_bytes == group.stored_bytes
+        with pytest.raises(LogGroupExists):
+            await store.create_group(GROUP)
+    finally:
+        await store.stop()
+
+
+@run
+async def test_get_events_tokens_forward_and_backward(tmp_path: Path) -> None:
+    store = await started(tmp_path / "logs.db")
+    try:
+        store.append(GROUP, STREAM, records(T0, 5))
+        await store.flush()
+
+        def get(**kwargs: Any) -> Any:
+            return store.get_events(GetEvents(GROUP, STREAM, limit=2, **kwargs))
+
+        def messages(page: Any) -> list[str]:
+            return [e.message.split()[1] for e in page.events]
+
+        tail = await get()  # no token: the newest events
+        assert messages(tail) == ["3", "4"]
+        assert tail.forward_token.startswith("f/") and tail.backward_token.startswith("b/")
+        older = await get(token=tail.backward_token)
+        assert messages(older) == ["1", "2"]
+        oldest = await get(token=older.backward_token)
+        assert messages(oldest) == ["0"]
+        start = await get(token=oldest.backward_token)
+        assert start.events == [] and start.backward_token == oldest.backward_token  # unchanged: the start
+        end = await get(token=tail.forward_token)
+        assert end.events == [] and end.forward_token == tail.forward_token  # unchanged: the end
+        # New events appear after the end token.
+        store.append(GROUP, STREAM, [LogRecord(T0 + 100, "line 5\n")])
+        await store.flush()
+        assert messages(await get(token=end.forward_token)) == ["5"]
+        # From the head, forward through everything.
+        head = await get(start_from_head=True)
+        assert messages(head) == ["0", "1"]
+        assert messages(await get(token=head.forward_token)) == ["2", "3"]
+        # A time window: startTime inclusive, endTime exclusive.
+        window = await store.get_events(GetEvents(GROUP, STREAM, start_ms=T0 + 1, end_ms=T0 + 3, start_from_head=True))
+        assert messages(window) == ["1", "2"]
+        with pytest.raises(InvalidLogParameter):
+            await get(token="x/123")
+        with pytest.raises(LogStreamNotFound):
+            await store.get_events(GetEvents(GROUP, "nope"))
+        with pytest.raises(LogGroupNotFound):
+            await store.get_events(GetEvents("/nope", STREAM))
+    finally:
+        await store.stop()
+
+
+@run
+async def test_equal_timestamps_keep_production_order(tmp_path: Path) -> None:
+    store = await started(tmp_path / "logs.db")
+    try:
+        store.append(GROUP, STREAM, [LogRecord(T0, f"same {i}\n") for i in range(7)])
+        await store.flush()
+        seen: list[str] = []
+        page = await store.get_events(GetEvents(GROUP, STREAM, start_from_head=True, limit=3))
+        while page.events:
+            seen += [e.message for e in page.events]
+            page = await store.get_events(GetEvents(GROUP, STREAM, token=page.forward_token, limit=3))
+        assert seen == [f"same {i}\n" for i in range(7)]
+    finally:
+        await store.stop()
+
+
+@run
+async def test_describe_pagination_prefix_and_order(tmp_path: Path) -> None:
+    store = await started(tmp_path / "logs.db")
+    try:
+        for i in range(7):
+            store.append(f"/aws/lambda/f{i}", "s", [LogRecord(T0, "x\n")])
+        for i, name in enumerate(["b", "a", "c", "d"]):
+            store.append(GROUP, name, [LogRecord(T0 + (10 - i), "x\n")])  # b newest ... d oldest
+        await store.flush()
+        names: list[str] = []
+        token = None
+        while True:
+            page = await store.describe_groups(DescribeGroups(prefix="/aws/lambda/f", token=token, limit=3))
+            names += [g.name for g in page.groups]
+            token = page.next_token
+            if token is None:
+                break
+        assert names == [*(f"/aws/lambda/f{i}" for i in range(7)), GROUP]
+        pattern = await store.describe_groups(DescribeGroups(pattern="LAMBDA/F3"))
+        assert [g.name for g in pattern.groups] == ["/aws/lambda/f3"]
+
+        async def streams(**kwargs: Any) -> list[str]:
+            found, token = [], None
+            while True:
+                page = await store.describe_streams(DescribeStreams(GROUP, token=token, limit=2, **kwargs))
+                found += [s.name for s in page.streams]
+                if page.next_token is None:
+                    return found
+                token = page.next_token
+
+        assert await streams() == ["a", "b", "c", "d"]
+        assert await streams(descending=True) == ["d", "c", "b", "a"]
+        assert await streams(order_by="LastEventTime") == ["d", "c", "a", "b"]
+        assert await streams(order_by="LastEventTime", descending=True) == ["b", "a", "c", "d"]
+        assert await streams(prefix="c") == ["c"]
+        with pytest.raises(InvalidLogParameter, match="Cannot order by LastEventTime"):
+            await streams(order_by="LastEventTime", prefix="a")
+        with pytest.raises(InvalidLogParameter, match="nextToken"):
+            await store.describe_groups(DescribeGroups(token="not-a-token"))
+    finally:
+        await store.stop()
+
+
+@run
+async def test_filter_events_patterns_streams_and_pages(tmp_path: Path) -> None:
+    store = await started(tmp_path / "logs.db")
+    try:
+        store.append(GROUP, "s1", [LogRecord(T0 + i, f"{'ERROR' if i % 3 == 0 else 'INFO'} s1 {i}\n")
+                                   for i in range(30)])
+        store.append(GROUP, "s2", [LogRecord(T0 + i, f"{'ERROR' if i % 3 == 0 else 'INFO'} s2 {i}\n")
+                                   for i in range(30)])
+        await store.flush()
+
+        async def all_pages(**kwargs: Any) -> list[str]:
+            found, token = [], None
+            while True:
+                page = await store.filter_events(FilterEvents(GROUP, token=token, **kwargs))
+                found += [e.message.strip() for e in page.events]
+                if page.next_token is None:
+                    return found
+                token = page.next_token
+
+        everything = await all_pages(limit=7)
+        assert len(everything) == 60
+        # Interleaved by timestamp, production order within equal timestamps.
+        assert everything[:4] == ["ERROR s1 0", "ERROR s2 0", "INFO s1 1", "INFO s2 1"]
+        errors = await all_pages(pattern="ERROR", limit=4)
+        assert len(errors) == 20 and all(m.startswith("ERROR") for m in errors)
+        assert await all_pages(pattern="ERROR", streams=("s2",), start_ms=T0 + 20) == [
+            "ERROR s2 21", "ERROR s2 24", "ERROR s2 27"]
+        assert await all_pages(pattern="?s2 -INFO", stream_prefix="s", end_ms=T0 + 3) == ["ERROR s2 0", "ERROR s2 3"]
+        assert await all_pages(streams=("nope",)) == []
+        with pytest.raises(InvalidLogParameter):
+            await store.filter_events(FilterEvents(GROUP, streams=("s1",), stream_prefix="s"))
+        with pytest.raises(LogGroupNotFound):
+            await store.filter_events(FilterEvents("/nope"))
+    finally:
+        await store.stop()
+
+
+def test_a_search_is_bounded_and_resumable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of time, FilterLogEvents answers with what it found (maybe nothing) and a token."""
+    monkeypatch.setattr(reads, "WINDOW_ROWS", 10)
+    monkeypatch.setattr(reads, "SEARCH_BUDGET_S", 0.0)
+
+    async def scenario() -> None:
+        store = await started(tmp_path / "logs.db")
+        try:
+            store.append_lines(GROUP, "a", T0, [f"{'needle' if i % 25 == 0 else 'hay'} {i}\n" for i in range(100)])
+            await store.flush()
+            found, calls, token = [], 0, None
+            while True:
+                page = await store.filter_events(FilterEvents(GROUP, pattern="needle", token=token))
+                calls += 1
+                found += [e.message for e in page.events]
+                if page.next_token is None:
+                    break
+                token = page.next_token
+            assert found == [f"needle {i}\n" for i in range(0, 100, 25)]
+            assert calls >= 10  # one window of 10 events per call
+        finally:
+            await store.stop()
+
+    asyncio.run(scenario())
+
+
+@run
+async def test_retention_sweep_task_with_injected_clock(tmp_path: Path) -> None:
+    clock = Clock(T0)
+    store = await started(tmp_path / "logs.db", clock=clock, sweep_interval_s=0.05)
+    try:
+        store.append(GROUP, "old", records(T0 - 3 * DAY_MS, 4, "old"))
+        store.append(GROUP, "mixed", records(T0 - 3 * DAY_MS, 2, "old") + records(T0, 3, "new"))
+        store.append("/keep", "old", records(T0 - 3 * DAY_MS, 2, "old"))
+        await store.flush()
+        with pytest.raises(InvalidLogParameter, match="enum value set"):
+            await store.put_retention(GROUP, 2)
+        with pytest.raises(LogGroupNotFound):
+            await store.put_retention("/nope", 1)
+        await store.put_retention(GROUP, 7)
+        await asyncio.sleep(0.2)  # a few sweeps: nothing is 7 days old
+        assert len(await store.query(GROUP)) == 9
+
+        await store.put_retention(GROUP, 1)
+
+        async def expired() -> bool:
+            return len(await store.query(GROUP)) == 3
+
+        await wait_until(expired)  # the sweeper task, not a direct call
+        assert [e.message.split()[0] for e in await store.query(GROUP)] == ["new"] * 3
+        page = await store.describe_streams(DescribeStreams(GROUP))
+        assert [s.name for s in page.streams] == ["mixed"]  # the emptied, expired stream is gone
+        (mixed,) = page.streams
+        assert mixed.first_event_ms == T0 and mixed.stored_bytes == sum(len(f"new {i}\n") for i in range(3))
+        (group,) = (await store.describe_groups(DescribeGroups(prefix=GROUP))).groups
+        assert group.retention_days == 1 and group.stored_bytes == mixed.stored_bytes
+        assert len(await store.query("/keep")) == 2  # no retention: kept forever
+
+        # Moving the clock on expires the rest; removing the policy stops it.
+        await store.put_retention("/keep", None)
+        clock.ms += 2 * DAY_MS
+        await store.sweep()
+        assert await store.query(GROUP) == []
+        assert len(await store.query("/keep")) == 2
+        assert store.statistics().sweeps > 0
+    finally:
+        await store.stop()
+
+
+@run
+async def test_delete_group_removes_everything_and_ids_are_never_reused(tmp_path: Path) -> None:
+    store = await started(tmp_path / "logs.db")
+    try:
+        store.append(GROUP, STREAM, records(T0, 3))
+        await store.flush()
+        before = await store.query(GROUP)
+        store.append(GROUP, STREAM, records(T0 + 10, 2))  # still buffered: goes with the group
+        await store.delete_group(GROUP)
+        await store.flush()
+        assert (await store.describe_groups(DescribeGroups())).groups == []
+        with pytest.raises(LogGroupNotFound):
+            await store.delete_group(GROUP)
+        with pytest.raises(LogGroupNotFound):
+            await store.describe_streams(DescribeStreams(GROUP))
+        await store.create_group(GROUP)
+        assert (await store.describe_streams(DescribeStreams(GROUP))).streams == []
+        store.append(GROUP, STREAM, records(T0, 1))
+        await store.flush()
+        (after,) = await store.query(GROUP)
+        assert after.id > max(e.id for e in before)
+    finally:
+        await store.stop()
+
+
+@run
+async def test_flood_drops_with_a_notice_and_memory_stays_bounded(tmp_path: Path) -> None:
+    store = await started(tmp_path / "logs.db", max_records=1000, max_bytes=1 << 20)
+    try:
+        for i in range(100):
+            store.append_lines(GROUP, "flood", T0 + i, [f"{'x' * 100} {i} {j}\n" for j in range(100)])
+            store.append_lines(GROUP, "quiet", T0 + i, [f"quiet {i}\n"])
+            if i == 50:
+                store.append_lines(GROUP, "flood", T0 + i, [f"START RequestId: {i}\n"], platform=True)
+            assert store.statistics().buffered <= 1000 + 10  # bounded (notices and platform lines aside)
+            if i % 10 == 9:
+                await asyncio.sleep(0)  # now and then, the writer gets to run
+        await store.flush()
+        stats = store.statistics()
+        flood = [e.message for e in await store.query(GROUP, streams=["flood"], limit=100_000)]
+        notices = [m for m in flood if m.startswith("[firebox] ")]
+        assert stats.dropped > 0 and notices
+        dropped = sum(int(n.split()[1]) for n in notices)
+        assert dropped == stats.dropped
+        assert sum(int(n.split()[4].strip("(")) for n in notices) == stats.dropped_bytes
+        assert "START RequestId: 50\n" in flood  # the platform's records are never dropped
+        assert len(flood) - len(notices) - 1 + dropped == 100 * 100  # every record kept or counted
+        # Gaps are few and large (hysteresis), each notice sits where its records were lost.
+        assert len(notices) <= 12
+        first_gap = flood.index(notices[0])
+        assert flood[first_gap - 1].split()[1:3] == ["4", "99"]  # the stream's half of the buffer
+        # The quiet stream shares the buffer but is not crowded out by the flooding one.
+        assert len(await store.query(GROUP, streams=["quiet"])) == 100
+    finally:
+        await store.stop()
+
+
+@run
+async def test_first_layout_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "logs.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """CREATE TABLE events (id INTEGER PRIMARY KEY, log_group TEXT NOT NULL, stream TEXT NOT NULL,
+                                ts INTEGER NOT NULL, message TEXT NOT NULL);
+           INSERT INTO events (log_group, stream, ts, message) VALUES
+               ('/g', 's1', 10, 'a\n'), ('/g', 's2', 20, 'b\n'), ('/g', 's1', 30, 'c\n');"""
+    )
+    conn.close()
+    store = await started(path)
+    try:
+        assert [e.message for e in await store.query("/g")] == ["a\n", "b\n", "c\n"]
+        streams = (await store.describe_streams(DescribeStreams("/g"))).streams
+        assert [(s.name, s.first_event_ms, s.last_event_ms, s.stored_bytes) for s in streams] == [
+            ("s1", 10, 30, 4), ("s2", 20, 20, 2)]
+    finally:
+        await store.stop()
+
+
+def test_queries_use_the_indexes(tmp_path: Path) -> None:
+    """No full scan of log_events and no sort in a temporary b-tree for the queries' shapes."""
+
+    async def make() -> None:
+        store = await started(tmp_path / "logs.db")
+        await store.stop()
+
+    asyncio.run(make())
+    conn = sqlite3.connect(tmp_path / "logs.db")
+    time_range = "SELECT id FROM log_events WHERE stream_id = 1 AND ts >= 5 AND (ts > 5 OR id > 3)"
+    shapes = [
+        time_range + " ORDER BY ts, id LIMIT 10",
+        time_range + " ORDER BY ts DESC, id DESC LIMIT 10",
+        "SELECT id FROM log_events WHERE group_id = 1 AND ts >= 5 AND instr(message, 'x') > 0 ORDER BY ts, id",
+        "SELECT id FROM log_events INDEXED BY events_by_group_time WHERE group_id = 1 AND stream_id IN (1, 2) "
+        "ORDER BY ts, id",
+        "SELECT id FROM log_events WHERE group_id = 1 AND ts < 5 ORDER BY ts, id LIMIT 10",
+        # a FilterLogEvents window: its end, then its scan
+        "SELECT ts, id FROM log_events WHERE group_id = 1 AND ts >= 5 AND (ts > 5 OR id > 3) "
+        "ORDER BY ts, id LIMIT 1 OFFSET 99999",
+        "SELECT id FROM log_events WHERE group_id = 1 AND ts >= 5 AND (ts > 5 OR id > 3) AND ts <= 9 "
+        "AND (ts < 9 OR id <= 7) AND instr(message, 'x') > 0 ORDER BY ts, id",
+    ]
+    for sql in shapes:
+        plan = " | ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql))
+        assert "USING" in plan and "INDEX" in plan and "TEMP B-TREE" not in plan, (sql, plan)
+    assert reads.position(1, 2) < reads.position(1, 3) < reads.position(2, 1)
