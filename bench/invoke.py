@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import io
 import json
 import os
@@ -65,25 +66,30 @@ class Connection:
         reader, writer = await asyncio.open_connection(host, port)
         return cls(reader, writer, f"{host}:{port}")
 
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+    async def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        status, _, data = await self.exchange(path, body, headers)
+        return status, data
+
+    async def exchange(
+        self, path: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(body)}\r\n"
-                "Content-Type: application/json\r\n\r\n").encode()
+                f"Content-Type: application/json\r\n{extra}\r\n").encode()
         self.writer.write(head + body)
         status_line = await self.reader.readline()
-        length, chunked = 0, False
+        answer: dict[str, str] = {}
         while (line := await self.reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode("latin-1").partition(":")
-            if name.lower() == "content-length":
-                length = int(value)
-            elif name.lower() == "transfer-encoding" and "chunked" in value.lower():
-                chunked = True
-        if chunked:
+            answer[name.strip().lower()] = value.strip()
+        status = int(status_line.split()[1])
+        if "chunked" in answer.get("transfer-encoding", "").lower():
             data = b""
             while (size := int((await self.reader.readline()).strip(), 16)) > 0:
-                data += await self.reader.readexactly(size + 2)
+                data += (await self.reader.readexactly(size + 2))[:-2]
             await self.reader.readline()
-            return int(status_line.split()[1]), data
-        return int(status_line.split()[1]), await self.reader.readexactly(length)
+            return status, answer, data
+        return status, answer, await self.reader.readexactly(int(answer.get("content-length", 0)))
 
     async def close(self) -> None:
         self.writer.close()
@@ -143,28 +149,132 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def hello_zip() -> bytes:
+KINDS = {
+    # kind: (runtime, handler, files)
+    "python": ("python3.11", "app.handler", {"app.py": HELLO}),
+    "node": ("nodejs20.x", "index.handler",
+             {"index.js": "exports.handler = async () => ({hello: 'world'});\n"}),
+    "boto3": ("python3.11", "app.handler",
+              {"app.py": "import boto3\n\ndef handler(event, context):\n    return {'boto3': boto3.__version__}\n"}),
+    "sleepy": ("python3.11", "app.handler",
+               {"app.py": "import time\n\ndef handler(event, context):\n    time.sleep(0.5)\n    return 1\n"}),
+}
+
+
+def make_zip(files: dict[str, str]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("app.py", HELLO)
+        for name, text in files.items():
+            archive.writestr(name, text)
     return buffer.getvalue()
 
 
-def create_functions(endpoint: str, names: list[str]) -> None:
+def create_functions(endpoint: str, names: list[str], kind: str = "python") -> None:
     import boto3
 
     client = boto3.client("lambda", endpoint_url=endpoint, region_name="us-east-1",
                           aws_access_key_id="bench", aws_secret_access_key="bench")
-    code = hello_zip()
+    runtime, handler, files = KINDS[kind]
+    code = make_zip(files)
     for name in names:
-        client.create_function(FunctionName=name, Runtime="python3.11", Role="arn:aws:iam::000000000000:role/bench",
-                               Handler="app.handler", Code={"ZipFile": code})
-    deadline = time.monotonic() + 60
+        client.create_function(FunctionName=name, Runtime=runtime, Role="arn:aws:iam::000000000000:role/bench",
+                               Handler=handler, Code={"ZipFile": code}, Timeout=30)
+    deadline = time.monotonic() + 120
     for name in names:
         while client.get_function_configuration(FunctionName=name)["State"] != "Active":
             if time.monotonic() > deadline:
                 raise SystemExit(f"{name} did not become Active")
             time.sleep(0.02)
+
+
+def report_fields(headers: dict[str, str]) -> dict[str, float]:
+    """The REPORT line's figures from an X-Amz-Log-Result header."""
+    tail = base64.b64decode(headers.get("x-amz-log-result", "")).decode(errors="replace")
+    line = next((x for x in tail.splitlines() if x.startswith("REPORT ")), "")
+    fields = {}
+    for part in line.split("\t")[1:]:
+        name, _, value = part.partition(": ")
+        if value.endswith(" ms"):
+            fields[name] = float(value[:-3])
+    return fields
+
+
+async def cold_starts(port: int, names: list[str]) -> dict[str, Any]:
+    """First invocations, one at a time: client-observed time and its breakdown."""
+    totals, inits, platform = [], [], []
+    for name in names:
+        conn = await Connection.open("127.0.0.1", port)
+        start = time.perf_counter()
+        status, headers, _ = await conn.exchange(f"/2015-03-31/functions/{name}/invocations", b"{}",
+                                                 {"X-Amz-Log-Type": "Tail"})
+        total = (time.perf_counter() - start) * 1000
+        await conn.close()
+        assert status == 200, status
+        fields = report_fields(headers)
+        totals.append(total)
+        inits.append(fields.get("Init Duration", 0.0))
+        platform.append(total - fields.get("Init Duration", 0.0) - fields.get("Duration", 0.0))
+    return {"client": summary(totals), "init": summary(inits), "platform_and_spawn": summary(platform)}
+
+
+async def overhead(port: int, path: str, count: int) -> dict[str, float]:
+    """Client-observed latency minus the handler's own Duration (the REPORT's figure)."""
+    conn = await Connection.open("127.0.0.1", port)
+    values = []
+    for _ in range(count):
+        start = time.perf_counter()
+        status, headers, _ = await conn.exchange(path, b"{}", {"X-Amz-Log-Type": "Tail"})
+        total = (time.perf_counter() - start) * 1000
+        assert status == 200, status
+        values.append(total - report_fields(headers).get("Duration", 0.0))
+    await conn.close()
+    return summary(values)
+
+
+async def scale_out(port: int, name: str, count: int) -> dict[str, float]:
+    """`count` simultaneous first invocations of a function whose handler sleeps 0.5 s."""
+    connections = [await Connection.open("127.0.0.1", port) for _ in range(count)]
+    start = time.perf_counter()
+    answers = await asyncio.gather(*(c.post(f"/2015-03-31/functions/{name}/invocations", b"{}") for c in connections))
+    elapsed = time.perf_counter() - start
+    for conn in connections:
+        await conn.close()
+    assert all(status == 200 for status, _ in answers), [status for status, _ in answers]
+    return {"invocations": count, "all_answered_s": elapsed, "sandboxes_per_s": count / max(elapsed - 0.5, 1e-6)}
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def pss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def density(server_pid: int, sandboxes: int) -> dict[str, float]:
+    """PSS of everything the server started (bwrap, sandbox inits, runtimes) per idle sandbox."""
+    total_kb = sum(pss_kb(pid) for pid in descendants(server_pid))
+    per_sandbox_mb = total_kb / 1024 / max(sandboxes, 1)
+    return {"sandboxes": sandboxes, "pss_per_sandbox_mb": per_sandbox_mb, "per_gb": 1024 / per_sandbox_mb}
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -182,13 +292,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             cwd=app_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             endpoint = f"http://127.0.0.1:{fport}"
-            cold_names = [f"cold{i}" for i in range(args.cold)]
-            create_functions(endpoint, ["hello", *cold_names])
-            cold = []
-            for name in cold_names:
-                timings = await sequential(fport, f"/2015-03-31/functions/{name}/invocations", 1)
-                cold.append(timings[0])
-            results["cold_start"] = summary(cold)
+            create_functions(endpoint, ["hello"])
+            results["cold_start"] = {}
+            for kind in ("python", "node", "boto3"):
+                names = [f"cold-{kind}-{i}" for i in range(args.cold)]
+                create_functions(endpoint, names, kind)
+                results["cold_start"][kind] = await cold_starts(fport, names)
             invoke_path = "/2015-03-31/functions/hello/invocations"
             await sequential(fport, invoke_path, 50)  # warm up
             for _ in range(100):
@@ -199,41 +308,73 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     await asyncio.sleep(0.05)
             results["warm"] = summary(await sequential(fport, invoke_path, args.warm))
             results["baseline_warm"] = summary(await sequential(args.baseline_port, "/", args.warm))
+            results["warm_overhead"] = await overhead(fport, invoke_path, min(args.warm, 500))
             results["throughput"] = []
             for concurrency in args.concurrency:
                 fire = await throughput(fport, invoke_path, args.requests, concurrency)
                 base = await throughput(args.baseline_port, "/", args.requests, concurrency)
                 results["throughput"].append({"firebox": fire, "baseline": base, "ratio": fire["per_s"] / base["per_s"]})
+            if args.scale_out:
+                create_functions(endpoint, ["scale"], "sleepy")
+                results["scale_out"] = await scale_out(fport, "scale", args.scale_out)
+                results["density"] = density(firebox.pid, sandbox_count(firebox.pid))
         finally:
             firebox.terminate()
             baseline.terminate()
-            firebox.wait(timeout=30)
+            firebox.wait(timeout=60)
             baseline.wait(timeout=30)
     return results
 
 
+def sandbox_count(server_pid: int) -> int:
+    """Sandboxes alive now: descendants running a bootstrap from /var/runtime (one per sandbox)."""
+    count = 0
+    for pid in descendants(server_pid):
+        try:
+            if b"/var/runtime/" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                count += 1
+        except OSError:
+            continue
+    return count
+
+
 def report(results: dict[str, Any]) -> None:
-    cold, warm, base = results["cold_start"], results["warm"], results["baseline_warm"]
+    warm, base = results["warm"], results["baseline_warm"]
     print(f"\nFirebox invoke benchmark ({results['machine']['cpus']} cpus, Python {results['machine']['python']})")
-    print(f"{'measure':<44}{'p50':>10}{'p99':>10}")
-    print(f"{'cold start, python hello (client-observed)':<44}{cold['p50_ms']:>8.2f}ms{cold['p99_ms']:>8.2f}ms")
-    print(f"{'warm invoke, sequential':<44}{warm['p50_ms']:>8.2f}ms{warm['p99_ms']:>8.2f}ms")
-    print(f"{'raw HTTP hello (baseline), sequential':<44}{base['p50_ms']:>8.2f}ms{base['p99_ms']:>8.2f}ms")
-    print(f"{'warm latency ratio (firebox / baseline)':<44}{warm['p50_ms'] / base['p50_ms']:>9.1f}x"
+    print(f"{'measure':<52}{'p50':>10}{'p99':>10}")
+
+    def row(label: str, stats: dict[str, float]) -> None:
+        print(f"{label:<52}{stats['p50_ms']:>8.2f}ms{stats['p99_ms']:>8.2f}ms")
+
+    for kind, cold in results["cold_start"].items():
+        row(f"cold start, {kind} hello, client-observed", cold["client"])
+        row("  of which runtime init (REPORT Init Duration)", cold["init"])
+        row("  of which platform: code cache, sandbox, hops", cold["platform_and_spawn"])
+    row("warm invoke, sequential", warm)
+    row("warm platform overhead (client minus Duration)", results["warm_overhead"])
+    row("raw HTTP hello (baseline), sequential", base)
+    print(f"{'warm latency ratio (firebox / baseline)':<52}{warm['p50_ms'] / base['p50_ms']:>9.1f}x"
           f"{warm['p99_ms'] / base['p99_ms']:>9.1f}x")
     print(f"\n{'concurrency':<12}{'firebox/s':>12}{'baseline/s':>12}{'ratio':>8}{'fb p50':>10}{'fb p99':>10}")
-    for row in results["throughput"]:
-        f, b = row["firebox"], row["baseline"]
-        print(f"{f['concurrency']:<12}{f['per_s']:>12.0f}{b['per_s']:>12.0f}{row['ratio']:>8.2f}"
+    for item in results["throughput"]:
+        f, b = item["firebox"], item["baseline"]
+        print(f"{f['concurrency']:<12}{f['per_s']:>12.0f}{b['per_s']:>12.0f}{item['ratio']:>8.2f}"
               f"{f['p50_ms']:>8.2f}ms{f['p99_ms']:>8.2f}ms")
+    if "scale_out" in results:
+        so, dn = results["scale_out"], results["density"]
+        print(f"\nscale-out: {so['invocations']} simultaneous first invocations answered in {so['all_answered_s']:.2f} s"
+              f" ({so['sandboxes_per_s']:.0f} sandboxes/s, handler sleeps 0.5 s)")
+        print(f"density: {dn['pss_per_sandbox_mb']:.1f} MB PSS per idle sandbox over {dn['sandboxes']} sandboxes"
+              f" -> {dn['per_gb']:.0f} per GB")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cold", type=int, default=20)
+    parser.add_argument("--cold", type=int, default=10, help="cold starts per kind (python, node, boto3)")
     parser.add_argument("--warm", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32])
+    parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32, 128])
+    parser.add_argument("--scale-out", type=int, default=100, help="simultaneous first invocations (0: skip)")
     parser.add_argument("--baseline-port", type=int, default=0, help="0: a free port")
     args = parser.parse_args()
     args.baseline_port = args.baseline_port or free_port()

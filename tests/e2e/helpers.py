@@ -384,6 +384,7 @@ def start_server(data_dir: Path, log_dir: Path, env: Mapping[str, str] | None = 
         for line in process.stdout:
             lines.put(line)
         lines.put(None)
+        process.stdout.close()  # EOF: the server exited; nothing else reads this pipe
 
     threading.Thread(target=pump, name=f"firebox-stdout-{process.pid}", daemon=True).start()
     end = time.monotonic() + START_DEADLINE_S
