@@ -51,7 +51,10 @@ class Settings:
     # Sandboxes: "auto" (isolated where Linux namespaces work, else the plain-process fallback),
     # "isolated" or "process".
     sandbox_backend: str = "auto"
-    # How long an idle warm sandbox is kept before it is reaped.
+    # How long an idle warm sandbox is kept before it is reaped: "hybrid" learns each function's
+    # idle times (workers/keepalive.py) and falls back to `keep_alive_s` until it has enough;
+    # "fixed" always keeps `keep_alive_s`.
+    keep_alive_policy: str = "hybrid"
     keep_alive_s: float = 300.0
     # A folder holding boto3 for Python sandboxes (AWS ships it in the runtime); None: the one
     # `bin/setup` installs beside the virtual environment, if present.
@@ -78,6 +81,7 @@ class Settings:
             "region": str,
             "activation_delay_s": float,
             "sandbox_backend": str,
+            "keep_alive_policy": str,
             "keep_alive_s": float,
             "python_libs": Path,
             "log_sweep_interval_s": float,
@@ -101,6 +105,8 @@ class Settings:
             raise ValueError(f"invalid region {self.region!r}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"invalid port {self.port}")
+        if self.keep_alive_policy not in ("hybrid", "fixed"):
+            raise ValueError(f"keep-alive policy must be hybrid or fixed, got {self.keep_alive_policy!r}")
         if self.sandbox_backend not in ("auto", "isolated", "process"):
             raise ValueError(f"sandbox backend must be auto, isolated or process, got {self.sandbox_backend!r}")
 

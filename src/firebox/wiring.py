@@ -32,6 +32,7 @@ from firebox.worker.backends import choose_backend
 from firebox.worker.codecache import CodeCache
 from firebox.worker.local import LocalWorker
 from firebox.worker.sandbox_api import SandboxBackend
+from firebox.workers.keepalive import FixedKeepAlive, HybridHistogramPolicy, KeepAlivePolicy
 from firebox.workers.manager import LocalWorkerManager
 
 log = logging.getLogger("firebox")
@@ -85,7 +86,11 @@ async def build_platform(settings: Settings) -> Platform:
     backend = choose_backend(None if settings.sandbox_backend == "auto" else settings.sandbox_backend)
     code_cache = CodeCache(data_dir / "code", blobs, settings.limits)
     worker = LocalWorker(backend, code_cache, logs, runtimes, python_libs=settings.python_libs or default_python_libs())
-    workers = LocalWorkerManager(worker, keep_alive_s=settings.keep_alive_s)
+    if settings.keep_alive_policy == "hybrid":
+        policy: KeepAlivePolicy = HybridHistogramPolicy(fallback_keep_alive_s=settings.keep_alive_s)
+    else:
+        policy = FixedKeepAlive(settings.keep_alive_s)
+    workers = LocalWorkerManager(worker, keep_alive_s=settings.keep_alive_s, policy=policy)
 
     registry = Registry(
         store,

@@ -19,8 +19,16 @@ When a lease arrives with a new key for a (function, version) that has pools und
 (code or configuration changed), the older pools are retired: idle sandboxes are destroyed now,
 busy ones when they are released. `retire_function(name)` does the same on delete.
 
-Known caveats: the keep-alive is a fixed timer (the performance issue replaces it with a learned
-policy); creation is not bounded here: concurrency tokens (counter) bound it upstream.
+How long an idle sandbox lives, and whether one is pre-warmed, is the keep-alive policy's call
+(`keepalive.py`; `FixedKeepAlive(keep_alive_s)` unless another is given). The manager tells it
+every start and end per (name, version); a released sandbox is kept until
+`policy.keep_until(fn, now, level)` (level = 1 + the function's sandboxes still busy) or
+unloaded at once when `policy.release_after_end(fn, level)`; when the last invocation ends,
+`policy.prewarm_at(fn, now)` schedules one sandbox, which the reaper creates from the last spec
+seen unless an idle sandbox is already there or the spec is no longer current.
+
+Known caveats: creation is not bounded here: concurrency tokens (counter) bound it upstream, but
+pre-warms take no token (the reaper creates at most one per function per due time).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from dataclasses import dataclass, field
 
 from firebox.worker.api import FunctionSpec, InvokeOutcome, SandboxHandle, Worker
 from firebox.workers.api import WorkersStatistics
+from firebox.workers.keepalive import FixedKeepAlive, KeepAlivePolicy
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +60,7 @@ class Lease:
 class _Idle:
     sandbox: SandboxHandle
     since: float
+    until: float  # reap at (the policy's keep_until)
 
 
 class LocalWorkerManager:
@@ -59,16 +69,20 @@ class LocalWorkerManager:
         worker: Worker,
         *,
         keep_alive_s: float = 300.0,
+        policy: KeepAlivePolicy | None = None,
         reap_interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._worker = worker
-        self._keep_alive_s = keep_alive_s
+        self._policy: KeepAlivePolicy = policy if policy is not None else FixedKeepAlive(keep_alive_s)
         self._reap_interval_s = reap_interval_s
         self._clock = clock
         self._idle: dict[str, list[_Idle]] = defaultdict(list)
         self._busy: dict[str, set[SandboxHandle]] = defaultdict(set)
         self._current_key: dict[tuple[str, str], str] = {}
+        self._last_spec: dict[tuple[str, str], FunctionSpec] = {}
+        self._prewarm: dict[tuple[str, str], tuple[float, float]] = {}  # fn -> (at, idle_since)
+        self._prewarming: set[asyncio.Task[None]] = set()
         self._starting = 0
         self._created = 0
         self._destroyed = 0
@@ -87,6 +101,9 @@ class LocalWorkerManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
             self._reaper = None
+        for task in list(self._prewarming):
+            task.cancel()
+        await asyncio.gather(*self._prewarming, return_exceptions=True)
         everything = [i.sandbox for pool in self._idle.values() for i in pool]
         everything += [s for busy in self._busy.values() for s in busy]
         self._idle.clear()
@@ -110,6 +127,10 @@ class LocalWorkerManager:
 
     async def lease(self, spec: FunctionSpec) -> Lease:
         self._retire_older(spec)
+        fn = (spec.name, spec.version)
+        self._last_spec[fn] = spec
+        self._prewarm.pop(fn, None)
+        self._policy.observe_arrival(fn, self._clock())
         pool = self._idle.get(spec.key)
         while pool:
             idle = pool.pop()
@@ -120,6 +141,9 @@ class LocalWorkerManager:
         self._starting += 1
         try:
             sandbox = await self._worker.create_sandbox(spec)
+        except BaseException:
+            self._policy.observe_end(fn, self._clock())  # no lease, so no release will end it
+            raise
         finally:
             self._starting -= 1
         self._created += 1
@@ -137,13 +161,20 @@ class LocalWorkerManager:
         if lease._released:
             return
         lease._released = True
-        sandbox, key = lease.sandbox, lease.spec.key
+        sandbox, key, now = lease.sandbox, lease.spec.key, self._clock()
+        fn = (lease.spec.name, lease.spec.version)
         self._busy[key].discard(sandbox)
+        level = len(self._busy[key]) + 1  # 1: the function's last running invocation ended
         if not self._busy[key]:
             self._busy.pop(key, None)
-        current = self._current_key.get((lease.spec.name, lease.spec.version)) == key
-        if sandbox.ready and current:
-            self._idle[key].append(_Idle(sandbox, self._clock()))
+        self._policy.observe_end(fn, now)
+        current = self._current_key.get(fn) == key
+        if level == 1 and current:
+            at = self._policy.prewarm_at(fn, now)
+            if at is not None:
+                self._prewarm[fn] = (at, now)
+        if sandbox.ready and current and not self._policy.release_after_end(fn, level):
+            self._idle[key].append(_Idle(sandbox, now, self._policy.keep_until(fn, now, level)))
         else:
             await self._destroy(sandbox)
 
@@ -156,6 +187,7 @@ class LocalWorkerManager:
         if previous is not None and previous != spec.key:
             for idle in self._idle.pop(previous, []):
                 self._spawn_destroy(idle.sandbox)
+            self._prewarm.pop(slot, None)
 
     def retire_function(self, name: str, version: str | None = None) -> None:
         """A function (or one version) changed or was deleted: drop its idle sandboxes now;
@@ -164,23 +196,53 @@ class LocalWorkerManager:
             key = self._current_key.pop(slot)
             for idle in self._idle.pop(key, []):
                 self._spawn_destroy(idle.sandbox)
+            self._prewarm.pop(slot, None)
+            self._last_spec.pop(slot, None)
+            self._policy.forget(slot)
 
     def reap(self) -> int:
-        """Destroy sandboxes idle for longer than the keep-alive; returns how many."""
-        deadline = self._clock() - self._keep_alive_s
+        """Destroy sandboxes the policy no longer keeps, start due pre-warms; returns how many
+        sandboxes were destroyed."""
+        now = self._clock()
         reaped = 0
         for key in list(self._idle):
             pool = self._idle[key]
-            keep = [i for i in pool if i.since > deadline]
+            keep = [i for i in pool if i.until > now]
             for idle in pool:
-                if idle.since <= deadline:
+                if idle.until <= now:
                     self._spawn_destroy(idle.sandbox)
                     reaped += 1
             if keep:
                 self._idle[key] = keep
             else:
                 del self._idle[key]
+        for fn, (at, idle_since) in list(self._prewarm.items()):
+            if at <= now:
+                del self._prewarm[fn]
+                spec = self._last_spec.get(fn)
+                if spec is not None and self._current_key.get(fn) == spec.key and not self._idle.get(spec.key):
+                    task = asyncio.create_task(self._prewarm_one(spec, idle_since), name="firebox-prewarm")
+                    self._prewarming.add(task)
+                    task.add_done_callback(self._prewarming.discard)
         return reaped
+
+    async def _prewarm_one(self, spec: FunctionSpec, idle_since: float) -> None:
+        """Create one sandbox ahead of the next expected invocation; keep it as the policy says."""
+        fn = (spec.name, spec.version)
+        self._starting += 1
+        try:
+            sandbox = await self._worker.create_sandbox(spec)
+        except Exception:
+            log.exception("pre-warming %s:%s failed", *fn)
+            return
+        finally:
+            self._starting -= 1
+        self._created += 1
+        until = self._policy.keep_until(fn, idle_since, 1)
+        if sandbox.ready and self._current_key.get(fn) == spec.key and until > self._clock():
+            self._idle[spec.key].append(_Idle(sandbox, self._clock(), until))
+        else:
+            await self._destroy(sandbox)
 
     async def _reap_forever(self) -> None:
         while True:
