@@ -44,10 +44,9 @@ import multiprocessing
 import os
 import random
 import statistics
-import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

@@ -93,6 +93,11 @@ class Settings:
             raw = env.get(f"FIREBOX_{name.upper()}")
             if raw is not None and raw != "":
                 values[name] = cast(raw)
+        concurrency = env.get("FIREBOX_ACCOUNT_CONCURRENCY")
+        if concurrency:
+            limit = int(concurrency)
+            # AWS keeps 100 executions unreserved; a smaller account keeps them all unreserved.
+            values["limits"] = Limits(account_concurrency=limit, min_unreserved_concurrency=min(100, limit))
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)  # type: ignore[arg-type]
         settings.check()
@@ -103,6 +108,8 @@ class Settings:
             raise ValueError(f"account id must be 12 digits, got {self.account_id!r}")
         if not self.region or " " in self.region:
             raise ValueError(f"invalid region {self.region!r}")
+        if self.limits.account_concurrency < 1:
+            raise ValueError(f"account concurrency must be at least 1, got {self.limits.account_concurrency}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"invalid port {self.port}")
         if self.keep_alive_policy not in ("hybrid", "fixed"):

@@ -76,7 +76,7 @@ def apply(v: FunctionVersion, event: Event, arn: str, reason: str | None = None)
         if current is Phase.PENDING:
             raise ResourceConflict(
                 "The operation cannot be performed at this time. "
-                f"The function is currently in the following state: Pending"
+                "The function is currently in the following state: Pending"
             )
         raise ResourceConflict(
             f"The operation cannot be performed at this time. An update is in progress for resource: {arn}"

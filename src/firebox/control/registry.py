@@ -8,7 +8,6 @@ one unit of work in the store, then hands anything that needs preparing to the `
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
