@@ -67,6 +67,9 @@ class Settings:
     async_retry_base_s: float = 60.0
     async_concurrency: int = 32
     async_per_function: int = 8
+    # Python cold starts (isolated backend): this many pre-started, unspecialised sandboxes
+    # ("stem cells", worker/stemcells.py) per Python runtime and /tmp size; 0 turns them off.
+    stem_cells: int = 4
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -88,6 +91,7 @@ class Settings:
             "async_retry_base_s": float,
             "async_concurrency": int,
             "async_per_function": int,
+            "stem_cells": int,
         }
         for name, cast in casts.items():
             raw = env.get(f"FIREBOX_{name.upper()}")
@@ -112,6 +116,8 @@ class Settings:
             raise ValueError(f"account concurrency must be at least 1, got {self.limits.account_concurrency}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"invalid port {self.port}")
+        if self.stem_cells < 0:
+            raise ValueError(f"stem cells must be 0 or more, got {self.stem_cells}")
         if self.keep_alive_policy not in ("hybrid", "fixed"):
             raise ValueError(f"keep-alive policy must be hybrid or fixed, got {self.keep_alive_policy!r}")
         if self.sandbox_backend not in ("auto", "isolated", "process"):

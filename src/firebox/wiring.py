@@ -54,6 +54,7 @@ class Platform:
     async def start(self) -> None:
         await self.logs.start()
         await self.registry.start()
+        await self.worker.start()
         await self.workers.start()
         await self.events.start()
 
@@ -61,6 +62,7 @@ class Platform:
         """Stop in reverse order of start; idempotent."""
         await self.events.stop()
         await self.workers.stop()
+        await self.worker.stop()
         await self.backend.close()
         await self.registry.stop()
         await self.logs.stop()
@@ -85,7 +87,8 @@ async def build_platform(settings: Settings) -> Platform:
     # choose_backend logs its choice and why (a warning when it falls back to no isolation).
     backend = choose_backend(None if settings.sandbox_backend == "auto" else settings.sandbox_backend)
     code_cache = CodeCache(data_dir / "code", blobs, settings.limits)
-    worker = LocalWorker(backend, code_cache, logs, runtimes, python_libs=settings.python_libs or default_python_libs())
+    worker = LocalWorker(backend, code_cache, logs, runtimes, python_libs=settings.python_libs or default_python_libs(),
+                         stem_cells=settings.stem_cells)
     if settings.keep_alive_policy == "hybrid":
         policy: KeepAlivePolicy = HybridHistogramPolicy(fallback_keep_alive_s=settings.keep_alive_s)
     else:

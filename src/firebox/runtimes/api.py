@@ -78,6 +78,7 @@ MOUNT_POINT = "/var/runtime"
 """Where sandboxes see `RUNTIME_DIR` (AWS's `LAMBDA_RUNTIME_DIR`)."""
 
 PYTHON_BOOTSTRAP = "python/bootstrap.py"
+PYTHON_STEM = "python/stem.py"  # a pre-started Python sandbox waiting for its function (stem.py)
 NODEJS_BOOTSTRAP = "nodejs/bootstrap.mjs"
 
 # -u  unbuffered stdout/stderr: every write reaches the pipe at once, so a record written just
@@ -135,15 +136,23 @@ def bootstrap_command(
     return [os.path.join(os.fspath(task_root), "bootstrap")]
 
 
+def stem_command(runtime: str, interpreter: str, *, runtime_dir: str | os.PathLike[str] = MOUNT_POINT) -> list[str]:
+    """The argv of a Python stem cell (`python/stem.py`): the same interpreter and flags as
+    `bootstrap_command`, but the process waits for the platform to name its function."""
+    if runtime_family(runtime) != "python":
+        raise ValueError(f"stem cells exist for Python runtimes only, not {runtime!r}")
+    return [interpreter, *PYTHON_FLAGS, "-c", PYTHON_LOADER, os.path.join(os.fspath(runtime_dir), PYTHON_STEM)]
+
+
 def precompile(interpreter: str) -> bool:
     """Write the Python bootstrap's bytecode cache for `interpreter` (on the host, where
     `RUNTIME_DIR` is writable); every sandbox started with that interpreter then skips compiling
     it. Call once per interpreter at worker start; False when it could not (nothing breaks)."""
     import subprocess
 
-    source = str(RUNTIME_DIR / PYTHON_BOOTSTRAP)
+    sources = [str(RUNTIME_DIR / PYTHON_BOOTSTRAP), str(RUNTIME_DIR / PYTHON_STEM)]
     try:
-        done = subprocess.run([interpreter, "-m", "py_compile", source], capture_output=True, timeout=60, check=False)
+        done = subprocess.run([interpreter, "-m", "py_compile", *sources], capture_output=True, timeout=60, check=False)
     except (OSError, subprocess.SubprocessError):
         return False
     return done.returncode == 0

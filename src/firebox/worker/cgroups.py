@@ -196,6 +196,11 @@ class SandboxCgroup:
     def memory_peak(self) -> int | None:
         raise NotImplementedError
 
+    def set_memory_limit(self, memory_bytes: int) -> None:
+        """Change the memory limit of a running sandbox (a stem cell becoming a function's);
+        OSError on failure."""
+        raise NotImplementedError
+
     def reset_memory_peak(self) -> None:
         raise NotImplementedError
 
@@ -254,6 +259,16 @@ class _V1Sandbox(SandboxCgroup):
         super().__init__((memory,) + ((pids,) if pids else ()))
         self.memory = memory
 
+    def set_memory_limit(self, memory_bytes: int) -> None:
+        # memory.memsw.limit_in_bytes must stay >= memory.limit_in_bytes at every step.
+        memsw = self.memory / "memory.memsw.limit_in_bytes"
+        files = ["memory.limit_in_bytes"]
+        if memsw.exists():
+            current = _read_int(self.memory / "memory.limit_in_bytes")
+            files = ["memory.memsw.limit_in_bytes", *files] if memory_bytes > current else [*files, "memory.memsw.limit_in_bytes"]
+        for name in files:
+            _write(self.memory / name, str(memory_bytes))
+
     def memory_peak(self) -> int | None:
         if self.removed:
             return None
@@ -282,6 +297,9 @@ class _V2Sandbox(SandboxCgroup):
     def __init__(self, directory: Path) -> None:
         super().__init__((directory,))
         self.directory = directory
+
+    def set_memory_limit(self, memory_bytes: int) -> None:
+        _write(self.directory / "memory.max", str(memory_bytes))
         self._peak_fd: int | None = None
         self._peak_resettable = False
         with contextlib.suppress(OSError):

@@ -9,6 +9,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -16,12 +19,26 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from firebox.logs.api import LogSink
-from firebox.runtimes.api import RUNTIME_DIR, bootstrap_command, precompile
+from firebox.runtimes.api import (
+    RUNTIME_DIR,
+    bootstrap_command,
+    precompile,
+    stem_command,
+)
 from firebox.worker.api import FunctionSpec, HostRuntimes
 from firebox.worker.codecache import CodeCache
 from firebox.worker.runtimeapi import Invocation
 from firebox.worker.sandbox import FailedInit, Identity, InvokeOutcome, Sandbox
 from firebox.worker.sandbox_api import SandboxBackend, SandboxSpec
+from firebox.worker.stemcells import (
+    CELL_MEMORY_MB,
+    StemCell,
+    StemCellPool,
+    populate,
+    remove_task_dir,
+)
+
+log = logging.getLogger(__name__)
 
 # Where the platform's copy of boto3 appears inside Python sandboxes (AWS ships boto3 in the
 # runtime; the bootstrap appends FIREBOX_RUNTIME_LIBS to sys.path, after the function's own code).
@@ -32,6 +49,30 @@ SANDBOX_LIBS = "/var/lang/lib/firebox-python"
 class WorkerStatistics:
     created: int
     init_failures: int
+
+
+# The Lambda variables that are the same for every function (and are what a stem cell starts with).
+NEUTRAL_ENV = {
+    "LAMBDA_TASK_ROOT": "/var/task",
+    "LAMBDA_RUNTIME_DIR": "/var/runtime",
+    "TZ": ":UTC",
+    "LANG": "en_US.UTF-8",
+    "PATH": "/var/lang/bin:/usr/local/bin:/usr/bin/:/bin:/opt/bin",
+    "LD_LIBRARY_PATH": "/var/lang/lib:/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:/var/task:/var/task/lib:/opt/lib",
+}
+
+# A function's own variables with these names or prefixes act while the interpreter or libc
+# starts (PYTHONPATH, PYTHONHASHSEED, LD_PRELOAD, LC_ALL, MALLOC_ARENA_MAX...): a stem cell has
+# started already, so such a function gets a freshly started sandbox instead.
+_STARTUP_PREFIXES = ("PYTHON", "LD_", "LC_", "MALLOC_", "GLIBC_")
+_STARTUP_NAMES = frozenset({"LANGUAGE", "TZ", "PATH", "LANG"})
+
+
+def stem_eligible(spec: FunctionSpec) -> bool:
+    """True when a Python stem cell can become `spec`'s sandbox unchanged in behaviour."""
+    return spec.runtime.startswith("python") and not any(
+        name.startswith(_STARTUP_PREFIXES) or name in _STARTUP_NAMES for name in spec.environment
+    )
 
 
 def lambda_environment(spec: FunctionSpec, stream: str, *, with_libs: bool) -> dict[str, str]:
@@ -46,15 +87,10 @@ def lambda_environment(spec: FunctionSpec, stream: str, *, with_libs: bool) -> d
             "AWS_LAMBDA_LOG_FORMAT": spec.log_format,
             "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
             "_HANDLER": spec.handler,
-            "LAMBDA_TASK_ROOT": "/var/task",
-            "LAMBDA_RUNTIME_DIR": "/var/runtime",
             "AWS_REGION": spec.region,
             "AWS_DEFAULT_REGION": spec.region,
             "AWS_EXECUTION_ENV": f"AWS_Lambda_{spec.runtime}",
-            "TZ": ":UTC",
-            "LANG": "en_US.UTF-8",
-            "PATH": "/var/lang/bin:/usr/local/bin:/usr/bin/:/bin:/opt/bin",
-            "LD_LIBRARY_PATH": "/var/lang/lib:/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:/var/task:/var/task/lib:/opt/lib",
+            **NEUTRAL_ENV,
         }
     )
     if spec.log_format == "JSON":
@@ -86,6 +122,7 @@ class LocalWorker:
         runtimes: HostRuntimes,
         *,
         python_libs: Path | None = None,
+        stem_cells: int = 0,
     ) -> None:
         self.backend = backend
         self._code_cache = code_cache
@@ -94,6 +131,12 @@ class LocalWorker:
         self._python_libs = python_libs
         self._created = 0
         self._init_failures = 0
+        self._specialised = 0
+        # Stem cells: isolated backend and Python only (the process backend has no sandbox to
+        # pre-start); inert until `start()`.
+        self._stems: StemCellPool | None = None
+        if stem_cells > 0 and backend.isolated:
+            self._stems = StemCellPool(backend, code_cache.root / ".cells", stem_cells, self._cell_spec)
         # Python sandboxes skip compiling the bootstrap when its bytecode is cached (~10 ms).
         for runtime, interpreter in runtimes.interpreters.items():
             if runtime.startswith("python") and interpreter is not None:
@@ -102,12 +145,59 @@ class LocalWorker:
     def statistics(self) -> WorkerStatistics:
         return WorkerStatistics(self._created, self._init_failures)
 
+    def stem_statistics(self) -> dict[str, object]:
+        stats = self._stems.statistics() if self._stems is not None else {}
+        return {**stats, "specialised": self._specialised}
+
+    async def start(self) -> None:
+        """Start the stem cell pools (one per Python runtime of this host, default /tmp size)."""
+        if self._stems is not None:
+            keys = [(runtime, 512) for runtime, interpreter in self._runtimes.interpreters.items()
+                    if runtime.startswith("python") and interpreter is not None]
+            await self._stems.start(keys)
+
+    async def stop(self) -> None:
+        """Stop refilling and discard the unspecialised cells (specialised ones are sandboxes:
+        their owner destroys them)."""
+        if self._stems is not None:
+            await self._stems.stop()
+
+    def _cell_spec(self, sandbox_id: str, runtime: str, ephemeral_mb: int, task_dir: Path) -> SandboxSpec:
+        interpreter = self._runtimes.interpreters.get(runtime)
+        if interpreter is None:
+            raise RuntimeError(f"no interpreter for {runtime}")
+        environment = dict(NEUTRAL_ENV)
+        if self._python_libs is not None:
+            environment["FIREBOX_RUNTIME_LIBS"] = SANDBOX_LIBS
+        return SandboxSpec(
+            sandbox_id=sandbox_id,
+            function_name="firebox-stem-cell",
+            version="$LATEST",
+            runtime=runtime,
+            code_dir=task_dir,
+            runtime_dir=RUNTIME_DIR,
+            command=tuple(stem_command(runtime, str(interpreter))),
+            environment=environment,
+            memory_mb=CELL_MEMORY_MB,
+            ephemeral_storage_mb=ephemeral_mb,
+            extra_ro_binds=((self._python_libs, SANDBOX_LIBS),) if self._python_libs else (),
+        )
+
     async def create_sandbox(self, spec: FunctionSpec) -> Sandbox | FailedInit:
         """A new sandbox for `spec`, initialised. If init failed it is already dead and holds the
         error (`Sandbox.init_failure`) for the invocation that triggered it."""
         interpreter = self._runtimes.interpreters.get(spec.runtime)
         is_python = spec.runtime.startswith("python")
         code_dir = await self._code_cache.ensure(spec.code_sha256_hex, python=interpreter if is_python else None)
+        if self._stems is not None and interpreter is not None and stem_eligible(spec):
+            cell = await self._stems.take(spec.runtime, spec.ephemeral_storage_mb)
+            if cell is not None:
+                try:
+                    specialised = await self._specialise(cell, spec, code_dir)
+                finally:
+                    self._stems.refill(spec.runtime, spec.ephemeral_storage_mb)
+                if specialised is not None:
+                    return specialised
         sandbox_id = uuid.uuid4().hex
         stream = f"{datetime.now(UTC):%Y/%m/%d}/[{spec.version}]{sandbox_id}"
         with_libs = is_python and self._python_libs is not None
@@ -133,6 +223,48 @@ class LocalWorker:
         sandbox = Sandbox(sandbox_spec, process, self._logs, identity, timeout_s=spec.timeout_s)
         self._created += 1
         if not await sandbox.start(started):
+            self._init_failures += 1
+        return sandbox
+
+    async def _specialise(self, cell: StemCell, spec: FunctionSpec, code_dir: Path) -> Sandbox | None:
+        """Make `cell` the sandbox of `spec` (and of nothing else, ever); None when the cell
+        could not be prepared (it is discarded; the caller starts a sandbox the usual way)."""
+        started = time.perf_counter()
+        stream = f"{datetime.now(UTC):%Y/%m/%d}/[{spec.version}]{cell.id}"
+        environment = lambda_environment(spec, stream, with_libs=self._python_libs is not None)
+        sandbox_spec = SandboxSpec(
+            sandbox_id=cell.id,
+            function_name=spec.name,
+            version=spec.version,
+            runtime=spec.runtime,
+            code_dir=cell.task_dir,
+            runtime_dir=RUNTIME_DIR,
+            command=cell.spec.command,
+            environment=environment,
+            memory_mb=spec.memory_mb,
+            ephemeral_storage_mb=spec.ephemeral_storage_mb,
+            extra_ro_binds=cell.spec.extra_ro_binds,
+        )
+        try:
+            await asyncio.to_thread(populate, code_dir, cell.task_dir)
+            cell.process.set_memory_limit(sandbox_spec.memory_bytes)  # type: ignore[attr-defined]
+            if not cell.alive:
+                raise OSError("the stem cell died")
+        except OSError as exc:
+            log.warning("stem cell %s could not be specialised: %s", cell.id, exc)
+            await cell.discard()
+            return None
+        task_dir = cell.task_dir
+
+        async def forget_code(_: Sandbox) -> None:
+            await asyncio.to_thread(remove_task_dir, task_dir)
+
+        sandbox = Sandbox(sandbox_spec, cell.process, self._logs, Identity(spec.log_group, stream),  # type: ignore[arg-type]
+                          timeout_s=spec.timeout_s, on_death=forget_code, channel=cell.channel)
+        cell.channel.specialize(json.dumps(environment).encode())
+        self._created += 1
+        self._specialised += 1
+        if not await sandbox.start(started, server=cell.server, exit_task=cell.exit):
             self._init_failures += 1
         return sandbox
 

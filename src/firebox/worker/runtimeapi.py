@@ -4,6 +4,9 @@
     POST /2018-06-01/runtime/invocation/{id}/response   202: the function's result
     POST /2018-06-01/runtime/invocation/{id}/error      202: the function's error
     POST /2018-06-01/runtime/init/error                 202: init failed (the runtime then exits)
+    GET  /2018-06-01/runtime/firebox/specialize         Firebox only, stem cells only (404 for
+                                                        every other sandbox): a long poll that
+                                                        answers, once, the function's environment
 
 Byte-compatible with AWS: the `Lambda-Runtime-*` headers on `/next`, `{"status":"OK"}` on 202,
 `{"errorMessage","errorType"}` on 4xx, 413 for a response over the 6 MB limit. Any runtime that
@@ -50,12 +53,20 @@ class RuntimeOutcome:
 
 
 class RuntimeChannel:
-    """One sandbox's Runtime API state: init progress, the event handed out, pending outcomes."""
+    """One sandbox's Runtime API state: init progress, the event handed out, pending outcomes.
 
-    def __init__(self) -> None:
+    `stem=True` (a stem cell, `runtimes/python/stem.py`): the channel also serves the private
+    `/firebox/specialize` long poll, ONCE; `stem_waiting` resolves when the stem asks (it has
+    then loaded the runtime), and `specialize(body)` answers it with the function's environment.
+    """
+
+    def __init__(self, *, stem: bool = False) -> None:
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[None] = loop.create_future()  # first /next = init done
         self.init_error: asyncio.Future[RuntimeOutcome] = loop.create_future()
+        self.stem_waiting: asyncio.Future[None] | None = loop.create_future() if stem else None
+        self._specialization: asyncio.Future[bytes] | None = loop.create_future() if stem else None
+        self._specialize_asked = False
         self._events: asyncio.Queue[Invocation] = asyncio.Queue(maxsize=1)
         self._in_flight: dict[str, Invocation] = {}
 
@@ -78,6 +89,22 @@ class RuntimeChannel:
             return False
         invocation.outcome.set_result(outcome)
         return True
+
+    def specialize(self, body: bytes) -> None:
+        """Answer the stem cell's pending (or next) specialize poll with `body`."""
+        if self._specialization is None or self._specialization.done():
+            raise RuntimeError("this sandbox is not an unspecialised stem cell")
+        self._specialization.set_result(body)
+
+    async def specialization(self) -> bytes | None:
+        """The body for a specialize poll; None (404) unless this is a stem cell's first ask."""
+        if self._specialization is None or self._specialize_asked:
+            return None
+        self._specialize_asked = True
+        assert self.stem_waiting is not None
+        if not self.stem_waiting.done():
+            self.stem_waiting.set_result(None)
+        return await self._specialization
 
     def fail_init(self, outcome: RuntimeOutcome) -> None:
         if not self.init_error.done():
@@ -175,6 +202,10 @@ class RuntimeApiProtocol(asyncio.Protocol):
         path = request.url.decode("latin-1").split("?", 1)[0]
         if request.method == "GET" and path == f"{_PREFIX}/invocation/next":
             return self._next_response(await self._channel.next_event())
+        if request.method == "GET" and path == f"{_PREFIX}/firebox/specialize":
+            body = await self._channel.specialization()
+            if body is not None:
+                return _response(200, body)
         if request.method == "POST" and path == f"{_PREFIX}/init/error":
             error_type = request.headers.get("lambda-runtime-function-error-type", "Runtime.Unknown")
             self._channel.fail_init(RuntimeOutcome(b"".join(request.body), error_type))

@@ -98,6 +98,7 @@ class Sandbox:
         *,
         timeout_s: float,
         on_death: Callable[[Sandbox], Awaitable[None]] | None = None,
+        channel: RuntimeChannel | None = None,
     ) -> None:
         self.spec = spec
         self.process = process
@@ -107,7 +108,8 @@ class Sandbox:
         self.invocations = 0
         self._logs = logs
         self._timeout_s = timeout_s
-        self._channel = RuntimeChannel()
+        # A specialised stem cell brings the channel (and server) it was already serving.
+        self._channel = channel if channel is not None else RuntimeChannel()
         self._server: asyncio.AbstractServer | None = None
         self._readers: list[asyncio.Task[None]] = []
         self._exit: asyncio.Task[int] | None = None
@@ -130,14 +132,22 @@ class Sandbox:
 
     # -- start ---------------------------------------------------------------------------------
 
-    async def start(self, started_at: float, init_timeout_s: float = INIT_TIMEOUT_S) -> bool:
-        """Wait for init to finish: True when the runtime asked for its first event."""
-        self._server = await serve(self._channel, self.process.runtime_api)
+    async def start(
+        self,
+        started_at: float,
+        init_timeout_s: float = INIT_TIMEOUT_S,
+        *,
+        server: asyncio.AbstractServer | None = None,
+        exit_task: asyncio.Task[int] | None = None,
+    ) -> bool:
+        """Wait for init to finish: True when the runtime asked for its first event. A stem
+        cell being specialised passes the Runtime API server and exit watch it already runs."""
+        self._server = server if server is not None else await serve(self._channel, self.process.runtime_api)
         self._readers = [
             asyncio.create_task(self._capture(self.process.stdout)),
             asyncio.create_task(self._capture(self.process.stderr)),
         ]
-        self._exit = asyncio.create_task(self.process.wait())
+        self._exit = exit_task if exit_task is not None else asyncio.create_task(self.process.wait())
         waiters = {self._channel.ready, self._channel.init_error, self._exit}
         done, _ = await asyncio.wait(waiters, timeout=init_timeout_s, return_when=asyncio.FIRST_COMPLETED)
         self.init_duration_ms = (time.perf_counter() - started_at) * 1000

@@ -602,6 +602,10 @@ def handle_event_request(client, request_handler, headers, body):
 
 
 def main():
+    global _LOG_FORMAT_JSON
+    # Read again here: a stem cell (stem.py) loads this module before it has the function's
+    # environment.
+    _LOG_FORMAT_JSON = (os.environ.get("AWS_LAMBDA_LOG_FORMAT") or "").upper() == "JSON"
     setup_stdio()
     setup_builtins()
     task_root = os.environ.get("LAMBDA_TASK_ROOT") or "/var/task"

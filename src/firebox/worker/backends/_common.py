@@ -195,6 +195,14 @@ class RunningSandbox:
     def oom_kills(self) -> int:
         return self.cgroup.oom_kills() if self.cgroup is not None else 0
 
+    def set_memory_limit(self, memory_bytes: int) -> bool:
+        """Change the sandbox's memory limit (a stem cell being specialised); False when no
+        cgroup enforces one. OSError when the cgroup refused."""
+        if self.cgroup is None or self.cgroup.removed:
+            return False
+        self.cgroup.set_memory_limit(memory_bytes)
+        return True
+
     async def cleanup(self) -> None:
         if self._cleanup is None:
             self._cleanup = asyncio.ensure_future(self._do_cleanup())

@@ -1,0 +1,96 @@
+"""Firebox's Python stem cell: a pre-started Python sandbox that is not yet any function's.
+
+Started like the bootstrap (`python3.x -u -S -B -c <loader> /var/runtime/python/stem.py`) in a
+normal isolated sandbox whose `/var/task` is still EMPTY and whose environment holds only neutral
+values (TZ, LANG, PATH, LD_LIBRARY_PATH, LAMBDA_TASK_ROOT, LAMBDA_RUNTIME_DIR, and the platform's
+FIREBOX_RUNTIME_LIBS / AWS_LAMBDA_RUNTIME_API, identical for every Python function). It:
+
+1. loads the bootstrap module (so the interpreter's start-up and every import the runtime needs
+   are paid before any function asks for a sandbox);
+2. long-polls `GET /2018-06-01/runtime/firebox/specialize`, a Firebox-private route served only
+   to stem cells. The platform answers once it has put one function's code in `/var/task`: the
+   body is that function's complete Lambda environment as a JSON object;
+3. replaces `os.environ` with it and runs the bootstrap's `main()`: init (the handler's module is
+   imported now, once) and then the usual `/invocation/next` loop.
+
+From then on the process is exactly a bootstrap-started runtime of that function; the sandbox is
+never handed to any other function. Standard library only, like the bootstrap.
+"""
+
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if sys.path and (sys.path[0] == "" or os.path.abspath(sys.path[0]) == _HERE):
+    del sys.path[0]
+
+import importlib  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import socket  # noqa: E402
+import time  # noqa: E402
+
+SPECIALIZE_PATH = "/2018-06-01/runtime/firebox/specialize"
+BOOTSTRAP = os.path.join(_HERE, "bootstrap.py")
+
+
+def load_bootstrap():
+    spec = importlib.util.spec_from_file_location("_firebox_bootstrap", BOOTSTRAP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def wait_for_function(address):
+    """The function's environment (a dict), from the platform's answer to the long poll."""
+    host, _, port = address.rpartition(":")
+    sock = socket.create_connection((host.strip("[]").encode("ascii") or b"127.0.0.1", int(port)))
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        request = "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: firebox-stem\r\n\r\n" % (SPECIALIZE_PATH, address)
+        sock.sendall(request.encode("latin-1"))
+        reader = sock.makefile("rb")
+        status_line = reader.readline(65537)
+        parts = status_line.split()
+        if len(parts) < 2 or not parts[1].isdigit():
+            raise ValueError("no answer from the Runtime API")
+        length = 0
+        while True:
+            line = reader.readline(65537)
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        body = reader.read(length) if length else b""
+        reader.close()
+    finally:
+        sock.close()
+    if int(parts[1]) != 200:
+        raise ValueError("specialize answered %s" % parts[1].decode("latin-1"))
+    environment = json.loads(body)
+    if not isinstance(environment, dict):
+        raise ValueError("specialize answered a non-object")
+    return environment
+
+
+def main():
+    bootstrap = load_bootstrap()
+    address = os.environ.get("AWS_LAMBDA_RUNTIME_API", "")
+    try:
+        environment = wait_for_function(address)
+    except (OSError, ValueError) as exc:
+        sys.stderr.write("firebox stem cell: %s\n" % exc)
+        return 1
+    os.environ.clear()
+    os.environ.update({str(k): str(v) for k, v in environment.items()})
+    os.environ["AWS_LAMBDA_RUNTIME_API"] = address
+    time.tzset()
+    importlib.invalidate_caches()  # /var/task was empty until now
+    if len(sys.argv) > 1:
+        sys.argv[1] = BOOTSTRAP  # what a bootstrap-started runtime shows
+    return bootstrap.main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""Stem cells: pre-started, not-yet-specialised Python sandboxes, one small pool per
+(runtime, EphemeralStorage size), refilled in the background.
+
+A stem cell is a normal sandbox of the worker's backend (isolated: same namespaces, uid, seccomp,
+cgroup, read-only root) whose `/var/task` is a bind of an EMPTY per-cell host directory
+(`<code cache>/.cells/<id>`, root-owned, 0755), whose environment is neutral (`neutral_env`:
+values every Python function has), and whose command is `runtimes/python/stem.py`: the
+interpreter has started and loaded the runtime, and waits on the Runtime API's private
+`/firebox/specialize` long poll. The /tmp tmpfs size is fixed at spawn, hence the pool key.
+
+`LocalWorker` specialises a cell for ONE function version (`local.py`): it links the function's
+unpacked code into the cell's task directory, sets the cgroup memory limit to MemorySize, answers
+the poll with the function's environment, then waits for init exactly as for a new sandbox. A
+cell is taken once and never returned; one that dies while waiting is dropped and replaced. At
+most `size` cells per key exist unspecialised (memory: about 10 MB each).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from firebox.worker.runtimeapi import RuntimeChannel, serve
+from firebox.worker.sandbox_api import SandboxBackend, SandboxSpec
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 10.0
+CELL_MEMORY_MB = 256  # the limit while unspecialised; specialising sets MemorySize
+TAKE_WAIT_S = 0.25  # how long `take` waits for a cell already being started
+
+
+class StemCell:
+    """One running, unspecialised sandbox and the Runtime API server it is polling."""
+
+    def __init__(self, spec: SandboxSpec, process: object, channel: RuntimeChannel,
+                 server: asyncio.AbstractServer, exit_task: asyncio.Task[int]) -> None:
+        self.spec = spec
+        self.process = process
+        self.channel = channel
+        self.server = server
+        self.exit = exit_task
+
+    @property
+    def id(self) -> str:
+        return self.spec.sandbox_id
+
+    @property
+    def task_dir(self) -> Path:
+        return self.spec.code_dir
+
+    @property
+    def alive(self) -> bool:
+        return not self.exit.done()
+
+    async def discard(self) -> None:
+        """Kill it and release everything (never specialised, or its specialisation failed
+        before a Sandbox owned it)."""
+        self.server.close()
+        self.process.kill()  # type: ignore[attr-defined]
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(asyncio.shield(self.exit), timeout=5)
+        with contextlib.suppress(Exception):
+            await self.process.cleanup()  # type: ignore[attr-defined]
+        remove_task_dir(self.task_dir)
+
+
+def remove_task_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def populate(code_dir: Path, task_dir: Path) -> None:
+    """Make `task_dir` (empty) hold the tree of `code_dir`: hard links to the code cache's
+    read-only, root-owned files where possible (same filesystem), else copies with the same
+    modes. Directories 0755, owned by the platform: the sandbox's uid cannot change anything."""
+    code_dir = Path(code_dir)
+    for root, dirs, files in os.walk(code_dir):
+        relative = os.path.relpath(root, code_dir)
+        target = task_dir if relative == "." else task_dir / relative
+        for name in dirs:
+            source = os.path.join(root, name)
+            if os.path.islink(source):
+                os.symlink(os.readlink(source), target / name)
+            else:
+                os.mkdir(target / name, 0o755)
+                os.chmod(target / name, 0o755)
+        for name in files:
+            source = os.path.join(root, name)
+            if os.path.islink(source):
+                os.symlink(os.readlink(source), target / name)
+                continue
+            try:
+                os.link(source, target / name, follow_symlinks=False)
+            except OSError:
+                shutil.copy2(source, target / name)
+                os.chmod(target / name, os.stat(source).st_mode & 0o755)
+
+
+@dataclass
+class _Pool:
+    key: tuple[str, int]
+    ready: deque[StemCell] = field(default_factory=deque)
+    starting: int = 0
+    waiters: deque[asyncio.Future[StemCell]] = field(default_factory=deque)
+    wanted: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class StemCellPool:
+    """Pools of stem cells; `cell_spec(sandbox_id, runtime, ephemeral_mb, task_dir)` builds a
+    cell's SandboxSpec (the worker knows interpreters and binds)."""
+
+    def __init__(self, backend: SandboxBackend, cells_dir: Path, size: int,
+                 cell_spec: Callable[[str, str, int, Path], SandboxSpec]) -> None:
+        self._backend = backend
+        self._dir = Path(cells_dir)
+        self.size = size
+        self._cell_spec = cell_spec
+        self._pools: dict[tuple[str, int], _Pool] = {}
+        self._running = False
+        self._discarding: set[asyncio.Task[None]] = set()
+        self._stats = {"spawned": 0, "taken": 0, "missed": 0, "died": 0, "failed": 0}
+
+    def statistics(self) -> dict[str, object]:
+        ready = sum(len(p.ready) for p in self._pools.values())
+        return {**self._stats, "ready": ready, "pools": len(self._pools)}
+
+    async def start(self, keys: list[tuple[str, int]]) -> None:
+        if self._running:
+            return
+        if self._dir.exists():  # cells of a previous run (their sandboxes died with it)
+            shutil.rmtree(self._dir, ignore_errors=True)
+        self._dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        os.chmod(self._dir, 0o755)
+        self._running = True
+        for key in keys:
+            self._ensure(key)
+
+    async def stop(self) -> None:
+        self._running = False
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            if pool.task is not None:
+                pool.task.cancel()
+        await asyncio.gather(*(p.task for p in pools if p.task is not None), return_exceptions=True)
+        cells = [cell for pool in pools for cell in pool.ready]
+        for pool in pools:
+            pool.ready.clear()
+            for waiter in pool.waiters:
+                if not waiter.done():
+                    waiter.cancel()
+        await asyncio.gather(*(cell.discard() for cell in cells), return_exceptions=True)
+        await asyncio.gather(*self._discarding, return_exceptions=True)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _ensure(self, key: tuple[str, int]) -> _Pool:
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = _Pool(key)
+            pool.task = asyncio.create_task(self._refill(pool), name=f"firebox-stem-cells-{key[0]}-{key[1]}")
+        return pool
+
+    async def take(self, runtime: str, ephemeral_mb: int) -> StemCell | None:
+        """A live cell for (runtime, ephemeral size), removed from the pool for good; or None
+        (the caller starts a sandbox the usual way). Waits briefly for a cell already starting
+        when no other caller waits for it."""
+        if not self._running:
+            return None
+        pool = self._ensure((runtime, ephemeral_mb))
+        # No refill is started here: starting a sandbox blocks the event loop for a few ms
+        # (fork + exec), which would land inside this cell's specialisation. The caller calls
+        # `refill` once the cell's init is over.
+        while pool.ready:
+            cell = pool.ready.popleft()
+            if cell.alive:
+                self._stats["taken"] += 1
+                return cell
+            self._drop(cell)
+        if pool.starting > len(pool.waiters):
+            waiter: asyncio.Future[StemCell] = asyncio.get_running_loop().create_future()
+            pool.waiters.append(waiter)
+            try:
+                cell = await asyncio.wait_for(asyncio.shield(waiter), TAKE_WAIT_S)
+            except (TimeoutError, asyncio.CancelledError):
+                if waiter.done() and not waiter.cancelled():
+                    self._put(pool, waiter.result())  # arrived just too late: keep it
+                else:
+                    waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    pool.waiters.remove(waiter)
+            else:
+                if cell.alive:
+                    self._stats["taken"] += 1
+                    return cell
+                self._drop(cell)
+        self._stats["missed"] += 1
+        pool.wanted.set()  # nothing of ours to disturb: the caller starts a sandbox itself
+        return None
+
+    def refill(self, runtime: str, ephemeral_mb: int) -> None:
+        """Top the pool of (runtime, ephemeral_mb) up again, in the background."""
+        pool = self._pools.get((runtime, ephemeral_mb))
+        if pool is not None:
+            pool.wanted.set()
+
+    def _put(self, pool: _Pool, cell: StemCell) -> None:
+        while pool.waiters:
+            waiter = pool.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(cell)
+                return
+        pool.ready.append(cell)
+
+    def _drop(self, cell: StemCell) -> None:
+        self._stats["died"] += 1
+        task = asyncio.create_task(cell.discard())
+        self._discarding.add(task)
+        task.add_done_callback(self._discarding.discard)
+
+    async def _refill(self, pool: _Pool) -> None:
+        failures = 0
+        while self._running:
+            for cell in [c for c in pool.ready if not c.alive]:
+                pool.ready.remove(cell)
+                self._drop(cell)
+            missing = self.size - len(pool.ready) - pool.starting
+            if missing <= 0:
+                pool.wanted.clear()
+                await pool.wanted.wait()
+                continue
+            pool.starting += 1
+            try:
+                cell = await self._spawn(pool.key)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a failed cell is logged and retried later
+                self._stats["failed"] += 1
+                failures += 1
+                log.warning("stem cell for %s did not start: %s", pool.key, exc)
+                await asyncio.sleep(min(30.0, 0.1 * 2 ** failures))
+                continue
+            finally:
+                pool.starting -= 1
+            failures = 0
+            if not self._running:
+                await cell.discard()
+                return
+            cell.exit.add_done_callback(lambda _: pool.wanted.set())
+            self._put(pool, cell)
+
+    async def _spawn(self, key: tuple[str, int]) -> StemCell:
+        runtime, ephemeral_mb = key
+        sandbox_id = uuid.uuid4().hex
+        task_dir = self._dir / sandbox_id
+        task_dir.mkdir(mode=0o755)
+        os.chmod(task_dir, 0o755)
+        spec = self._cell_spec(sandbox_id, runtime, ephemeral_mb, task_dir)
+        try:
+            process = await self._backend.spawn(spec)
+        except BaseException:
+            remove_task_dir(task_dir)
+            raise
+        channel = RuntimeChannel(stem=True)
+        assert channel.stem_waiting is not None
+        exit_task = asyncio.ensure_future(process.wait())
+        server: asyncio.AbstractServer | None = None
+        try:
+            server = await serve(channel, process.runtime_api)
+            done, _ = await asyncio.wait({channel.stem_waiting, exit_task}, timeout=READY_TIMEOUT_S,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if channel.stem_waiting not in done:
+                detail = b""
+                with contextlib.suppress(Exception):
+                    detail = await asyncio.wait_for(process.stderr.read(4096), 0.5)
+                raise RuntimeError(f"the stem never asked for its function: {detail.decode(errors='replace')[-300:]}")
+        except BaseException:
+            cell = StemCell(spec, process, channel, server or _NoServer(), exit_task)  # type: ignore[arg-type]
+            await asyncio.shield(cell.discard())
+            raise
+        self._stats["spawned"] += 1
+        return StemCell(spec, process, channel, server, exit_task)
+
+
+class _NoServer:
+    def close(self) -> None:
+        pass
