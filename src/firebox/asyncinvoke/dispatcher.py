@@ -139,6 +139,12 @@ class Dispatcher:
         self._rotation += 1
         for name in functions[start:] + functions[:start]:
             room = min(self._settings.per_function - self._in_flight[name], self._settings.concurrency - self.in_flight)
+            reserved = await self._reserved(name)
+            if reserved:
+                # Claiming more than the reservation only throttles the extra events into
+                # growing backoffs while capacity frees up; reserved 0 still claims, so its
+                # events fail at once with ZeroReservedConcurrency.
+                room = min(room, reserved - self._in_flight[name])
             if room <= 0:
                 continue
             for event in await self._queue.claim(name, now, room, LEASE_MS):
@@ -224,6 +230,12 @@ class Dispatcher:
             return await self._registry.find_event_invoke_config(ref) or EventInvokeConfig()
         except ApiError:
             return EventInvokeConfig()
+
+    async def _reserved(self, name: str) -> int | None:
+        try:
+            return (await self._registry.get_function(FunctionRef(name))).reserved_concurrency
+        except ApiError:
+            return None
 
     async def _zero_reserved(self, name: str) -> bool:
         try:
