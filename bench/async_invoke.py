@@ -32,57 +32,13 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from common import Connection, percentile, start_firebox, summary
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 SOURCE = "def handler(event, context):\n    print('RAN', context.aws_request_id, flush=True)\n    return None\n"
 NAME = "fast"
 PATH = f"/2015-03-31/functions/{NAME}/invocations"
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
-    return ordered[index]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {"n": len(values), "p50_ms": statistics.median(values), "p90_ms": percentile(values, 90),
-            "p99_ms": percentile(values, 99), "max_ms": max(values), "mean_ms": statistics.fmean(values)}
-
-
-class Connection:
-    """A keep-alive HTTP/1.1 client connection: just enough to time requests (bench/invoke.py's,
-    returning the response headers too)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> None:
-        self.reader, self.writer, self.host = reader, writer, host
-
-    @classmethod
-    async def open(cls, host: str, port: int) -> Connection:
-        reader, writer = await asyncio.open_connection(host, port)
-        return cls(reader, writer, f"{host}:{port}")
-
-    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(body)}\r\n"
-                f"Content-Type: application/json\r\n{extra}\r\n").encode()
-        self.writer.write(head + body)
-        status_line = await self.reader.readline()
-        found: dict[str, str] = {}
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.decode("latin-1").partition(":")
-            found[name.strip().lower()] = value.strip()
-        if "chunked" in found.get("transfer-encoding", "").lower():
-            data = b""
-            while (size := int((await self.reader.readline()).strip(), 16)) > 0:
-                data += await self.reader.readexactly(size + 2)
-            await self.reader.readline()
-        else:
-            data = await self.reader.readexactly(int(found.get("content-length", "0")))
-        return int(status_line.split()[1]), found, data
-
-    async def close(self) -> None:
-        self.writer.close()
 
 
 EVENT_HEADERS = {"X-Amz-Invocation-Type": "Event"}
@@ -91,7 +47,7 @@ EVENT_HEADERS = {"X-Amz-Invocation-Type": "Event"}
 async def send_event(conn: Connection, index: int) -> tuple[str, float, int]:
     """One Event invoke: (request id, client ms at the 202, latency ms)."""
     start = time.perf_counter()
-    status, headers, body = await conn.post(PATH, b'{"i":%d}' % index, EVENT_HEADERS)
+    status, headers, body = await conn.exchange(PATH, b'{"i":%d}' % index, EVENT_HEADERS)
     latency = (time.perf_counter() - start) * 1000
     if status != 202:
         raise SystemExit(f"expected 202, got {status}: {body[:300]!r}")
@@ -178,20 +134,6 @@ def end_to_end(logs: Any, accepted: dict[str, float], deadline_s: float = 120) -
             raise SystemExit(f"{len(set(accepted) - set(ran))} events have no RAN line after {deadline_s} s")
 
 
-def start_server(data_dir: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
-    cmd = [sys.executable, "-m", "firebox", "serve", "--port", "0", "--data-dir", data_dir]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise SystemExit("firebox exited before it was ready")
-        if "Firebox ready at " in line:
-            return proc, int(line.rstrip().rsplit(":", 1)[1].split()[0].strip("/"))
-    raise SystemExit("server did not become ready in 60 s")
-
-
 def clients(endpoint: str) -> tuple[Any, Any]:
     import boto3
     import botocore.config
@@ -220,7 +162,7 @@ async def enqueue_only(args: argparse.Namespace, env: dict[str, str]) -> dict[st
     the frontend and the group commit alone."""
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="firebox-async-bench-") as data_dir:
-        firebox, port = start_server(data_dir, {**env, "FIREBOX_ASYNC_CONCURRENCY": "0"})
+        firebox, port = start_firebox(data_dir, {**env, "FIREBOX_ASYNC_CONCURRENCY": "0"})
         try:
             lam, _ = clients(f"http://127.0.0.1:{port}")
             create_function(lam)
@@ -248,7 +190,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                "settings": {"async_concurrency": 32, "async_per_function": 8}}
     results["no_dispatch"] = await enqueue_only(args, env)
     with tempfile.TemporaryDirectory(prefix="firebox-async-bench-") as data_dir:
-        firebox, port = start_server(data_dir, env)
+        firebox, port = start_firebox(data_dir, env)
         endpoint = f"http://127.0.0.1:{port}"
         try:
             lam, logs = clients(endpoint)

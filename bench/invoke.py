@@ -27,6 +27,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from common import Connection, percentile, start_firebox, summary
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 HELLO = "def handler(event, context):\n    return {'hello': 'world'}\n"
@@ -42,57 +44,6 @@ BASELINE_APP = textwrap.dedent(
         await send({"type": "http.response.body", "body": b'{"hello":"world"}'})
     """
 )
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
-    return ordered[index]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {"n": len(values), "p50_ms": statistics.median(values), "p99_ms": percentile(values, 99),
-            "mean_ms": statistics.fmean(values)}
-
-
-class Connection:
-    """A keep-alive HTTP/1.1 client connection: just enough to time requests."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> None:
-        self.reader, self.writer, self.host = reader, writer, host
-
-    @classmethod
-    async def open(cls, host: str, port: int) -> Connection:
-        reader, writer = await asyncio.open_connection(host, port)
-        return cls(reader, writer, f"{host}:{port}")
-
-    async def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        status, _, data = await self.exchange(path, body, headers)
-        return status, data
-
-    async def exchange(
-        self, path: str, body: bytes, headers: dict[str, str] | None = None
-    ) -> tuple[int, dict[str, str], bytes]:
-        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(body)}\r\n"
-                f"Content-Type: application/json\r\n{extra}\r\n").encode()
-        self.writer.write(head + body)
-        status_line = await self.reader.readline()
-        answer: dict[str, str] = {}
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.decode("latin-1").partition(":")
-            answer[name.strip().lower()] = value.strip()
-        status = int(status_line.split()[1])
-        if "chunked" in answer.get("transfer-encoding", "").lower():
-            data = b""
-            while (size := int((await self.reader.readline()).strip(), 16)) > 0:
-                data += (await self.reader.readexactly(size + 2))[:-2]
-            await self.reader.readline()
-            return status, answer, data
-        return status, answer, await self.reader.readexactly(int(answer.get("content-length", 0)))
-
-    async def close(self) -> None:
-        self.writer.close()
 
 
 async def sequential(port: int, path: str, count: int) -> list[float]:
@@ -128,19 +79,6 @@ async def throughput(port: int, path: str, requests: int, concurrency: int) -> d
         await conn.close()
     return {"concurrency": concurrency, "requests": requests, "per_s": requests / elapsed,
             "p50_ms": statistics.median(latencies), "p99_ms": percentile(latencies, 99)}
-
-
-def start(cmd: list[str], env: dict[str, str], ready: str) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise SystemExit(f"{cmd[0]} exited before it was ready")
-        if ready in line:
-            return proc, int(line.rstrip().rsplit(":", 1)[1].split()[0].strip("/"))
-    raise SystemExit("server did not become ready in 60 s")
 
 
 def free_port() -> int:
@@ -283,8 +221,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FIREBOX_")}
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
     with tempfile.TemporaryDirectory(prefix="firebox-bench-") as data_dir:
-        firebox, fport = start([sys.executable, "-m", "firebox", "serve", "--port", "0", "--data-dir", data_dir],
-                               env, "Firebox ready at ")
+        firebox, fport = start_firebox(data_dir, env)
         app_dir = Path(data_dir) / "baseline"
         app_dir.mkdir()
         (app_dir / "baseline_app.py").write_text(BASELINE_APP)

@@ -1,0 +1,79 @@
+"""What the benchmarks share: percentiles, a minimal keep-alive HTTP/1.1 client (the same on the
+Firebox side and the baseline side, so the client costs the same on both), and starting a
+Firebox server on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import subprocess
+import sys
+import time
+
+READY_PREFIX = "Firebox ready at "
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"n": len(values), "p50_ms": statistics.median(values), "p90_ms": percentile(values, 90),
+            "p99_ms": percentile(values, 99), "max_ms": max(values), "mean_ms": statistics.fmean(values)}
+
+
+class Connection:
+    """A keep-alive HTTP/1.1 client connection: just enough to time requests."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> None:
+        self.reader, self.writer, self.host = reader, writer, host
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> Connection:
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer, f"{host}:{port}")
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        status, _, data = await self.exchange(path, body, headers)
+        return status, data
+
+    async def exchange(
+        self, path: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(body)}\r\n"
+                f"Content-Type: application/json\r\n{extra}\r\n").encode()
+        self.writer.write(head + body)
+        status_line = await self.reader.readline()
+        answer: dict[str, str] = {}
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            answer[name.strip().lower()] = value.strip()
+        status = int(status_line.split()[1])
+        if "chunked" in answer.get("transfer-encoding", "").lower():
+            data = b""
+            while (size := int((await self.reader.readline()).strip(), 16)) > 0:
+                data += (await self.reader.readexactly(size + 2))[:-2]
+            await self.reader.readline()
+            return status, answer, data
+        return status, answer, await self.reader.readexactly(int(answer.get("content-length", 0)))
+
+    async def close(self) -> None:
+        self.writer.close()
+
+
+def start_firebox(data_dir: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
+    """`firebox serve` on a free port with `data_dir`; returns the process and its port."""
+    cmd = [sys.executable, "-m", "firebox", "serve", "--port", "0", "--data-dir", data_dir]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise SystemExit("firebox exited before it was ready")
+        if line.startswith(READY_PREFIX):
+            return proc, int(line.rstrip().rsplit(":", 1)[1].split()[0].strip("/"))
+    raise SystemExit("firebox did not become ready in 60 s")
