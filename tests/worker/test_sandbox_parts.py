@@ -148,3 +148,18 @@ def test_backends_satisfy_the_protocol() -> None:
             assert callable(getattr(cls, name))
         assert isinstance(cls.name, str) and isinstance(cls.isolated, bool)
     assert SandboxBackend is not None
+
+
+def test_cgroup_v2_files_are_read_and_written(tmp_path) -> None:
+    """The v2 driver's file handling, on a plain directory shaped like a cgroup v2 group (this
+    machine's cgroup2 mount has no memory controller to run a real sandbox under)."""
+    from firebox.worker.cgroups import _V2Sandbox
+
+    (tmp_path / "memory.peak").write_text("12345\n")
+    (tmp_path / "memory.max").write_text("max\n")
+    (tmp_path / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n")
+    group = _V2Sandbox(tmp_path)
+    assert group.memory_peak() == 12345
+    group.set_memory_limit(128 * 1024 * 1024)
+    assert (tmp_path / "memory.max").read_text() == str(128 * 1024 * 1024)
+    assert group.oom_kills() == 2

@@ -297,13 +297,13 @@ class _V2Sandbox(SandboxCgroup):
     def __init__(self, directory: Path) -> None:
         super().__init__((directory,))
         self.directory = directory
-
-    def set_memory_limit(self, memory_bytes: int) -> None:
-        _write(self.directory / "memory.max", str(memory_bytes))
         self._peak_fd: int | None = None
         self._peak_resettable = False
         with contextlib.suppress(OSError):
             self._peak_fd = os.open(directory / "memory.peak", os.O_RDWR | os.O_CLOEXEC)
+
+    def set_memory_limit(self, memory_bytes: int) -> None:
+        _write(self.directory / "memory.max", str(memory_bytes))
 
     def memory_peak(self) -> int | None:
         if self.removed or self._peak_fd is None:
