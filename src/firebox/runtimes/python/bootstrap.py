@@ -11,6 +11,12 @@ AWS's `awslambdaric`:
            ONCE (an error is posted to /runtime/init/error and the process exits 1)
     loop:  GET /next -> handler(event, context) -> POST /response (JSON) or /error
 
+Why one file of over 600 lines: it runs inside the sandbox, where nothing of the platform is
+installed, and it is loaded by path (so that its bytecode can be precompiled); splitting it
+would mean shipping and importing sibling modules from /var/runtime on every cold start, for no
+gain in what the function sees. Its sections (errors, logging, the Runtime API client,
+marshalling, the context object, init and the loop) are marked with `# ---` rules below.
+
 The Runtime API client is a minimal HTTP/1.1 client on one keep-alive socket rather than
 `http.client`, whose import (email parser, ssl) would double this runtime's own start-up cost
 (AWS's client also avoids importing it on the hot path).

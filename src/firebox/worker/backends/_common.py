@@ -239,6 +239,58 @@ class RunningSandbox:
         self._on_cleanup(self)
 
 
+class SandboxLedger:
+    """What a backend keeps about its sandboxes, the same for every backend: the live ones,
+    counts, spawn time, and whether it is closed."""
+
+    def __init__(self) -> None:
+        self.live: dict[str, RunningSandbox] = {}
+        self.counts = {"spawned": 0, "failed": 0, "cleaned": 0}
+        self.spawn_seconds = 0.0
+        self.closed = False
+
+    def admit(self, spec: SandboxSpec) -> None:
+        """Before a spawn: refuse it when the backend is closed or the id is taken."""
+        if self.closed:
+            raise ServiceError("the sandbox backend is closed")
+        if spec.sandbox_id in self.live:
+            raise ValueError(f"sandbox {spec.sandbox_id} exists already")
+
+    def spawned(self, sandbox: RunningSandbox, started: float) -> None:
+        self.live[sandbox.sandbox_id] = sandbox
+        self.counts["spawned"] += 1
+        self.spawn_seconds += time.monotonic() - started
+
+    def failed(self) -> None:
+        self.counts["failed"] += 1
+
+    def forget(self, sandbox: RunningSandbox) -> None:
+        """`RunningSandbox.on_cleanup`: the sandbox is gone."""
+        if self.live.pop(sandbox.sandbox_id, None) is not None:
+            self.counts["cleaned"] += 1
+
+    def statistics(self, name: str, uids: UidPool | None, cgroups: str | None) -> dict[str, object]:
+        spawned = self.counts["spawned"]
+        return {
+            "backend": name,
+            "live": len(self.live),
+            **self.counts,
+            "uids_in_use": uids.in_use if uids else None,
+            "uids_total": uids.size if uids else None,
+            "cgroups": cgroups,
+            "mean_spawn_ms": round(1000 * self.spawn_seconds / spawned, 2) if spawned else None,
+        }
+
+    async def close(self) -> bool:
+        """Clean up every live sandbox; False when it was closed already."""
+        if self.closed:
+            return False
+        self.closed = True
+        for sandbox in list(self.live.values()):
+            await sandbox.cleanup()
+        return True
+
+
 def pids_of_uid(uid: int) -> list[int]:
     """Live host pids owned by `uid` (a /proc scan: the fallback when no cgroup exists)."""
     found = []

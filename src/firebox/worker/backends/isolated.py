@@ -73,6 +73,7 @@ from firebox.worker import netns, seccomp
 from firebox.worker.backends._common import (
     DEFAULT_UID_RANGE,
     RunningSandbox,
+    SandboxLedger,
     UidPool,
     check_host_dirs,
     drop_to,
@@ -173,10 +174,7 @@ class IsolatedBackend:
         else:
             self.cgroup_problem = "cgroups disabled by configuration"
         self.version = _bwrap_version(bwrap)
-        self._live: dict[str, RunningSandbox] = {}
-        self._stats = {"spawned": 0, "failed": 0, "cleaned": 0}
-        self._spawn_seconds = 0.0
-        self._closed = False
+        self._ledger = SandboxLedger()
         self.reason = self._reason()
 
     def _reason(self) -> str:
@@ -306,10 +304,7 @@ class IsolatedBackend:
         return _Launch(argv, tuple(opened), preexec, info_read, close_after_start=opened)
 
     async def spawn(self, spec: SandboxSpec) -> RunningSandbox:
-        if self._closed:
-            raise ServiceError("the sandbox backend is closed")
-        if spec.sandbox_id in self._live:
-            raise ValueError(f"sandbox {spec.sandbox_id} exists already")
+        self._ledger.admit(spec)
         check_host_dirs(spec)
         started = time.monotonic()
         net: netns.PrivateLoopback | None = None
@@ -341,7 +336,7 @@ class IsolatedBackend:
                 raise ServiceError(f"the sandbox did not start (bwrap status {status}): {detail[-500:]}")
             init = _open_init(info.get("child-pid"), proc.pid)
         except BaseException:
-            self._stats["failed"] += 1
+            self._ledger.failed()
             if launch is not None:
                 with contextlib.suppress(OSError):
                     os.close(launch.info_read)
@@ -365,16 +360,10 @@ class IsolatedBackend:
         sandbox = RunningSandbox(
             spec=spec, proc=proc, listener=net.listener, address=net.address, cgroup=cgroup, uid=uid,
             bwrap=True, extra_kill=handle.kill, release_uid=self._uids.release,
-            on_cleanup=self._forget, closers=(handle.close,),
+            on_cleanup=self._ledger.forget, closers=(handle.close,),
         )
-        self._live[spec.sandbox_id] = sandbox
-        self._stats["spawned"] += 1
-        self._spawn_seconds += time.monotonic() - started
+        self._ledger.spawned(sandbox, started)
         return sandbox
-
-    def _forget(self, sandbox: RunningSandbox) -> None:
-        if self._live.pop(sandbox.sandbox_id, None) is not None:
-            self._stats["cleaned"] += 1
 
     # --- the start-up probe ---------------------------------------------------------------
 
@@ -431,28 +420,17 @@ class IsolatedBackend:
     # --- the rest of the contract ---------------------------------------------------------
 
     def statistics(self) -> dict[str, object]:
-        spawned = self._stats["spawned"]
-        return {
-            "backend": self.name,
-            "live": len(self._live),
-            **self._stats,
-            "uids_in_use": self._uids.in_use,
-            "uids_total": self._uids.size,
-            "cgroups": self._cgroups.description if self._cgroups else None,
-            "mean_spawn_ms": round(1000 * self._spawn_seconds / spawned, 2) if spawned else None,
-        }
+        cgroups = self._cgroups.description if self._cgroups else None
+        return self._ledger.statistics(self.name, self._uids, cgroups)
 
     async def close(self) -> None:
-        if self._closed:
+        if not await self._ledger.close():
             return
-        self._closed = True
-        for sandbox in list(self._live.values()):
-            await sandbox.cleanup()
         self.close_sync()
 
     def close_sync(self) -> None:
         """Release the cgroup instance group and the state dir (no sandbox may be live)."""
-        self._closed = True
+        self._ledger.closed = True
         if self._cgroups is not None:
             self._cgroups.close()
         if self._own_state:

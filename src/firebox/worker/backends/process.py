@@ -33,10 +33,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from firebox.errors import ServiceError
 from firebox.worker.backends._common import (
     DEFAULT_UID_RANGE,
     RunningSandbox,
+    SandboxLedger,
     UidPool,
     check_host_dirs,
     die_with_parent,
@@ -81,10 +81,7 @@ class ProcessBackend:
                 self.cgroup_problem = str(exc)
         else:
             self.cgroup_problem = "cgroups disabled by configuration"
-        self._live: dict[str, RunningSandbox] = {}
-        self._stats = {"spawned": 0, "failed": 0, "cleaned": 0}
-        self._spawn_seconds = 0.0
-        self._closed = False
+        self._ledger = SandboxLedger()
         limits = (
             f"memory limits through {self._cgroups.description}" if self._cgroups
             else f"NO memory limit ({self.cgroup_problem})"
@@ -97,10 +94,7 @@ class ProcessBackend:
         )
 
     async def spawn(self, spec: SandboxSpec) -> RunningSandbox:
-        if self._closed:
-            raise ServiceError("the sandbox backend is closed")
-        if spec.sandbox_id in self._live:
-            raise ValueError(f"sandbox {spec.sandbox_id} exists already")
+        self._ledger.admit(spec)
         check_host_dirs(spec)
         started = time.monotonic()
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -139,7 +133,7 @@ class ProcessBackend:
                 env=env, cwd=str(spec.code_dir), preexec_fn=preexec, start_new_session=True,
             )
         except BaseException:
-            self._stats["failed"] += 1
+            self._ledger.failed()
             listener.close()
             if cgroup is not None:
                 await cgroup.remove()
@@ -159,35 +153,19 @@ class ProcessBackend:
             spec=spec, proc=proc, listener=listener, address=address, cgroup=cgroup, uid=uid,
             bwrap=False, extra_kill=kill_group,
             release_uid=self._uids.release if self._uids is not None else (lambda _uid: None),
-            on_cleanup=self._forget, private_dirs=(tmpdir,),
+            on_cleanup=self._ledger.forget, private_dirs=(tmpdir,),
             leftovers_of_uid=uid is not None and cgroup is None,
         )
-        self._live[spec.sandbox_id] = sandbox
-        self._stats["spawned"] += 1
-        self._spawn_seconds += time.monotonic() - started
+        self._ledger.spawned(sandbox, started)
         return sandbox
 
-    def _forget(self, sandbox: RunningSandbox) -> None:
-        if self._live.pop(sandbox.sandbox_id, None) is not None:
-            self._stats["cleaned"] += 1
-
     def statistics(self) -> dict[str, object]:
-        spawned = self._stats["spawned"]
-        return {
-            "backend": self.name,
-            "live": len(self._live),
-            **self._stats,
-            "uids_in_use": self._uids.in_use if self._uids else None,
-            "cgroups": self._cgroups.description if self._cgroups else None,
-            "mean_spawn_ms": round(1000 * self._spawn_seconds / spawned, 2) if spawned else None,
-        }
+        cgroups = self._cgroups.description if self._cgroups else None
+        return self._ledger.statistics(self.name, self._uids, cgroups)
 
     async def close(self) -> None:
-        if self._closed:
+        if not await self._ledger.close():
             return
-        self._closed = True
-        for sandbox in list(self._live.values()):
-            await sandbox.cleanup()
         if self._cgroups is not None:
             self._cgroups.close()
         if self._own_state:
