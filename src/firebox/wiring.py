@@ -7,6 +7,7 @@ Start order is the order of `Platform.parts`; stop is the reverse.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from dataclasses import dataclass
@@ -117,7 +118,15 @@ async def build_platform(settings: Settings) -> Platform:
     )
     events.attach(Dispatcher(queue, invoker, registry, Targets(scope, events.accept), scope, dispatch))
 
+    def statistics() -> dict[str, object]:
+        return {
+            "workers": dataclasses.asdict(workers.statistics()),
+            "worker": dataclasses.asdict(worker.statistics()),
+            "stem_cells": worker.stem_statistics(),
+            "backend": backend.statistics(),
+        }
+
     services = Services(registry=registry, invoker=invoker, events=events, logs=logs, scope=scope,
-                        limits=settings.limits)
+                        limits=settings.limits, statistics=statistics)
     app = FrontendApp(services, max_request_bytes=settings.limits.max_request_bytes)
     return Platform(settings, runtimes, store, logs, registry, backend, worker, workers, events, app)

@@ -4,13 +4,13 @@ and isolation as a freshly started sandbox; a cell never serves two functions.""
 
 from __future__ import annotations
 
-import socket
-import time
+import json
 import urllib.parse
+import urllib.request
 from typing import Any
 
 from .engine_fixtures import invoke, isolated_backend, ok_json, python_function  # noqa: F401
-from .helpers import FireboxServer
+from .helpers import FireboxServer, wait_for
 
 STEM_SOURCE = """
 import os
@@ -76,8 +76,18 @@ def _function(lam: Any, marker: str, **params: Any) -> str:
     return python_function(lam, source, prefix="stem", **params)
 
 
+def _wait_for_ready_cell(server: FireboxServer) -> None:
+    """The pool refills in the background after every cold start: wait until a cell is ready."""
+
+    def ready() -> int:
+        with urllib.request.urlopen(f"{server.endpoint}/_firebox/stats", timeout=10) as answer:
+            return int(json.loads(answer.read())["stem_cells"]["ready"])
+
+    wait_for(ready, deadline_s=30, what="a ready stem cell")
+
+
 def test_cold_start_through_a_stem_cell(lam: Any, isolated_backend: FireboxServer) -> None:  # noqa: F811
-    time.sleep(0.5)  # let the pool refill after whatever ran before
+    _wait_for_ready_cell(isolated_backend)
     name = _function(lam, "first", MemorySize=256, Environment={"Variables": {"OWN": "mine", "X_Y": "1"}})
     ports = [_platform_port(isolated_backend)]
     first = invoke(lam, name, {"ports": ports}, LogType="Tail")
@@ -106,7 +116,6 @@ def test_cold_start_through_a_stem_cell(lam: Any, isolated_backend: FireboxServe
 
 
 def test_two_functions_never_share_a_cell(lam: Any, isolated_backend: FireboxServer) -> None:  # noqa: F811
-    time.sleep(0.5)
     names = [_function(lam, f"fn{i}") for i in range(3)]
     seen = [ok_json(invoke(lam, name, {"ports": []})) for name in names]
     streams = [s["context"]["log_stream_name"] for s in seen]
@@ -124,7 +133,3 @@ def test_function_setting_python_variables_gets_a_fresh_sandbox(lam: Any, isolat
     seen = ok_json(invoke(lam, name, {"ports": []}))
     assert "/var/runtime/python/bootstrap.py" in seen["cmdline"] and "stem.py" not in seen["cmdline"]
     assert seen["env"]["PYTHONHASHSEED"] == "0"
-
-
-def _unused() -> None:
-    socket.socket  # noqa: B018  (keeps the import for readers of CONNECT probes)

@@ -9,7 +9,7 @@ command objects and delegate; they never build error bodies and hold no business
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,8 @@ class Services:
     logs: LogReader
     scope: Scope
     limits: Limits
+    # The components' `statistics()`, gathered by wiring (GET /_firebox/stats).
+    statistics: Callable[[], Mapping[str, object]] = dict
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
     receive body (bounded) -> route by the service model -> parse + validate -> handler -> respond
 
 Platform routes outside the Lambda API: `GET /health` (200 once the platform has started),
-`GET /_firebox/code/<sha256 hex>` (the zip behind GetFunction's `Code.Location`) and
-`GET /_firebox/events` (asynchronous events per function, for `firebox events`).
+`GET /_firebox/code/<sha256 hex>` (the zip behind GetFunction's `Code.Location`),
+`GET /_firebox/events` (asynchronous events per function, for `firebox events`) and
+`GET /_firebox/stats` (the components' statistics: sandboxes, stem cells, backend).
 Framework-free on purpose: routing is data from the service model, and the invoke hot path
 should not pay for a framework's middleware stack.
 """
@@ -98,6 +99,9 @@ class FrontendApp:
             stats = await self._services.events.statistics()
             body = {name: dataclasses.asdict(s) for name, s in stats.items()}
             return responses.success(200, body, exchange.request_id, {})
+        if method == "GET" and path == "/_firebox/stats":
+            exchange.operation = "PlatformStatistics"
+            return responses.success(200, dict(self._services.statistics()), exchange.request_id, {})
         if method == "GET" and (code := _CODE_PATH.fullmatch(path)):
             exchange.operation = "GetCodePackage"
             data = await self._services.registry.code_blob(code.group(1))
