@@ -16,6 +16,8 @@ from firebox.errors import InvalidParameterValue, ResourceConflict
 from firebox.invoker.api import InvocationType, InvokeRequest, InvokeResult
 from firebox.workers.api import FunctionSpec, WorkerManager
 
+_SPEC_CACHE_LIMIT = 4096
+
 
 def function_spec(config: FunctionVersion, scope: Scope) -> FunctionSpec:
     """What a sandbox is made of; `key` changes exactly when a sandbox would behave differently."""
@@ -72,6 +74,9 @@ class LocalInvoker:
         self._workers = workers
         self._scope = scope
         self._choose = choose
+        # FunctionSpec per (name, version, RevisionId): every change of a version gets a new
+        # RevisionId, so a cached spec is never stale, and warm invokes skip hashing it again.
+        self._specs: dict[tuple[str, str, str], FunctionSpec] = {}
 
     async def _route(self, ref: FunctionRef) -> FunctionRef:
         """An alias with weights sends a share of invocations to its additional version."""
@@ -88,6 +93,15 @@ class LocalInvoker:
             roll -= weight
         return FunctionRef(ref.name, target)
 
+    def _spec(self, config: FunctionVersion) -> FunctionSpec:
+        key = (config.name, config.version, config.revision_id)
+        spec = self._specs.get(key)
+        if spec is None:
+            if len(self._specs) >= _SPEC_CACHE_LIMIT:
+                self._specs.clear()
+            spec = self._specs[key] = function_spec(config, self._scope)
+        return spec
+
     async def invoke(self, request: InvokeRequest) -> InvokeResult:
         client_context = decode_client_context(request.client_context)
         details = await self._registry.get_function(await self._route(request.ref))
@@ -102,7 +116,7 @@ class LocalInvoker:
             )
         if request.invocation_type is InvocationType.DRY_RUN:
             return InvokeResult(b"", config.version)
-        spec = function_spec(config, self._scope)
+        spec = self._spec(config)
         token = await self._counter.acquire_nowait(config.name, details.reserved_concurrency)
         try:
             lease = await self._workers.lease(spec)
