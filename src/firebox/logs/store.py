@@ -22,6 +22,14 @@ busy): segments 1-5 are accepted (500 = the stream's half), segment 6 is dropped
 and so are the following ones until the writer has taken enough to bring the stream under 250;
 the next accepted segment comes after a notice "[firebox] N log records ... dropped".
 
+Commit cadence: a transaction costs the writer thread (and the GIL it shares with the event loop)
+far more than the rows in it, and a warm invocation adds only 3 records (START, END, REPORT). So
+the writer lingers `linger_s` (10 ms) after the first record arrives before taking a batch: under
+load one commit carries many invocations' records. It does not linger when the buffer passes
+`batch_records` / 4 or its bytes a quarter of `max_bytes` (a flood is written as fast as before),
+nor when someone waits in `flush()`. Records are visible to readers at most ~10 ms later; AWS's
+take seconds.
+
 Lifecycle: `start` opens both connections (creating or migrating the file, see `schema.py`) and
 starts the writer and the sweeper; `stop` flushes (5 s at most), stops both tasks, closes.
 The sweeper runs `sweep` every `sweep_interval_s`: it finishes group deletions and applies
@@ -67,6 +75,7 @@ MAX_BUFFERED_BYTES = 64 * 1024 * 1024
 BATCH_RECORDS = 20_000
 BATCH_BYTES = 8 * 1024 * 1024
 SWEEP_INTERVAL_S = 60.0
+WRITE_LINGER_S = 0.010
 
 T = TypeVar("T")
 
@@ -98,6 +107,7 @@ class SqliteLogStore:
         max_records: int = MAX_BUFFERED_RECORDS,
         max_bytes: int = MAX_BUFFERED_BYTES,
         batch_records: int = BATCH_RECORDS,
+        linger_s: float = WRITE_LINGER_S,
     ) -> None:
         self._path = path
         self._clock = clock
@@ -107,6 +117,9 @@ class SqliteLogStore:
         self._max_stream_records = max(1, max_records // 2)
         self._max_stream_bytes = max(1, max_bytes // 2)
         self._batch_records = batch_records
+        self._linger_s = linger_s
+        self._hurry_records = max(1, min(batch_records, max_records) // 4)
+        self._hurry_bytes = max(1, max_bytes // 4)
         self._write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="firebox-logs-write")
         self._read_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="firebox-logs-read")
         self._writer: Writer | None = None
@@ -118,6 +131,7 @@ class SqliteLogStore:
         # (group, stream) -> [records, characters, last timestamp] dropped and not yet noticed
         self._dropped: dict[tuple[str, str], list[int]] = {}
         self._wake = asyncio.Event()
+        self._hurry = asyncio.Event()  # write now: a flush waits, or the buffer is filling
         self._progress = asyncio.Event()
         self._writing = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -192,6 +206,8 @@ class SqliteLogStore:
             self._push(Segment(group, stream, gap[2], [_notice(gap[0], gap[1])], 0), use)
         self._push(Segment(group, stream, timestamp_ms, messages, size), use)
         self._wake.set()
+        if self._buffered >= self._hurry_records or self._buffered_bytes >= self._hurry_bytes:
+            self._hurry.set()
 
     def _room(self, key: tuple[str, str], use: list[int], messages: Sequence[str], size: int) -> int:
         """How many of `messages` (from the first) fit in the buffer now."""
@@ -219,6 +235,7 @@ class SqliteLogStore:
         """Wait until everything appended so far is committed (or lost to a failed write)."""
         while self._segments or self._dropped or self._writing:
             self._wake.set()
+            self._hurry.set()
             self._progress.clear()
             await self._progress.wait()
 
@@ -250,6 +267,10 @@ class SqliteLogStore:
     async def _write_forever(self) -> None:
         while True:
             await self._wake.wait()
+            if self._linger_s > 0 and not self._hurry.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), self._linger_s)
+            self._hurry.clear()
             self._wake.clear()
             while self._segments or self._dropped:
                 batch = self._take_batch()
