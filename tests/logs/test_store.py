@@ -406,3 +406,58 @@ def test_queries_use_the_indexes(tmp_path: Path) -> None:
         plan = " | ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql))
         assert "USING" in plan and "INDEX" in plan and "TEMP B-TREE" not in plan, (sql, plan)
     assert reads.position(1, 2) < reads.position(1, 3) < reads.position(2, 1)
+
+
+@run
+async def test_writer_lingers_so_one_batch_carries_many_appends(tmp_path: Path) -> None:
+    """Records appended over several turns of the event loop (as invocations end one by one)
+    go into one transaction; with no linger the writer would have taken the first alone."""
+    store = await started(tmp_path / "logs.db", linger_s=30)
+    try:
+        for i in range(5):
+            store.append(GROUP, STREAM, [LogRecord(T0 + i, f"line {i}\n")])
+            await asyncio.sleep(0)
+        await store.flush()
+        stats = store.statistics()
+        assert (stats.written, stats.batches, stats.buffered) == (5, 1, 0)
+    finally:
+        await store.stop()
+
+
+@run
+async def test_lingering_records_are_written_without_a_flush(tmp_path: Path) -> None:
+    store = await started(tmp_path / "logs.db", linger_s=0.05)
+    try:
+        store.append(GROUP, STREAM, records(T0, 2))
+
+        async def written() -> bool:
+            return store.statistics().written == 2
+
+        await wait_until(written)
+    finally:
+        await store.stop()
+
+
+@run
+async def test_flush_does_not_wait_for_the_linger(tmp_path: Path) -> None:
+    store = await started(tmp_path / "logs.db", linger_s=3600)
+    try:
+        store.append(GROUP, STREAM, records(T0, 3))
+        await asyncio.wait_for(store.flush(), timeout=10)
+        assert store.statistics().written == 3
+    finally:
+        await store.stop()
+
+
+@run
+async def test_a_filling_buffer_does_not_wait_for_the_linger(tmp_path: Path) -> None:
+    store = await started(tmp_path / "logs.db", linger_s=3600, batch_records=40)
+    try:
+        store.append_lines(GROUP, STREAM, T0, [f"line {i}\n" for i in range(10)])  # a quarter of a batch
+
+        async def written() -> bool:
+            return store.statistics().written == 10
+
+        await wait_until(written)
+    finally:
+        await store.stop()

@@ -89,6 +89,7 @@ class LogStoreStatistics:
     buffered_bytes: int
     failed: int  # records lost to a failed write (disk full...)
     sweeps: int
+    batches: int = 0  # transactions that wrote records
 
 
 def _notice(count: int, size: int) -> str:
@@ -135,7 +136,7 @@ class SqliteLogStore:
         self._progress = asyncio.Event()
         self._writing = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._written = self._dropped_total = self._dropped_bytes = self._failed = self._sweeps = 0
+        self._written = self._dropped_total = self._dropped_bytes = self._failed = self._sweeps = self._batches = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -169,7 +170,7 @@ class SqliteLogStore:
 
     def statistics(self) -> LogStoreStatistics:
         return LogStoreStatistics(self._written, self._dropped_total, self._dropped_bytes, self._buffered,
-                                  self._buffered_bytes, self._failed, self._sweeps)
+                                  self._buffered_bytes, self._failed, self._sweeps, self._batches)
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -278,6 +279,7 @@ class SqliteLogStore:
                 try:
                     assert self._writer is not None
                     self._written += await self._on_writer(self._writer.insert, batch)
+                    self._batches += 1
                 except Exception:  # the disk is full or the file broken: lose this batch, go on
                     lost = sum(len(segment.messages) for segment in batch)
                     self._failed += lost
