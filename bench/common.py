@@ -5,12 +5,18 @@ Firebox server on a free port."""
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 READY_PREFIX = "Firebox ready at "
+RESULTS = Path(__file__).resolve().parent / "results"
+# The percentiles kept of a latency distribution (its CDF, for the plots): 0..100 by 1, and the tail.
+CDF_POINTS = [*range(100), 99.5, 99.9, 100]
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -22,6 +28,32 @@ def percentile(values: list[float], p: float) -> float:
 def summary(values: list[float]) -> dict[str, float]:
     return {"n": len(values), "p50_ms": statistics.median(values), "p90_ms": percentile(values, 90),
             "p99_ms": percentile(values, 99), "max_ms": max(values), "mean_ms": statistics.fmean(values)}
+
+
+def cdf(values: list[float]) -> list[list[float]]:
+    """[[percentile, value], ...] at CDF_POINTS: a distribution in ~100 numbers, whatever its size."""
+    return [[p, round(percentile(values, p), 4)] for p in CDF_POINTS]
+
+
+def samples(values: list[float]) -> list[float]:
+    """Raw timings, rounded to 0.1 us, for the JSON (and the plots' histograms)."""
+    return [round(v, 4) for v in values]
+
+
+def write_results(results: dict[str, Any], out: str | None, prefix: str) -> Path:
+    """Write `results` to `out`, or to bench/results/<prefix>-<time>.json; returns the path."""
+    path = Path(out) if out else RESULTS / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+    return path
+
+
+def shown(path: Path) -> str:
+    """`path` relative to the working directory when it is below it, else absolute."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 class Connection:
@@ -39,11 +71,17 @@ class Connection:
         status, _, data = await self.exchange(path, body, headers)
         return status, data
 
+    async def get_json(self, path: str) -> Any:
+        status, _, data = await self.exchange(path, b"", method="GET")
+        if status != 200:
+            raise OSError(f"GET {path}: {status}")
+        return json.loads(data)
+
     async def exchange(
-        self, path: str, body: bytes, headers: dict[str, str] | None = None
+        self, path: str, body: bytes, headers: dict[str, str] | None = None, method: str = "POST"
     ) -> tuple[int, dict[str, str], bytes]:
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(body)}\r\n"
+        head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(body)}\r\n"
                 f"Content-Type: application/json\r\n{extra}\r\n").encode()
         self.writer.write(head + body)
         status_line = await self.reader.readline()

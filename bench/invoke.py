@@ -1,11 +1,35 @@
 """Invoke benchmark: cold start, warm latency and throughput of a Python hello function, next to
 a raw HTTP hello baseline measured in the same run (the ratio is the figure).
 
-    .venv/bin/python bench/invoke.py [--cold 20] [--warm 1000] [--requests 4000] [--concurrency 1,8,32]
+    .venv/bin/python bench/invoke.py [--cold 10] [--warm 1000] [--requests 3000]
+                                     [--concurrency 1,8,16,32,128] [--scale-out 100] [--out FILE]
 
 It starts a real Firebox server (isolated sandboxes, fresh data dir) and a bare uvicorn app on free
 ports, drives both with the same minimal keep-alive HTTP/1.1 client (asyncio streams, so the
-client costs the same on both sides), prints a table, and writes JSON to bench/results/.
+client costs the same on both sides), prints a table, and writes JSON to bench/results/ (or
+`--out`); `bench/plots.py` draws it.
+
+What is measured, and against what:
+- cold start of a Python hello, a Node.js hello and a Python function importing boto3, client-
+  observed, with its breakdown (below); baseline: the same handler run as a bare process
+  (interpreter start, import, call, exit: what a cold start costs without a platform);
+- warm invoke latency, sequential, and the platform overhead (client time minus the REPORT's
+  Duration); baseline: the raw uvicorn hello;
+- throughput and latency at each number of concurrent clients (keep-alive connections);
+- scale-out: `--scale-out` simultaneous first invocations of a function that sleeps 0.5 s: time
+  until all are answered, and sandboxes created per second (the server's count, polled);
+- density: PSS of everything the server started, per idle sandbox, and how many fit in 1 GB.
+
+The cold-start breakdown, per cold start (client-observed = the sum):
+- handler: the REPORT's Duration;
+- runtime init: the REPORT's Init Duration minus the sandbox spawn (for a stem cell: linking the
+  code and importing the handler; otherwise the runtime's start and the import);
+- sandbox spawn: the backend's spawn time in the request path (network namespace, uid, cgroup,
+  bwrap), from GET /_firebox/stats before and after (0 when a pre-started stem cell was taken);
+- request hops: frontend, invoker and Runtime API round trip, taken as the warm platform
+  overhead's median (a warm invoke pays them too);
+- placement: the rest, the cold path outside the sandbox (worker manager, placement, code
+  cache, taking a stem cell): client-observed minus all of the above.
 """
 
 from __future__ import annotations
@@ -14,8 +38,8 @@ import argparse
 import asyncio
 import base64
 import io
-import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -27,10 +51,21 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from common import Connection, percentile, start_firebox, summary
+from common import (
+    Connection,
+    cdf,
+    percentile,
+    samples,
+    shown,
+    start_firebox,
+    summary,
+    write_results,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+# The copy of boto3 that Python sandboxes get (bin/setup installs it); the bare-process baseline uses it too.
+SANDBOX_BOTO3 = ROOT / ".venv" / "firebox-lambda-python"
+GOAL_CLIENTS, GOAL_P99_MS = 16, 10.0  # the issue's goal: at 16 concurrent clients, p99 <= 10 ms
 HELLO = "def handler(event, context):\n    return {'hello': 'world'}\n"
 BASELINE_APP = textwrap.dedent(
     """
@@ -78,7 +113,8 @@ async def throughput(port: int, path: str, requests: int, concurrency: int) -> d
     for conn in connections:
         await conn.close()
     return {"concurrency": concurrency, "requests": requests, "per_s": requests / elapsed,
-            "p50_ms": statistics.median(latencies), "p99_ms": percentile(latencies, 99)}
+            "p50_ms": statistics.median(latencies), "p90_ms": percentile(latencies, 90),
+            "p99_ms": percentile(latencies, 99), "max_ms": max(latencies), "cdf": cdf(latencies)}
 
 
 def free_port() -> int:
@@ -137,12 +173,44 @@ def report_fields(headers: dict[str, str]) -> dict[str, float]:
     return fields
 
 
+async def platform_stats(port: int) -> dict[str, Any] | None:
+    """GET /_firebox/stats (the components' statistics), or None when this server lacks it."""
+    try:
+        conn = await Connection.open("127.0.0.1", port)
+        try:
+            return await conn.get_json("/_firebox/stats")
+        finally:
+            await conn.close()
+    except (OSError, ValueError):
+        return None
+
+
+def spawn_in_path(before: dict[str, Any] | None, after: dict[str, Any] | None) -> tuple[float | None, bool]:
+    """(ms the backend spent spawning the sandbox of one cold start, whether a stem cell was taken)
+    from the statistics just before and just after it. A stem refill spawned meanwhile, in the
+    background, is not in the request path: its share of the spawn time is taken out."""
+    try:
+        b, a = before["backend"], after["backend"]  # type: ignore[index]
+        stems_b, stems_a = before.get("stem_cells", {}), after.get("stem_cells", {})  # type: ignore[union-attr]
+        spawned = a["spawned"] - b["spawned"]
+        spent = (a["mean_spawn_ms"] or 0) * a["spawned"] - (b["mean_spawn_ms"] or 0) * b["spawned"]
+    except (KeyError, TypeError):
+        return None, False
+    if stems_a.get("taken", 0) > stems_b.get("taken", 0):
+        return 0.0, True
+    in_path = spawned - (stems_a.get("spawned", 0) - stems_b.get("spawned", 0))
+    return (max(0.0, spent * in_path / spawned) if spawned > 0 and in_path > 0 else 0.0), False
+
+
 async def cold_starts(port: int, names: list[str], gap_s: float = 0.0) -> dict[str, Any]:
     """First invocations, one at a time (`gap_s` apart, so background refills such as the stem
-    cell pool can keep up, as between real cold starts): client time and its breakdown."""
-    totals, inits, platform = [], [], []
+    cell pool can keep up, as between real cold starts): client time and the REPORT's figures,
+    and the server's spawn time; `breakdown` splits them once the warm overhead is known."""
+    raw: dict[str, list[float]] = {"client": [], "init": [], "duration": [], "spawn": []}
+    stem_taken, spawn_known = 0, True
     for name in names:
         await asyncio.sleep(gap_s)
+        before = await platform_stats(port)
         conn = await Connection.open("127.0.0.1", port)
         start = time.perf_counter()
         status, headers, _ = await conn.exchange(f"/2015-03-31/functions/{name}/invocations", b"{}",
@@ -150,11 +218,62 @@ async def cold_starts(port: int, names: list[str], gap_s: float = 0.0) -> dict[s
         total = (time.perf_counter() - start) * 1000
         await conn.close()
         assert status == 200, status
+        spawn, taken = spawn_in_path(before, await platform_stats(port))
         fields = report_fields(headers)
-        totals.append(total)
-        inits.append(fields.get("Init Duration", 0.0))
-        platform.append(total - fields.get("Init Duration", 0.0) - fields.get("Duration", 0.0))
-    return {"client": summary(totals), "init": summary(inits), "platform_and_spawn": summary(platform)}
+        raw["client"].append(total)
+        raw["init"].append(fields.get("Init Duration", 0.0))
+        raw["duration"].append(fields.get("Duration", 0.0))
+        raw["spawn"].append(spawn or 0.0)
+        spawn_known = spawn_known and spawn is not None
+        stem_taken += taken
+    platform = [c - i - d for c, i, d in zip(raw["client"], raw["init"], raw["duration"])]
+    return {"client": summary(raw["client"]), "init": summary(raw["init"]), "platform_and_spawn": summary(platform),
+            "stem_cells_taken": stem_taken, "spawn_known": spawn_known,
+            "samples": {k: samples(v) for k, v in raw.items()}}
+
+
+def breakdown(cold: dict[str, Any], hops_ms: float) -> dict[str, dict[str, float]]:
+    """Each cold start split into handler, runtime init, sandbox spawn, request hops (`hops_ms`,
+    the warm overhead's median) and placement (the rest): a summary of each part."""
+    s = cold["samples"]
+    parts: dict[str, list[float]] = {"handler": s["duration"], "runtime_init": [], "spawn": s["spawn"],
+                                     "hops": [hops_ms] * len(s["client"]), "placement": []}
+    for client, init, duration, spawn in zip(s["client"], s["init"], s["duration"], s["spawn"]):
+        parts["runtime_init"].append(init - spawn)
+        parts["placement"].append(client - init - duration - hops_ms)
+    return {name: summary(values) for name, values in parts.items()}
+
+
+def bare_process(kind: str, runs: int) -> dict[str, Any] | None:
+    """The cold-start baseline: the same handler run as a bare process on this host, with the
+    interpreter a sandbox gets (start, import, call, print, exit), `runs` times; None when that
+    interpreter is missing."""
+    runtime, handler, files = KINDS[kind]
+    module, function = handler.rsplit(".", 1)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+    if runtime.startswith("python"):
+        exe = shutil.which(runtime, path="/usr/bin:/usr/local/bin")
+        code = (f"import json, sys; sys.path.insert(0, '.'); from {module} import {function}; "
+                f"print(json.dumps({function}({{}}, None)))")
+        if kind == "boto3":
+            env["PYTHONPATH"] = str(SANDBOX_BOTO3)
+    else:
+        exe = shutil.which("node", path="/usr/bin:/usr/local/bin")
+        code = f"require('./{module}.js').{function}({{}}).then(r => console.log(JSON.stringify(r)))"
+    if exe is None:
+        return None
+    timings = []
+    with tempfile.TemporaryDirectory(prefix="firebox-bench-bare-") as work:
+        for name, text in files.items():
+            Path(work, name).write_text(text)
+        for _ in range(runs):
+            start = time.perf_counter()
+            done = subprocess.run([exe, "-c" if exe.rsplit("/", 1)[-1].startswith("python") else "-e", code],
+                                  cwd=work, env=env, capture_output=True, timeout=60, check=False)
+            timings.append((time.perf_counter() - start) * 1000)
+            if done.returncode != 0:
+                raise SystemExit(f"bare {kind} process failed: {done.stderr.decode(errors='replace')[-500:]}")
+    return {"command": exe, **summary(timings)}
 
 
 async def overhead(port: int, path: str, count: int) -> dict[str, float]:
@@ -171,16 +290,56 @@ async def overhead(port: int, path: str, count: int) -> dict[str, float]:
     return summary(values)
 
 
-async def scale_out(port: int, name: str, count: int) -> dict[str, float]:
-    """`count` simultaneous first invocations of a function whose handler sleeps 0.5 s."""
+async def scale_out(port: int, name: str, count: int) -> dict[str, Any]:
+    """`count` simultaneous first invocations of a function whose handler sleeps 0.5 s: when
+    each is answered, and (polling GET /_firebox/stats every 50 ms on its own connection) how
+    many sandboxes the worker manager has created by when."""
     connections = [await Connection.open("127.0.0.1", port) for _ in range(count)]
+    before = await platform_stats(port)
+    created_at: list[list[float]] = []  # [seconds since the start, sandboxes created since]
+    answered_at: list[float] = []
+    done = asyncio.Event()
     start = time.perf_counter()
-    answers = await asyncio.gather(*(c.post(f"/2015-03-31/functions/{name}/invocations", b"{}") for c in connections))
+
+    async def one(conn: Connection) -> int:
+        status, _ = await conn.post(f"/2015-03-31/functions/{name}/invocations", b"{}")
+        answered_at.append(time.perf_counter() - start)
+        return status
+
+    async def poll() -> None:
+        if before is None or "workers" not in before:
+            return
+        stats_conn = await Connection.open("127.0.0.1", port)
+        try:
+            while True:
+                stats = await stats_conn.get_json("/_firebox/stats")
+                created = stats["workers"]["created"] - before["workers"]["created"]
+                created_at.append([round(time.perf_counter() - start, 4), created])
+                if done.is_set() or created >= count:
+                    return
+                await asyncio.sleep(0.05)
+        finally:
+            await stats_conn.close()
+
+    poller = asyncio.create_task(poll())
+    statuses = await asyncio.gather(*(one(c) for c in connections))
     elapsed = time.perf_counter() - start
+    done.set()
+    await poller
     for conn in connections:
         await conn.close()
-    assert all(status == 200 for status, _ in answers), [status for status, _ in answers]
-    return {"invocations": count, "all_answered_s": elapsed, "sandboxes_per_s": count / max(elapsed - 0.5, 1e-6)}
+    assert all(status == 200 for status in statuses), statuses
+    out: dict[str, Any] = {"invocations": count, "handler_s": 0.5, "all_answered_s": elapsed,
+                           "first_answered_s": min(answered_at),
+                           "sandboxes_per_s": count / max(elapsed - 0.5, 1e-6),  # client-side estimate
+                           "answered_at_s": samples(sorted(answered_at)), "created_at": created_at}
+    if created_at:
+        created = created_at[-1][1]
+        # The rate: sandboxes created over the time until the last one was (first poll to show it).
+        last = next(t for t, n in created_at if n == created)
+        out.update({"sandboxes_created": created, "created_in_s": last,
+                    "created_per_s": created / max(last, 1e-6)})
+    return out
 
 
 def descendants(pid: int) -> list[int]:
@@ -211,15 +370,20 @@ def pss_kb(pid: int) -> int:
 
 
 def density(server_pid: int, sandboxes: int) -> dict[str, float]:
-    """PSS of everything the server started (bwrap, sandbox inits, runtimes) per idle sandbox."""
+    """PSS of everything the server started (bwrap, sandbox inits, runtimes) per idle sandbox
+    (idle pre-started stem cells count as sandboxes), and the server's own PSS beside it."""
     total_kb = sum(pss_kb(pid) for pid in descendants(server_pid))
     per_sandbox_mb = total_kb / 1024 / max(sandboxes, 1)
-    return {"sandboxes": sandboxes, "pss_per_sandbox_mb": per_sandbox_mb, "per_gb": 1024 / per_sandbox_mb}
+    return {"sandboxes": sandboxes, "pss_total_mb": total_kb / 1024, "pss_per_sandbox_mb": per_sandbox_mb,
+            "per_gb": 1024 / per_sandbox_mb, "server_pss_mb": pss_kb(server_pid) / 1024}
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FIREBOX_")}
-    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+    results: dict[str, Any] = {"benchmark": "invoke",
+                               "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                                           "load_average": os.getloadavg()},
+                               "settings": {k: v for k, v in vars(args).items() if k != "baseline_port"}}
     with tempfile.TemporaryDirectory(prefix="firebox-bench-") as data_dir:
         firebox, fport = start_firebox(data_dir, env)
         app_dir = Path(data_dir) / "baseline"
@@ -233,10 +397,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             endpoint = f"http://127.0.0.1:{fport}"
             create_functions(endpoint, ["hello"])
             results["cold_start"] = {}
+            results["cold_baseline"] = {}
             for kind in ("python", "node", "boto3"):
                 names = [f"cold-{kind}-{i}" for i in range(args.cold)]
                 create_functions(endpoint, names, kind)
                 results["cold_start"][kind] = await cold_starts(fport, names, args.cold_gap_ms / 1000)
+                results["cold_baseline"][kind] = await asyncio.to_thread(bare_process, kind, args.cold)
             invoke_path = "/2015-03-31/functions/hello/invocations"
             await sequential(fport, invoke_path, 50)  # warm up
             for _ in range(100):
@@ -245,14 +411,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     break
                 except OSError:
                     await asyncio.sleep(0.05)
-            results["warm"] = summary(await sequential(fport, invoke_path, args.warm))
-            results["baseline_warm"] = summary(await sequential(args.baseline_port, "/", args.warm))
+            warm = await sequential(fport, invoke_path, args.warm)
+            baseline_warm = await sequential(args.baseline_port, "/", args.warm)
+            results["warm"] = summary(warm)
+            results["baseline_warm"] = summary(baseline_warm)
             results["warm_overhead"] = await overhead(fport, invoke_path, min(args.warm, 500))
+            results["samples"] = {"warm": samples(warm), "baseline_warm": samples(baseline_warm)}
+            for cold in results["cold_start"].values():
+                cold["breakdown"] = breakdown(cold, results["warm_overhead"]["p50_ms"])
             results["throughput"] = []
             for concurrency in args.concurrency:
                 fire = await throughput(fport, invoke_path, args.requests, concurrency)
                 base = await throughput(args.baseline_port, "/", args.requests, concurrency)
                 results["throughput"].append({"firebox": fire, "baseline": base, "ratio": fire["per_s"] / base["per_s"]})
+            goal = next((t["firebox"] for t in results["throughput"] if t["firebox"]["concurrency"] == GOAL_CLIENTS), None)
+            if goal is not None:
+                results["goal"] = {"clients": GOAL_CLIENTS, "p99_ms_max": GOAL_P99_MS, "p99_ms": goal["p99_ms"],
+                                   "met": goal["p99_ms"] <= GOAL_P99_MS}
             if args.scale_out:
                 create_functions(endpoint, ["scale"], "sleepy")
                 results["scale_out"] = await scale_out(fport, "scale", args.scale_out)
@@ -279,34 +454,72 @@ def sandbox_count(server_pid: int) -> int:
     return count
 
 
-def report(results: dict[str, Any]) -> None:
-    warm, base = results["warm"], results["baseline_warm"]
-    print(f"\nFirebox invoke benchmark ({results['machine']['cpus']} cpus, Python {results['machine']['python']})")
-    print(f"{'measure':<52}{'p50':>10}{'p99':>10}")
+PARTS = (("runtime_init", "runtime init (Init Duration minus spawn)"),
+         ("spawn", "sandbox spawn (server-side, in the request path)"),
+         ("placement", "placement, code cache, lease (the rest)"),
+         ("hops", "request hops (= warm platform overhead p50)"),
+         ("handler", "handler (REPORT Duration)"))
 
-    def row(label: str, stats: dict[str, float]) -> None:
-        print(f"{label:<52}{stats['p50_ms']:>8.2f}ms{stats['p99_ms']:>8.2f}ms")
+
+def report(results: dict[str, Any]) -> None:
+    """The table: every figure, with its baseline and the ratio where there is one. Works on
+    older JSON files too (what they lack is left out)."""
+    m = results["machine"]
+    print(f"Firebox invoke benchmark ({m['cpus']} cpus, Python {m['python']}"
+          + (f", load average {m['load_average'][0]:.1f} at the start" if "load_average" in m else "") + ")")
+    print("baselines: a raw uvicorn hello (warm, throughput); the same handler as a bare process (cold)\n")
+    print(f"{'measure':<52}{'p50':>10}{'p99':>10}{'base p50':>10}{'base p99':>10}{'ratio p50':>11}{'p99':>7}")
+
+    def ms(value: float) -> str:
+        return f"{value:.1f}ms" if value >= 100 else f"{value:.2f}ms"
+
+    def row(label: str, stats: dict[str, float], base: dict[str, float] | None = None) -> None:
+        line = f"{label:<52}{ms(stats['p50_ms']):>10}{ms(stats['p99_ms']):>10}"
+        if base:
+            line += (f"{ms(base['p50_ms']):>10}{ms(base['p99_ms']):>10}"
+                     f"{stats['p50_ms'] / base['p50_ms']:>10.1f}x{stats['p99_ms'] / base['p99_ms']:>6.1f}x")
+        print(line)
 
     for kind, cold in results["cold_start"].items():
-        row(f"cold start, {kind} hello, client-observed", cold["client"])
-        row("  of which runtime init (REPORT Init Duration)", cold["init"])
-        row("  of which platform: code cache, sandbox, hops", cold["platform_and_spawn"])
-    row("warm invoke, sequential", warm)
-    row("warm platform overhead (client minus Duration)", results["warm_overhead"])
-    row("raw HTTP hello (baseline), sequential", base)
-    print(f"{'warm latency ratio (firebox / baseline)':<52}{warm['p50_ms'] / base['p50_ms']:>9.1f}x"
-          f"{warm['p99_ms'] / base['p99_ms']:>9.1f}x")
-    print(f"\n{'concurrency':<12}{'firebox/s':>12}{'baseline/s':>12}{'ratio':>8}{'fb p50':>10}{'fb p99':>10}")
+        row(f"cold start, {kind} hello, client-observed", cold["client"],
+            (results.get("cold_baseline") or {}).get(kind))
+        if "breakdown" in cold:
+            for part, label in PARTS:
+                if part != "spawn" or cold.get("spawn_known", True):
+                    row(f"  {label}", cold["breakdown"][part])
+            if kind != "node":
+                print(f"  {'stem cells taken':<50}{cold['stem_cells_taken']:>7}/{cold['client']['n']}")
+        else:
+            row("  of which runtime init (REPORT Init Duration)", cold["init"])
+            row("  of which platform: code cache, sandbox, hops", cold["platform_and_spawn"])
+    warm, base = results["warm"], results["baseline_warm"]
+    row("warm invoke, sequential (baseline: raw uvicorn)", warm, base)
+    row("warm platform overhead (client minus Duration)", results["warm_overhead"], base)
+
+    print(f"\n{'clients':<9}{'firebox/s':>11}{'base/s':>9}{'ratio':>7}{'fb p50':>10}{'fb p99':>10}"
+          f"{'base p50':>10}{'base p99':>10}{'p99 ratio':>10}")
     for item in results["throughput"]:
         f, b = item["firebox"], item["baseline"]
-        print(f"{f['concurrency']:<12}{f['per_s']:>12.0f}{b['per_s']:>12.0f}{item['ratio']:>8.2f}"
-              f"{f['p50_ms']:>8.2f}ms{f['p99_ms']:>8.2f}ms")
+        print(f"{f['concurrency']:<9}{f['per_s']:>11.0f}{b['per_s']:>9.0f}{item['ratio']:>7.3f}"
+              f"{ms(f['p50_ms']):>10}{ms(f['p99_ms']):>10}{ms(b['p50_ms']):>10}{ms(b['p99_ms']):>10}"
+              f"{f['p99_ms'] / b['p99_ms']:>9.1f}x")
+    if goal := results.get("goal"):
+        print(f"goal: at {goal['clients']} clients p99 <= {goal['p99_ms_max']:g} ms: p99 is {goal['p99_ms']:.2f} ms, "
+              + ("met" if goal["met"] else "NOT met"))
+
     if "scale_out" in results:
         so, dn = results["scale_out"], results["density"]
-        print(f"\nscale-out: {so['invocations']} simultaneous first invocations answered in {so['all_answered_s']:.2f} s"
-              f" ({so['sandboxes_per_s']:.0f} sandboxes/s, handler sleeps 0.5 s)")
+        print(f"\nscale-out: {so['invocations']} simultaneous first invocations (handler sleeps 0.5 s): "
+              f"all answered in {so['all_answered_s']:.2f} s"
+              + (f", the first in {so['first_answered_s']:.2f} s" if "first_answered_s" in so else ""))
+        if "created_per_s" in so:
+            print(f"  sandboxes created/s: {so['created_per_s']:.0f} ({so['sandboxes_created']} created in "
+                  f"{so['created_in_s']:.2f} s, the server's count)")
+        else:
+            print(f"  sandboxes created/s: ~{so['sandboxes_per_s']:.0f} (invocations / (all answered - 0.5 s))")
         print(f"density: {dn['pss_per_sandbox_mb']:.1f} MB PSS per idle sandbox over {dn['sandboxes']} sandboxes"
-              f" -> {dn['per_gb']:.0f} per GB")
+              f" -> {dn['per_gb']:.0f} per GB"
+              + (f" (the server itself: {dn['server_pss_mb']:.0f} MB)" if "server_pss_mb" in dn else ""))
 
 
 def main() -> None:
@@ -314,18 +527,16 @@ def main() -> None:
     parser.add_argument("--cold", type=int, default=10, help="cold starts per kind (python, node, boto3)")
     parser.add_argument("--cold-gap-ms", type=float, default=250.0, help="pause between cold starts")
     parser.add_argument("--warm", type=int, default=1000)
-    parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32, 128])
+    parser.add_argument("--requests", type=int, default=3000, help="requests per concurrency level (each side)")
+    parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 16, 32, 128])
     parser.add_argument("--scale-out", type=int, default=100, help="simultaneous first invocations (0: skip)")
     parser.add_argument("--baseline-port", type=int, default=0, help="0: a free port")
+    parser.add_argument("--out", help="the JSON file to write (default bench/results/invoke-<time>.json)")
     args = parser.parse_args()
     args.baseline_port = args.baseline_port or free_port()
     results = asyncio.run(run(args))
     report(results)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"invoke-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {out.relative_to(ROOT)}")
+    print(f"\nwrote {shown(write_results(results, args.out, 'invoke'))}")
 
 
 if __name__ == "__main__":
