@@ -2,7 +2,7 @@
 end-to-end latency from acceptance (the 202) to execution (the function's log line).
 
     .venv/bin/python bench/async_invoke.py [--sequential 1000] [--requests 3000]
-                                           [--concurrency 16,64] [--e2e 200]
+                                           [--concurrency 16,64] [--e2e 200] [--out FILE]
 
 It starts a real Firebox server (isolated sandboxes, fresh data dir, default async settings:
 32 events in flight overall, 8 per function), creates a fast Python function that prints
@@ -12,7 +12,7 @@ bench/invoke.py (asyncio streams). Every 202 follows an fsync'd commit (group co
 arrive, as in production; each phase waits for the queue to drain before the next starts, and
 the drain rate is reported too. End-to-end latency: the function's RAN log record timestamp
 (taken by the server when it reads the line) minus the client's clock at the 202 (same host).
-Prints a table and writes JSON to bench/results/.
+Prints a table and writes JSON to bench/results/ (or `--out`); `bench/plots.py` draws it.
 """
 
 from __future__ import annotations
@@ -29,13 +29,19 @@ import tempfile
 import time
 import urllib.request
 import zipfile
-from pathlib import Path
 from typing import Any
 
-from common import Connection, percentile, start_firebox, summary
+from common import (
+    Connection,
+    cdf,
+    percentile,
+    samples,
+    shown,
+    start_firebox,
+    summary,
+    write_results,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 SOURCE = "def handler(event, context):\n    print('RAN', context.aws_request_id, flush=True)\n    return None\n"
 NAME = "fast"
 PATH = f"/2015-03-31/functions/{NAME}/invocations"
@@ -86,7 +92,7 @@ async def throughput(port: int, requests: int, concurrency: int) -> dict[str, An
         await conn.close()
     return {"concurrency": concurrency, "requests": requests, "accepted": len(accepted),
             "accepted_per_s": len(accepted) / elapsed, "p50_ms": statistics.median(latencies),
-            "p99_ms": percentile(latencies, 99), "_accepted": accepted}
+            "p99_ms": percentile(latencies, 99), "cdf": cdf(latencies), "_accepted": accepted}
 
 
 def stats(endpoint: str) -> dict[str, int]:
@@ -168,7 +174,7 @@ async def enqueue_only(args: argparse.Namespace, env: dict[str, str]) -> dict[st
             create_function(lam)
             await sequential(port, 20)
             timings, _ = await sequential(port, args.sequential)
-            out["enqueue_sequential"] = summary(timings)
+            out["enqueue_sequential"] = {**summary(timings), "samples": samples(timings)}
             out["throughput"] = []
             for concurrency in args.concurrency:
                 row = await throughput(port, args.requests, concurrency)
@@ -186,8 +192,11 @@ async def enqueue_only(args: argparse.Namespace, env: dict[str, str]) -> dict[st
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FIREBOX_")}
-    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-                               "settings": {"async_concurrency": 32, "async_per_function": 8}}
+    results: dict[str, Any] = {"benchmark": "async_invoke",
+                               "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                                           "load_average": os.getloadavg()},
+                               "settings": {"async_concurrency": 32, "async_per_function": 8,
+                                            **{k: v for k, v in vars(args).items() if k != "out"}}}
     results["no_dispatch"] = await enqueue_only(args, env)
     with tempfile.TemporaryDirectory(prefix="firebox-async-bench-") as data_dir:
         firebox, port = start_firebox(data_dir, env)
@@ -204,7 +213,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
             # (a) durable enqueue latency, sequential, one keep-alive connection.
             timings, accepted = await sequential(port, args.sequential)
-            results["enqueue_sequential"] = summary(timings)
+            results["enqueue_sequential"] = {**summary(timings), "samples": samples(timings)}
             t0 = time.perf_counter()
             done += len(accepted)
             results["enqueue_sequential"]["drain_s_after_last_202"] = wait_drained(endpoint, done) - t0
@@ -262,7 +271,7 @@ def report(results: dict[str, Any]) -> None:
     print(f"{'durable enqueue (Event invoke -> 202), sequential':<58}{seq['p50_ms']:>8.2f}ms"
           f"{seq['p90_ms']:>8.2f}ms{seq['p99_ms']:>8.2f}ms")
     for key, label in (("e2e_paced", "202 -> execution, paced (one at a time)"),
-                       ("e2e_burst", "202 -> execution, burst (200 over 64 connections)")):
+                       ("e2e_burst", f"202 -> execution, burst ({results['e2e_burst']['n']} over 64 connections)")):
         row = results[key]
         print(f"{label:<58}{row['p50_ms']:>8.0f}ms{row['p90_ms']:>8.0f}ms{row['p99_ms']:>8.0f}ms")
     print(f"\n{'connections':<13}{'requests':>9}{'accepted/s':>12}{'202 p50':>10}{'202 p99':>10}"
@@ -288,13 +297,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[16, 64])
     parser.add_argument("--e2e", type=int, default=200)
+    parser.add_argument("--out", help="the JSON file to write (default bench/results/async-invoke-<time>.json)")
     args = parser.parse_args()
     results = asyncio.run(run(args))
     report(results)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"async-invoke-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {out.relative_to(ROOT)}")
+    print(f"\nwrote {shown(write_results(results, args.out, 'async-invoke'))}")
 
 
 if __name__ == "__main__":

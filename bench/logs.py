@@ -1,6 +1,6 @@
 """Logs benchmark: lines per second captured end to end, and query latency over a million lines.
 
-    .venv/bin/python bench/logs.py [--lines 100000] [--runs 3] [--stored 1000000] [--queries 40]
+    .venv/bin/python bench/logs.py [--lines 100000] [--runs 3] [--stored 1000000] [--queries 40] [--out FILE]
 
 1. Capture: a real Firebox server runs a Python function that prints `--lines` lines of 100
    bytes; the figure is lines / (time from sending Invoke to the moment the invocation's REPORT
@@ -11,7 +11,7 @@
    are inserted directly through the log store into a fresh data dir, then a server is started on
    it and GetLogEvents / FilterLogEvents are timed through boto3 (HTTP included), p50 and p99.
 
-Prints a table and writes JSON to bench/results/logs-<time>.json.
+Prints a table and writes JSON to bench/results/logs-<time>.json (or `--out`).
 """
 
 from __future__ import annotations
@@ -32,13 +32,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import percentile
+from common import percentile, shown, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT / "src"))
 
-from firebox.logs.store import SqliteLogStore  # noqa: E402
+from firebox.logs.store import SqliteLogStore
 
 PRINTER = '''
 import sys
@@ -273,17 +272,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--stored", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=40, help="repetitions per query")
+    parser.add_argument("--out", help="the JSON file to write (default bench/results/logs-<time>.json)")
     args = parser.parse_args()
     results: dict[str, Any] = {
+        "benchmark": "logs",
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "sqlite": sqlite3.sqlite_version},
         "capture": capture(args.lines, args.runs),
         "queries": queries(args.stored, args.queries),
     }
     report(results)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"logs-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {out.relative_to(ROOT)}")
+    print(f"\nwrote {shown(write_results(results, args.out, 'logs'))}")
 
 
 if __name__ == "__main__":
