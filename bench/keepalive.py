@@ -2,7 +2,7 @@
 the hybrid histogram policy (`firebox.workers.keepalive`), on a synthetic trace.
 
     .venv/bin/python bench/keepalive.py [--seed 42] [--functions 200] [--hours 24]
-                                        [--warmup-hours 0] [--jobs N]
+                                        [--warmup-hours 0] [--jobs N] [--out FILE]
 
 A discrete-event simulation, no sandboxes: each function's invocations are replayed against a
 model of the worker manager's pool (one sandbox per concurrent invocation, most recently used
@@ -30,15 +30,15 @@ weighs the same, as in the paper's per-application figures); idle sandbox-hours 
 exist without running an invocation, pre-warmed ones included, cut at the end of the trace), the
 same weighted by memory (wasted GB-hours), the mean number of idle sandboxes, and sandboxes
 created (cold starts plus pre-warms). Prints a table and where each hybrid sits on the fixed
-curve (interpolated), writes JSON (and a PNG, if matplotlib is importable) to
-bench/results/keepalive-<time>.*.
+curve (interpolated), writes JSON to bench/results/keepalive-<time>.json (or `--out`) and, when
+matplotlib is installed (`make bench` installs it), the curve beside it as a PNG (`bench/plots.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import heapq
-import json
+import itertools
 import math
 import multiprocessing
 import os
@@ -47,13 +47,17 @@ import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from firebox.workers.keepalive import FixedKeepAlive, HybridHistogramPolicy, KeepAlivePolicy
+import plots
+from common import shown, write_results
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+from firebox.workers.keepalive import (
+    FixedKeepAlive,
+    HybridHistogramPolicy,
+    KeepAlivePolicy,
+)
+
 CLASSES = ("rare", "periodic", "hot")
 PERIODS_MIN = (1, 5, 10, 15, 30, 60)
 FIXED_MIN = (1, 5, 10, 20, 60, 240)  # 240: the paper's range, its keep-alive for unrepresentative functions
@@ -259,7 +263,7 @@ def summarize(name: str, minutes: float | None, outcomes: dict[str, Outcome], fu
 
 def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
     """y at x on the piecewise-linear curve through `points` (sorted by x); None outside it."""
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
         if x0 <= x <= x1:
             return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
     return None
@@ -308,32 +312,24 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fixed = sorted((r for r in rows if r["keep_alive_min"] is not None), key=lambda r: r["idle_sandbox_hours"])
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, metric, title in ((axes[0], "cold_pct", "cold starts, % of invocations"),
-                              (axes[1], "mean_function_cold_pct", "cold starts, mean over functions (%)")):
-        ax.plot([r["idle_sandbox_hours"] for r in fixed], [r[metric] for r in fixed], "o-", label="fixed keep-alive")
-        for r in fixed:
-            ax.annotate(f"{r['keep_alive_min']:g} min", (r["idle_sandbox_hours"], r[metric]),
-                        textcoords="offset points", xytext=(4, 4), fontsize=8)
-        for r, marker in zip((r for r in rows if r["keep_alive_min"] is None), ("r*", "gs", "m^")):
-            ax.plot([r["idle_sandbox_hours"]], [r[metric]], marker, markersize=11, label=r["policy"])
-        ax.set_xlabel("idle sandbox-hours over the trace")
-        ax.set_ylabel(title)
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+def report(data: dict[str, Any]) -> None:
+    """The table and where each hybrid sits on the fixed curve, from the JSON."""
+    trace, rows = data["trace"], data["results"]
+    classes = trace["classes"]
+    warmup = (f" after a {trace['warmup_hours']:g} h warm-up" if trace["warmup_hours"]
+              else ", policies learning from nothing")
+    print(f"trace: {trace['functions']} functions over {trace['hours']:g} h{warmup}, seed {trace['seed']}, "
+          f"{sum(c['invocations'] for c in classes.values())} invocations ("
+          + ", ".join(f"{k}: {c['functions']} functions, {c['invocations']} calls" for k, c in classes.items()) + ")")
+    print()
+    print(table(rows))
+    print()
+    for line in (line for lines in data["position"].values() for line in lines):
+        print(line)
+    for r in rows:
+        if r["keep_alive_min"] is None:
+            print(f"{r['policy']} modes at the end: " + "; ".join(
+                f"{k}: " + ", ".join(f"{m} {n}" for m, n in v.items()) for k, v in r["modes_at_end"].items()))
 
 
 def main() -> None:
@@ -344,6 +340,7 @@ def main() -> None:
     parser.add_argument("--warmup-hours", type=float, default=0.0,
                         help="trace before the measured part, for the policies to learn from (default none)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="simulations run in parallel")
+    parser.add_argument("--out", help="the JSON file to write (default bench/results/keepalive-<time>.json)")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -354,10 +351,6 @@ def main() -> None:
     calls: Counter[str] = Counter()
     for f in _TRACE:
         calls[f.kind] += sum(1 for t, _ in f.invocations if t >= measure_from)
-    warmup = f" after a {args.warmup_hours:g} h warm-up" if measure_from else ", policies learning from nothing"
-    print(f"trace: {len(_TRACE)} functions over {args.hours:g} h{warmup}, seed {args.seed}, {sum(calls.values())} "
-          "invocations (" + ", ".join(f"{k}: {counts[k]} functions, {calls[k]} calls" for k in CLASSES) + ")")
-
     indices = range(len(policies()))
     if args.jobs > 1:
         with multiprocessing.get_context("fork").Pool(min(args.jobs, len(indices))) as pool:
@@ -365,23 +358,11 @@ def main() -> None:
     else:
         rows = [run_policy(i, horizon, measure_from) for i in indices]
 
-    print()
-    print(table(rows))
-    print()
     positions = {"overall": position(rows, "cold_pct", "cold starts, % of all invocations"),
                  "function_mean": position(rows, "mean_function_cold_pct", "cold starts, mean of the functions' %")}
     for kind in CLASSES:
         positions[kind] = position(rows, "cold_pct", f"{kind} functions, % of their invocations", kind)
-    for line in (line for lines in positions.values() for line in lines):
-        print(line)
-    for r in rows:
-        if r["keep_alive_min"] is None:
-            print(f"{r['policy']} modes at the end: " + "; ".join(
-                f"{k}: " + ", ".join(f"{m} {n}" for m, n in v.items()) for k, v in r["modes_at_end"].items()))
-
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"keepalive-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    report = {
+    data = {
         "benchmark": "keepalive",
         "trace": {"functions": len(_TRACE), "hours": args.hours, "warmup_hours": args.warmup_hours, "seed": args.seed,
                   "classes": {k: {"functions": counts[k], "invocations": calls[k]} for k in CLASSES}},
@@ -389,13 +370,14 @@ def main() -> None:
         "position": positions,
         "wall_s": time.perf_counter() - started,
     }
-    out.write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {out.relative_to(ROOT)} in {report['wall_s']:.1f} s")
-    png = out.with_suffix(".png")
-    if plot(rows, png):
-        print(f"wrote {png.relative_to(ROOT)}")
+    report(data)
+    out = write_results(data, args.out, "keepalive")
+    print(f"\nwrote {shown(out)} in {data['wall_s']:.1f} s")
+    if plots.available():
+        for png in plots.plot_file(out):
+            print(f"wrote {shown(png)}")
     else:
-        print("matplotlib is not installed: no plot written (the JSON has every point)")
+        print("matplotlib is not installed (`make bench` installs it): no plot written (the JSON has every point)")
 
 
 if __name__ == "__main__":
