@@ -1,0 +1,98 @@
+"""The Runtime API protocol (worker/runtimeapi.py) over a real socket: a parked /next is answered
+when the event arrives, an event that waits is answered at once, requests on one connection are
+answered in order, and a poll on a lost connection does not swallow the next event."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from firebox.worker.runtimeapi import Invocation, RuntimeChannel, serve
+
+NEXT = b"GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def _post(request_id: str, body: bytes) -> bytes:
+    return (f"POST /2018-06-01/runtime/invocation/{request_id}/response HTTP/1.1\r\nHost: x\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    status = int((await reader.readline()).split()[1])
+    headers: dict[str, str] = {}
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, await reader.readexactly(int(headers.get("content-length", 0)))
+
+
+def _invocation(request_id: str, payload: bytes) -> Invocation:
+    return Invocation(request_id=request_id, payload=payload, deadline_ms=1, invoked_function_arn="arn",
+                      trace_id="Root=1")
+
+
+async def _served(channel: RuntimeChannel) -> tuple[asyncio.AbstractServer, int]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    server = await serve(channel, sock)
+    return server, sock.getsockname()[1]
+
+
+def test_parked_next_is_answered_on_delivery_and_requests_stay_in_order() -> None:
+    async def scenario() -> None:
+        channel = RuntimeChannel()
+        server, port = await _served(channel)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(NEXT)
+            await asyncio.wait_for(channel.ready, 5)  # the first /next: init is over
+            first = _invocation("r1", b'{"n": 1}')
+            channel.deliver(first)
+            status, headers, body = await asyncio.wait_for(_read_response(reader), 5)
+            assert (status, headers["lambda-runtime-aws-request-id"], body) == (200, "r1", b'{"n": 1}')
+
+            # Pipelined: the response to r1, then /next. The 202 comes first; the /next waits
+            # for r2, which is already queued when it is asked for.
+            channel.deliver(_invocation("r2", b"2"))
+            writer.write(_post("r1", b'"done"') + NEXT)
+            assert (await asyncio.wait_for(_read_response(reader), 5))[::2] == (202, b'{"status":"OK"}')
+            assert (await asyncio.wait_for(first.outcome, 5)).payload == b'"done"'
+            status, headers, _ = await asyncio.wait_for(_read_response(reader), 5)
+            assert (status, headers["lambda-runtime-aws-request-id"]) == (200, "r2")
+
+            writer.write(_post("unknown", b"1"))
+            assert (await asyncio.wait_for(_read_response(reader), 5))[0] == 400
+        finally:
+            writer.close()
+            server.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_poll_on_a_lost_connection_does_not_take_the_next_event() -> None:
+    async def scenario() -> None:
+        channel = RuntimeChannel()
+        server, port = await _served(channel)
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(NEXT)
+            await asyncio.wait_for(channel.ready, 5)
+            writer.close()
+            await writer.wait_closed()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 5
+            while channel._waiter is not None and not channel._waiter.cancelled():  # noqa: SLF001
+                assert loop.time() < deadline, "the lost poll was never dropped"
+                await asyncio.sleep(0.01)
+
+            channel.deliver(_invocation("r1", b"1"))
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(NEXT)
+            status, headers, _ = await asyncio.wait_for(_read_response(reader), 5)
+            assert (status, headers["lambda-runtime-aws-request-id"]) == (200, "r1")
+            writer.close()
+        finally:
+            server.close()
+
+    asyncio.run(scenario())
