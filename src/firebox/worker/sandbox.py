@@ -184,18 +184,16 @@ class Sandbox:
         self._record(f"START RequestId: {request_id} Version: {self.spec.version}\n")
         started = time.perf_counter()
         self._channel.deliver(invocation)
-        assert self._exit is not None
-        done, _ = await asyncio.wait({invocation.outcome, self._exit}, timeout=self._timeout_s,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        ending = await self._first_of(invocation.outcome)
         duration_ms = (time.perf_counter() - started) * 1000
         status = None
-        if invocation.outcome in done:
+        if ending is None:
             outcome = invocation.outcome.result()
             await self._drain_output()
             reusable = outcome.error_type != "Function.ResponseSizeTooLarge"
             if outcome.error_type is not None and outcome.error_type.startswith("Function."):
                 self._record(f"{_error_line(outcome)}\n")
-        elif self._exit in done:
+        elif ending == "exit":
             await self._drain_output()
             outcome = self._exit_error(request_id, self._exit.result())
             self._record(f"{_error_line(outcome)}\n")
@@ -220,6 +218,31 @@ class Sandbox:
         else:
             await self.destroy()
         return InvokeOutcome(outcome.payload, function_error, reusable, duration_ms, tail)
+
+    async def _first_of(self, outcome: asyncio.Future[RuntimeOutcome]) -> str | None:
+        """Wait for the runtime's outcome, the runtime's exit or the timeout, whichever comes
+        first: None, "exit" or "timeout". (One waiter, a timer and two callbacks: this is on
+        every invocation, and leaner than `asyncio.wait`'s sets.)"""
+        assert self._exit is not None
+        if outcome.done():
+            return None
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[str | None] = loop.create_future()
+
+        def wake(reason: str | None, *_: object) -> None:
+            if not waiter.done():
+                waiter.set_result(reason)
+
+        on_outcome, on_exit = functools.partial(wake, None), functools.partial(wake, "exit")
+        outcome.add_done_callback(on_outcome)
+        self._exit.add_done_callback(on_exit)
+        timer = loop.call_later(self._timeout_s, wake, "timeout")
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            outcome.remove_done_callback(on_outcome)
+            self._exit.remove_done_callback(on_exit)
 
     def _report(self, request_id: str, duration_ms: float, *, init: bool = False, status: str | None = None) -> str:
         peak = self.process.memory_peak_bytes()
