@@ -76,14 +76,19 @@ def _function(lam: Any, marker: str, **params: Any) -> str:
     return python_function(lam, source, prefix="stem", **params)
 
 
-def _wait_for_ready_cell(server: FireboxServer) -> None:
+def _kinds(server: FireboxServer) -> dict[str, dict[str, int]]:
+    """The stem cell statistics per kind of cell (`python3.11/plain`, `python3.11/boto3`...)."""
+    with urllib.request.urlopen(f"{server.endpoint}/_firebox/stats", timeout=10) as answer:
+        return json.loads(answer.read())["stem_cells"]["kinds"]  # type: ignore[no-any-return]
+
+
+def _specialised(server: FireboxServer, kind: str) -> int:
+    return int(_kinds(server).get(kind, {}).get("specialised", 0))
+
+
+def _wait_for_ready_cell(server: FireboxServer, kind: str = "python3.11/plain") -> None:
     """The pool refills in the background after every cold start: wait until a cell is ready."""
-
-    def ready() -> int:
-        with urllib.request.urlopen(f"{server.endpoint}/_firebox/stats", timeout=10) as answer:
-            return int(json.loads(answer.read())["stem_cells"]["ready"])
-
-    wait_for(ready, deadline_s=30, what="a ready stem cell")
+    wait_for(lambda: _kinds(server).get(kind, {}).get("ready", 0), deadline_s=60, what=f"a ready {kind} stem cell")
 
 
 def test_cold_start_through_a_stem_cell(lam: Any, isolated_backend: FireboxServer) -> None:  # noqa: F811
@@ -133,3 +138,50 @@ def test_function_setting_python_variables_gets_a_fresh_sandbox(lam: Any, isolat
     seen = ok_json(invoke(lam, name, {"ports": []}))
     assert "/var/runtime/python/bootstrap.py" in seen["cmdline"] and "stem.py" not in seen["cmdline"]
     assert seen["env"]["PYTHONHASHSEED"] == "0"
+
+
+BOTO3_SOURCE = """
+import sys
+
+import boto3
+
+
+def handler(event, context):
+    with open("/proc/self/cmdline", "rb") as f:
+        cmdline = f.read().decode(errors="replace")
+    return {"version": boto3.__version__, "file": boto3.__file__, "path0": sys.path[0], "cmdline": cmdline,
+            "env": os.environ.get("OWN")}
+
+
+import os
+"""
+
+
+def test_a_boto3_function_is_specialised_from_a_boto3_cell(lam: Any, isolated_backend: FireboxServer) -> None:  # noqa: F811
+    import boto3
+
+    _wait_for_ready_cell(isolated_backend, "python3.11/boto3")
+    before = _specialised(isolated_backend, "python3.11/boto3")
+    name = python_function(lam, BOTO3_SOURCE, prefix="stemb3", MemorySize=128,
+                           Environment={"Variables": {"OWN": "b3"}})
+    first = invoke(lam, name, {}, LogType="Tail")
+    seen = ok_json(first)
+    assert "Init Duration" in first.report()
+    assert "/var/runtime/python/stem.py" in seen["cmdline"] and "boto3" in seen["cmdline"], seen
+    assert seen["version"] == boto3.__version__ and seen["env"] == "b3", seen
+    assert seen["file"] == "/var/lang/lib/firebox-python/boto3/__init__.py" and seen["path0"] == "/var/task"
+    assert _specialised(isolated_backend, "python3.11/boto3") == before + 1
+    assert ok_json(invoke(lam, name, {}))["version"] == boto3.__version__  # warm, same sandbox
+
+
+def test_a_function_shipping_its_own_boto3_gets_its_own(lam: Any, isolated_backend: FireboxServer) -> None:  # noqa: F811
+    _wait_for_ready_cell(isolated_backend, "python3.11/boto3")
+    _wait_for_ready_cell(isolated_backend, "python3.11/plain")
+    before = {kind: _specialised(isolated_backend, kind) for kind in ("python3.11/boto3", "python3.11/plain")}
+    name = python_function(lam, BOTO3_SOURCE, prefix="stemown",
+                           extra={"boto3/__init__.py": "__version__ = '0.0-own'\n"})
+    seen = ok_json(invoke(lam, name, {}))
+    assert seen["version"] == "0.0-own" and seen["file"] == "/var/task/boto3/__init__.py", seen
+    assert "stem.py" in seen["cmdline"] and "boto3" not in seen["cmdline"].split("stem.py")[1], seen
+    assert _specialised(isolated_backend, "python3.11/boto3") == before["python3.11/boto3"]
+    assert _specialised(isolated_backend, "python3.11/plain") == before["python3.11/plain"] + 1

@@ -5,8 +5,10 @@ that die, never hands a cell to two functions, and leaves nothing behind when st
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -18,9 +20,11 @@ from sandbox_helpers import PYTHON, run
 
 from firebox.worker.api import FunctionSpec, HostRuntimes
 from firebox.worker.backends import IsolatedBackend
-from firebox.worker.local import LocalWorker, stem_eligible
+from firebox.worker.codecache import PackageTraits, describe_package
+from firebox.worker.local import LocalWorker, boto3_compatible, stem_eligible
 from firebox.worker.runtimeapi import Invocation, RuntimeChannel
 from firebox.worker.sandbox import Sandbox
+from firebox.worker.stemcells import CellKey
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the isolated backend needs root (netns, uid drop, cgroups)"),
@@ -53,8 +57,22 @@ class Codes:
         (tree / "app.py").chmod(0o644)
         self.trees[sha] = tree
 
+    def add_files(self, sha: str, files: dict[str, str]) -> None:
+        tree = self.root / sha
+        for name, text in files.items():
+            path = tree / name
+            path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            path.write_text(text)
+            path.chmod(0o644)
+        for directory in [tree, *[p for p in tree.rglob("*") if p.is_dir()]]:
+            directory.chmod(0o755)
+        self.trees[sha] = tree
+
     async def ensure(self, sha: str, python: object = None) -> Path:
         return self.trees[sha]
+
+    async def traits(self, sha: str) -> PackageTraits:
+        return describe_package(self.trees[sha])
 
 
 def spec(name: str, sha: str, **overrides: Any) -> FunctionSpec:
@@ -160,7 +178,7 @@ def test_a_dead_cell_is_dropped_and_replaced(loop, world) -> None:
 
     async def scenario() -> None:
         await _full(worker)
-        pool = worker._stems._pools[("python3.11", 512)]  # type: ignore[union-attr]
+        pool = worker._stems._pools[CellKey("python3.11", 512)]  # type: ignore[union-attr]
         victim = pool.ready[0]
         victim.process.kill()
         await _until(lambda: victim not in pool.ready, "the dead cell to be dropped")
@@ -214,13 +232,134 @@ def test_stop_leaves_nothing_behind(loop) -> None:
 def test_specialize_route_is_one_shot_and_stem_only(loop) -> None:
     async def scenario() -> None:
         plain = RuntimeChannel()
-        assert await plain.specialization() is None
+        assert plain.specialization() is None
         stem = RuntimeChannel(stem=True)
         stem.specialize(b'{"A": "1"}')
-        assert await stem.specialization() == b'{"A": "1"}'
+        answer = stem.specialization()
+        assert answer is not None and await answer == b'{"A": "1"}'
         assert stem.stem_waiting is not None and stem.stem_waiting.done()
-        assert await stem.specialization() is None
+        assert stem.specialization() is None
         with pytest.raises(RuntimeError):
             stem.specialize(b"{}")
 
     run(loop, scenario())
+
+
+# -- boto3 cells ---------------------------------------------------------------------------------
+
+LIBS = Path(sys.prefix) / "firebox-lambda-python"
+BOTO3_SOURCE = (
+    "import sys\nimport boto3\n\n"
+    "def handler(event, context):\n"
+    "    return {'version': boto3.__version__, 'file': boto3.__file__, 'first': sys.path[0]}\n"
+)
+BOTO3 = f"{10:064x}"
+OWN_BOTO3 = f"{11:064x}"
+NO_BOTO3 = f"{12:064x}"
+
+
+@pytest.fixture
+def boto3_world(loop: asyncio.AbstractEventLoop) -> Iterator[tuple[LocalWorker, Codes]]:
+    if not (LIBS / "boto3").is_dir():
+        pytest.skip(f"the platform's boto3 is not installed at {LIBS}")
+    base = Path(tempfile.mkdtemp(prefix="firebox-test-stem-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    backend = IsolatedBackend(uid_range=UIDS)
+    codes = Codes(base)
+    codes.add_files(BOTO3, {"app.py": BOTO3_SOURCE})
+    codes.add_files(OWN_BOTO3, {"app.py": BOTO3_SOURCE, "boto3/__init__.py": "__version__ = '0.0-own'\n"})
+    codes.add_files(NO_BOTO3, {"app.py": "import json\n\ndef handler(event, context):\n    import sys\n"
+                                         "    return {'boto3': 'boto3' in sys.modules}\n"})
+    worker = LocalWorker(backend, codes, Logs(), HostRuntimes({"python3.11": Path(PYTHON)}, "x86_64"),  # type: ignore[arg-type]
+                         python_libs=LIBS, stem_cells=2)
+    run(loop, worker.start())
+    try:
+        yield worker, codes
+    finally:
+        run(loop, worker.stop())
+        run(loop, backend.close())
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _kind(worker: LocalWorker, kind: str) -> dict[str, int]:
+    return worker.stem_statistics()["kinds"].get(kind, {})  # type: ignore[attr-defined, no-any-return]
+
+
+def test_a_boto3_function_is_specialised_from_a_boto3_cell(loop, boto3_world) -> None:
+    worker, _ = boto3_world
+
+    async def scenario() -> None:
+        await _until(lambda: _kind(worker, "python3.11/boto3").get("ready") == 1, "a boto3 cell", 60)
+        await _until(lambda: _kind(worker, "python3.11/plain").get("ready") == 2, "the plain cells", 30)
+        sandbox = await worker.create_sandbox(spec("b3", BOTO3))
+        assert isinstance(sandbox, Sandbox) and sandbox.ready
+        assert _kind(worker, "python3.11/boto3")["specialised"] == 1
+        assert _kind(worker, "python3.11/plain")["specialised"] == 0
+        assert "boto3" in sandbox.spec.command
+        import boto3  # the platform's copy is the one the tests' venv has
+
+        answer = json.loads(await _invoke(sandbox))
+        assert answer == {"version": boto3.__version__, "file": "/var/lang/lib/firebox-python/boto3/__init__.py",
+                          "first": "/var/task"}, answer
+        await sandbox.destroy()
+        # A function that never imports boto3 keeps a plain cell (and its memory headroom).
+        plain = await worker.create_sandbox(spec("nob3", NO_BOTO3))
+        assert isinstance(plain, Sandbox)
+        assert json.loads(await _invoke(plain)) == {"boto3": False}
+        assert _kind(worker, "python3.11/plain")["specialised"] == 1
+        await plain.destroy()
+
+    run(loop, scenario())
+
+
+def test_a_function_shipping_its_own_boto3_imports_its_own(loop, boto3_world) -> None:
+    worker, _ = boto3_world
+
+    async def scenario() -> None:
+        await _until(lambda: _kind(worker, "python3.11/boto3").get("ready") == 1, "a boto3 cell", 60)
+        sandbox = await worker.create_sandbox(spec("own", OWN_BOTO3))
+        assert isinstance(sandbox, Sandbox)
+        answer = json.loads(await _invoke(sandbox))
+        assert answer["version"] == "0.0-own" and answer["file"] == "/var/task/boto3/__init__.py", answer
+        assert _kind(worker, "python3.11/boto3")["specialised"] == 0
+        assert _kind(worker, "python3.11/plain")["specialised"] == 1
+        await sandbox.destroy()
+
+    run(loop, scenario())
+
+
+PRELOAD = {"modules": ["boto3", "botocore", "six", "certifi", "uuid", "email"],
+           "third_party": ["boto3", "botocore", "six", "certifi"], "environ": ["HOME"]}
+
+
+@pytest.mark.parametrize(("files", "environment", "expected"), [
+    ({"app.py": "import boto3\n"}, {}, True),
+    ({"app.py": "from botocore.config import Config\n"}, {"MY_VAR": "1"}, True),
+    ({"app.py": "import json\n"}, {}, False),  # no boto3: no boto3 memory
+    ({"lib/app.py": "x = importlib.import_module('boto3')\n"}, {}, True),
+    ({"app.py": "import boto3\n", "six.py": ""}, {}, False),  # its own six comes first
+    ({"app.py": "import boto3\n", "uuid.py": ""}, {}, False),  # a stdlib name botocore imports
+    ({"app.py": "import boto3\n", "certifi/__init__.py": ""}, {}, False),  # botocore looks for it
+    ({"app.py": "import boto3\n", "vendor/botocore/__init__.py": ""}, {}, False),  # may be put on sys.path
+    ({"app.py": "import boto3\n", "deps.zip": ""}, {}, False),
+    ({"app.py": "import boto3\n", "pkg/uuid.py": ""}, {}, True),  # a submodule, not a top-level name
+    ({"app.py": "import boto3\n"}, {"HOME": "/tmp"}, False),  # read by the import
+    ({"app.py": "import boto3\n"}, {"OPENSSL_CONF": "/x"}, False),  # read when libcrypto loads
+])
+def test_boto3_compatible(tmp_path: Path, files: dict[str, str], environment: dict[str, str], expected: bool) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    traits = describe_package(tmp_path)
+    assert boto3_compatible(spec("f", "0", environment=environment), traits, PRELOAD) is expected
+
+
+def test_package_traits_skip_installed_dependencies(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text("import requests\nimport os, yaml as y\n")
+    (tmp_path / "requests").mkdir()
+    (tmp_path / "requests" / "api.py").write_text("import boto3\n")
+    (tmp_path / "requests-2.0.dist-info").mkdir()
+    (tmp_path / "requests-2.0.dist-info" / "RECORD").write_text("requests/api.py,sha256=x,1\n")
+    traits = describe_package(tmp_path)
+    assert traits.imports == {"requests", "os", "yaml"}
+    assert traits.top_level == {"app", "requests"} and traits.complete and not traits.archives

@@ -9,7 +9,9 @@ imported as part of the `firebox` package.
 Layout (the folder is bound read-only at `/var/runtime` in every sandbox)::
 
     RUNTIME_DIR/python/bootstrap.py    the Python runtime  (python3.x; needs Python >= 3.8)
+    RUNTIME_DIR/python/stem.py         a Python stem cell: loads the runtime, waits for its function
     RUNTIME_DIR/nodejs/bootstrap.mjs   the Node.js runtime (nodejs18.x and later; ES module)
+    RUNTIME_DIR/nodejs/stem.mjs        a Node.js stem cell
     /var/task/bootstrap                a `provided.*` function's own executable
 
 What a runtime does (exactly what AWS's runtime interface clients do):
@@ -61,6 +63,14 @@ Starting a runtime: `bootstrap_command(runtime, interpreter)` is the argv (Pytho
 `PYTHON_LOADER`; Node: `node /var/runtime/nodejs/bootstrap.mjs`); `precompile(interpreter)`,
 once per Python interpreter on the host, saves every Python sandbox compiling the bootstrap.
 
+Stem cells: `stem_command(runtime, interpreter, flavour=...)` starts a runtime that loads itself
+(and, for the `boto3` flavour, the platform's boto3) in a sandbox with an empty task root and a
+neutral environment, then long-polls the private `GET /2018-06-01/runtime/firebox/specialize`;
+the answer (the function's complete environment, a JSON object) replaces its environment and
+it continues exactly as the bootstrap does from init on. `probe_stem(interpreter, flavour,
+libs)` reports what a flavour's preload touched (module names, environment variables), so the
+worker can keep a function whose package or variables would change that preload away from it.
+
 Custom runtimes (`provided.al2`, `provided.al2023`): `/var/task/bootstrap` is started with the
 same variables and speaks the same API itself (AWS falls back to `/opt/bootstrap`, a layer's,
 when the package has none: `bootstrap_command(..., task_root="/opt")` builds that one).
@@ -80,6 +90,10 @@ MOUNT_POINT = "/var/runtime"
 PYTHON_BOOTSTRAP = "python/bootstrap.py"
 PYTHON_STEM = "python/stem.py"  # a pre-started Python sandbox waiting for its function (stem.py)
 NODEJS_BOOTSTRAP = "nodejs/bootstrap.mjs"
+NODEJS_STEM = "nodejs/stem.mjs"
+
+# Stem cell flavours per runtime family: what a cell has loaded before it knows its function.
+STEM_FLAVOURS = {"python": ("plain", "boto3")}
 
 # -u  unbuffered stdout/stderr: every write reaches the pipe at once, so a record written just
 #     before a timeout kill is not lost in a buffer (AWS's runtime wraps both streams in an
@@ -136,12 +150,42 @@ def bootstrap_command(
     return [os.path.join(os.fspath(task_root), "bootstrap")]
 
 
-def stem_command(runtime: str, interpreter: str, *, runtime_dir: str | os.PathLike[str] = MOUNT_POINT) -> list[str]:
-    """The argv of a Python stem cell (`python/stem.py`): the same interpreter and flags as
-    `bootstrap_command`, but the process waits for the platform to name its function."""
-    if runtime_family(runtime) != "python":
-        raise ValueError(f"stem cells exist for Python runtimes only, not {runtime!r}")
-    return [interpreter, *PYTHON_FLAGS, "-c", PYTHON_LOADER, os.path.join(os.fspath(runtime_dir), PYTHON_STEM)]
+def stem_command(runtime: str, interpreter: str, *, flavour: str = "plain",
+                 runtime_dir: str | os.PathLike[str] = MOUNT_POINT) -> list[str]:
+    """The argv of a stem cell (`python/stem.py`, `nodejs/stem.mjs`): the same interpreter and
+    flags as `bootstrap_command`, but the process waits for the platform to name its function.
+    `flavour` is one of `STEM_FLAVOURS[family]`."""
+    family = runtime_family(runtime)
+    if flavour not in STEM_FLAVOURS.get(family, ()):
+        raise ValueError(f"no {flavour!r} stem cells for {runtime!r}")
+    if family == "nodejs":
+        return [interpreter, os.path.join(os.fspath(runtime_dir), NODEJS_STEM)]
+    argv = [interpreter, *PYTHON_FLAGS, "-c", PYTHON_LOADER, os.path.join(os.fspath(runtime_dir), PYTHON_STEM)]
+    return argv if flavour == "plain" else [*argv, flavour]
+
+
+def probe_stem(interpreter: str, flavour: str, libs: str | os.PathLike[str] | None) -> dict[str, list[str]] | None:
+    """What a Python stem cell's `flavour` preload touches, run once on the host with the
+    sandbox's interpreter and the platform's libraries (`libs`, bound at FIREBOX_RUNTIME_LIBS in
+    sandboxes): `{"modules": [...], "third_party": [...], "environ": [...]}`, the top-level
+    module names it imported or looked for, those of them outside the standard library, and the
+    environment variables it read. None when the probe could not run (then no such cells)."""
+    import json
+    import subprocess
+
+    environment = {"PATH": "/usr/bin:/bin", "LANG": "en_US.UTF-8", "TZ": ":UTC", "LAMBDA_TASK_ROOT": "/var/task"}
+    if libs is not None:
+        environment["FIREBOX_RUNTIME_LIBS"] = os.fspath(libs)
+    argv = [interpreter, *PYTHON_FLAGS, "-c", PYTHON_LOADER, str(RUNTIME_DIR / PYTHON_STEM), "--probe", flavour]
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=120, check=False, env=environment,
+                              stdin=subprocess.DEVNULL, cwd="/")
+        report = json.loads(done.stdout) if done.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    if not isinstance(report, dict) or not all(isinstance(report.get(k), list) for k in ("modules", "third_party", "environ")):
+        return None
+    return {k: [str(v) for v in report[k]] for k in ("modules", "third_party", "environ")}
 
 
 def precompile(interpreter: str) -> bool:

@@ -22,6 +22,17 @@ every sandbox of the versions that use it.
 `root` itself is made 0755, and its ancestors must be traversable by others: sandboxes run
 under unprivileged per-sandbox uids and bubblewrap binds `root/<hex>` as that uid.
 
+`CodeCache.traits(sha256_hex)` describes an unpacked package for the worker's choice of stem
+cell (`PackageTraits`), computed once per hash on a worker thread and kept in memory: the
+importable names at its top level, the names of every directory and module at any depth, whether
+it holds archives a function could put on sys.path (.zip, .egg, .whl, .pth), and the top-level
+modules its own Python files import (a regex on source lines, `import x`, `from x import`,
+`import_module("x")`). Bounded: the name walk stops after `TRAITS_MAX_ENTRIES` entries, the
+import scan after `TRAITS_MAX_FILES` files or `TRAITS_MAX_BYTES`, skipping `__pycache__`,
+`*.dist-info` / `*.egg-info` and the top-level folders that a `*.dist-info/RECORD` says were
+installed by pip (dependencies, not the function's own code); `complete` says whether the name
+walk saw everything.
+
 Not here yet: eviction of packages no version uses any more (`remove`, for the retirement code).
 """
 
@@ -35,6 +46,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from firebox.codezip import safe_extract
@@ -44,6 +56,28 @@ from firebox.store.api import BlobStore
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _STAGING_PREFIX = ".staging-"
 _COMPILE_TIMEOUT_S = 300.0
+TRAITS_MAX_ENTRIES = 20_000
+TRAITS_MAX_FILES = 300
+TRAITS_MAX_BYTES = 4 * 1024 * 1024
+_ARCHIVE_SUFFIXES = (".zip", ".egg", ".whl", ".pth")
+_SKIPPED_DIRS = ("__pycache__", "node_modules", ".git")
+_IMPORT_LINE = re.compile(
+    rb"^[ \t]*(?:from[ \t]+([A-Za-z_]\w*)|import[ \t]+([A-Za-z_][\w.]*(?:[ \t]+as[ \t]+\w+)?"
+    rb"(?:[ \t]*,[ \t]*[A-Za-z_][\w.]*(?:[ \t]+as[ \t]+\w+)?)*))",
+    re.MULTILINE,
+)
+_DYNAMIC_IMPORT = re.compile(rb"""(?:import_module|__import__)\(\s*['"]([A-Za-z_]\w*)""")
+
+
+@dataclass(frozen=True)
+class PackageTraits:
+    """What an unpacked package holds, as far as choosing a stem cell goes (see `traits`)."""
+
+    top_level: frozenset[str]  # importable names at the root: `x` for x.py, x.pyc, x.*.so, x/
+    names: frozenset[str]  # the same, at every depth
+    archives: bool  # a .zip / .egg / .whl / .pth anywhere: sys.path could grow at run time
+    imports: frozenset[str]  # top-level modules imported by the scanned .py files
+    complete: bool  # False: the name walk hit its bound (names may be missing)
 
 
 class CodeCache:
@@ -56,6 +90,7 @@ class CodeCache:
         self._blobs = blobs
         self._limits = limits
         self._pending: dict[tuple[str, str | None], asyncio.Future[Path]] = {}
+        self._traits: dict[str, asyncio.Future[PackageTraits]] = {}
         self._stats = {"hits": 0, "unpacks": 0, "compiles": 0, "failures": 0}
         for stale in self.root.glob(_STAGING_PREFIX + "*"):  # left by a crash
             shutil.rmtree(stale, ignore_errors=True)
@@ -147,6 +182,103 @@ class CodeCache:
 
     def statistics(self) -> dict[str, int]:
         return dict(self._stats)
+
+    async def traits(self, sha256_hex: str) -> PackageTraits:
+        """The traits of package `sha256_hex`, which `ensure` has unpacked; once per hash."""
+        future = self._traits.get(sha256_hex)
+        if future is None:
+            future = self._traits[sha256_hex] = asyncio.ensure_future(
+                asyncio.to_thread(describe_package, self.path(sha256_hex)))
+        try:
+            return await asyncio.shield(future)
+        except BaseException:
+            if future.done():
+                self._traits.pop(sha256_hex, None)  # a failed scan is tried again next time
+            raise
+
+
+def _module_name(name: str, is_dir: bool) -> str | None:
+    if is_dir:
+        return name if name.isidentifier() else None
+    for suffix in (".py", ".pyc", ".so"):
+        if name.endswith(suffix):
+            stem = name.split(".", 1)[0]
+            return stem if stem.isidentifier() else None
+    return None
+
+
+def _installed_top_levels(root: Path) -> set[str]:
+    """Top-level folders that pip installed (first path parts listed in `*.dist-info/RECORD`)."""
+    found: set[str] = set()
+    for record in root.glob("*.dist-info/RECORD"):
+        try:
+            with open(record, "rb") as f:
+                text = f.read(1024 * 1024)
+        except OSError:
+            continue
+        for line in text.splitlines():
+            first = line.split(b",", 1)[0].split(b"/", 1)
+            if len(first) == 2 and first[0] and not first[0].startswith(b"."):
+                found.add(first[0].decode("utf-8", "replace"))
+    return found
+
+
+def describe_package(root: Path) -> PackageTraits:
+    """`PackageTraits` of the tree at `root` (bounded; see the module docstring)."""
+    root = Path(root)
+    installed = _installed_top_levels(root)
+    top_level: set[str] = set()
+    names: set[str] = set()
+    sources: list[tuple[int, str]] = []  # (depth, path): the function's own first
+    archives, complete, entries = False, True, 0
+    for directory, subdirs, files in os.walk(root):
+        relative = os.path.relpath(directory, root)
+        depth = 0 if relative == "." else relative.count(os.sep) + 1
+        vendored = depth > 0 and relative.split(os.sep, 1)[0] in installed
+        subdirs[:] = [d for d in subdirs if d not in _SKIPPED_DIRS and not d.endswith((".dist-info", ".egg-info"))]
+        entries += len(subdirs) + len(files)
+        if entries > TRAITS_MAX_ENTRIES:
+            complete = False
+            break
+        for name in subdirs:
+            if (module := _module_name(name, True)) is not None:
+                names.add(module)
+                if depth == 0:
+                    top_level.add(module)
+        for name in files:
+            archives = archives or name.endswith(_ARCHIVE_SUFFIXES)
+            if (module := _module_name(name, False)) is not None:
+                names.add(module)
+                if depth == 0:
+                    top_level.add(module)
+            if name.endswith(".py") and not vendored:
+                sources.append((depth, os.path.join(directory, name)))
+    sources.sort(key=lambda item: item[0])
+    imports: set[str] = set()
+    budget = TRAITS_MAX_BYTES
+    for _, path in sources[:TRAITS_MAX_FILES]:
+        try:
+            with open(path, "rb") as f:
+                text = f.read(budget)
+        except OSError:
+            continue
+        budget -= len(text)
+        imports.update(_imported_modules(text))
+        if budget <= 0:
+            break
+    return PackageTraits(frozenset(top_level), frozenset(names), archives, frozenset(imports), complete)
+
+
+def _imported_modules(text: bytes) -> set[str]:
+    found: set[str] = set()
+    for match in _IMPORT_LINE.finditer(text):
+        if match.group(1):
+            found.add(match.group(1).decode())
+        else:
+            for part in match.group(2).split(b","):
+                found.add(part.split()[0].split(b".", 1)[0].decode())
+    found.update(m.decode() for m in _DYNAMIC_IMPORT.findall(text))
+    return found
 
 
 def _python_key(python: Path | None) -> str | None:

@@ -3,8 +3,16 @@
     create_sandbox(spec)
       -> code cache: the package unpacked once per CodeSha256 (and .pyc precompiled)
       -> the Lambda environment (variables of LAMBDA.md + the function's own)
-      -> backend.spawn (bubblewrap, or the plain-process fallback)
+      -> a stem cell of the right kind, specialised (`_specialise`), when there is one
+      -> else backend.spawn (bubblewrap, or the plain-process fallback)
       -> Sandbox.start: serve its Runtime API, capture its output, wait for init
+
+Which stem cell (`_cell_key`): Python and Node.js functions whose variables do not act at
+process start (`stem_eligible`) take a `plain` cell of their runtime; a Python function whose
+own code imports boto3 or botocore takes a `boto3` cell (boto3 already imported) when
+`boto3_compatible` holds: nothing in its package or variables could have changed what that
+import did in a freshly started runtime. Otherwise the boto3 import would be a plain cell's
+memory a function never asked for, or a module the function meant to bring itself.
 """
 
 from __future__ import annotations
@@ -21,17 +29,21 @@ from pathlib import Path
 from firebox.logs.api import LogSink
 from firebox.runtimes.api import (
     RUNTIME_DIR,
+    STEM_FLAVOURS,
     bootstrap_command,
     precompile,
+    probe_stem,
+    runtime_family,
     stem_command,
 )
 from firebox.worker.api import FunctionSpec, HostRuntimes
-from firebox.worker.codecache import CodeCache
+from firebox.worker.codecache import CodeCache, PackageTraits
 from firebox.worker.runtimeapi import Invocation
 from firebox.worker.sandbox import FailedInit, Identity, InvokeOutcome, Sandbox
 from firebox.worker.sandbox_api import SandboxBackend, SandboxSpec
 from firebox.worker.stemcells import (
     CELL_MEMORY_MB,
+    CellKey,
     StemCell,
     StemCellPool,
     populate,
@@ -63,16 +75,47 @@ NEUTRAL_ENV = {
 
 # A function's own variables with these names or prefixes act while the interpreter or libc
 # starts (PYTHONPATH, PYTHONHASHSEED, LD_PRELOAD, LC_ALL, MALLOC_ARENA_MAX...): a stem cell has
-# started already, so such a function gets a freshly started sandbox instead.
-_STARTUP_PREFIXES = ("PYTHON", "LD_", "LC_", "MALLOC_", "GLIBC_")
+# started already, so such a function gets a freshly started sandbox instead. Node.js reads
+# NODE_OPTIONS, NODE_PATH (the module loader's global paths), NODE_EXTRA_CA_CERTS, NODE_DEBUG,
+# NODE_NO_WARNINGS... at start, initialises OpenSSL (OPENSSL_CONF...) and ICU (LANG, LC_*, TZ)
+# there, and sizes libuv's thread pool (UV_THREADPOOL_SIZE) when its loader first reads a file.
+_LIBC_PREFIXES = ("LD_", "LC_", "MALLOC_", "GLIBC_")
+_STARTUP_PREFIXES = {
+    "python": ("PYTHON", *_LIBC_PREFIXES),
+    "nodejs": ("NODE_", "UV_", "OPENSSL_", "SSL_CERT_", *_LIBC_PREFIXES),
+}
 _STARTUP_NAMES = frozenset({"LANGUAGE", "TZ", "PATH", "LANG"})
+# The boto3 preload loads libcrypto/libssl (through hashlib and ssl), which read these at load.
+_BOTO3_STARTUP_PREFIXES = ("OPENSSL_", "SSL_CERT_")
+_BOTO3_IMPORTS = frozenset({"boto3", "botocore"})
 
 
 def stem_eligible(spec: FunctionSpec) -> bool:
-    """True when a Python stem cell can become `spec`'s sandbox unchanged in behaviour."""
-    return spec.runtime.startswith("python") and not any(
-        name.startswith(_STARTUP_PREFIXES) or name in _STARTUP_NAMES for name in spec.environment
+    """True when a stem cell (Python or Node.js) can become `spec`'s sandbox unchanged in
+    behaviour."""
+    try:
+        family = runtime_family(spec.runtime)
+    except ValueError:
+        return False
+    prefixes = _STARTUP_PREFIXES.get(family)
+    return family in STEM_FLAVOURS and prefixes is not None and not any(
+        name.startswith(prefixes) or name in _STARTUP_NAMES for name in spec.environment
     )
+
+
+def boto3_compatible(spec: FunctionSpec, traits: PackageTraits, preload: dict[str, list[str]]) -> bool:
+    """True when a `boto3` cell (`preload`: what its import touched, `probe_stem`) serves `spec`
+    exactly as a freshly started runtime would: the function imports boto3 or botocore itself,
+    its package holds no module the import used or looked for (at its top level, which comes
+    first on sys.path: `six.py`, `certifi/`, `uuid.py`...; nor, anywhere, a third-party one such
+    as a vendored `lib/botocore/` it might put on sys.path itself, nor an archive it might add),
+    and it sets no variable the import read (HOME...) or that its libcrypto reads at load."""
+    if not traits.imports & _BOTO3_IMPORTS or traits.archives or not traits.complete:
+        return False
+    if traits.top_level & set(preload["modules"]) or traits.names & set(preload["third_party"]):
+        return False
+    read = set(preload["environ"])
+    return not any(name in read or name.startswith(_BOTO3_STARTUP_PREFIXES) for name in spec.environment)
 
 
 def lambda_environment(spec: FunctionSpec, stream: str, *, with_libs: bool) -> dict[str, str]:
@@ -131,12 +174,16 @@ class LocalWorker:
         self._python_libs = python_libs
         self._created = 0
         self._init_failures = 0
-        self._specialised = 0
-        # Stem cells: isolated backend and Python only (the process backend has no sandbox to
-        # pre-start); inert until `start()`.
+        self._specialised: dict[str, int] = {}  # kind of cell -> sandboxes made from one
+        # Stem cells: isolated backend only (the process backend has no sandbox to pre-start);
+        # inert until `start()`. `stem_cells` plain Python cells per runtime; half as many (at
+        # least one) of the bigger kinds, boto3 and Node.js.
         self._stems: StemCellPool | None = None
+        self._stem_cells = stem_cells
+        self._preloads: dict[str, dict[str, list[str]]] = {}  # python runtime -> boto3 probe
+        self._probing: asyncio.Task[None] | None = None
         if stem_cells > 0 and backend.isolated:
-            self._stems = StemCellPool(backend, code_cache.root / ".cells", stem_cells, self._cell_spec)
+            self._stems = StemCellPool(backend, code_cache.root / ".cells", self._pool_size, self._cell_spec)
         # Python sandboxes skip compiling the bootstrap when its bytecode is cached (~10 ms).
         for runtime, interpreter in runtimes.interpreters.items():
             if runtime.startswith("python") and interpreter is not None:
@@ -146,42 +193,87 @@ class LocalWorker:
         return WorkerStatistics(self._created, self._init_failures)
 
     def stem_statistics(self) -> dict[str, object]:
-        stats = self._stems.statistics() if self._stems is not None else {}
-        return {**stats, "specialised": self._specialised}
+        """The pools' statistics (`StemCellPool.statistics`), with `specialised` in total and
+        per kind of cell."""
+        stats = self._stems.statistics() if self._stems is not None else {"kinds": {}}
+        kinds: dict[str, dict[str, int]] = stats["kinds"]  # type: ignore[assignment]
+        for kind, count in self._specialised.items():
+            kinds.setdefault(kind, {})["specialised"] = count
+        for counts in kinds.values():
+            counts.setdefault("specialised", 0)
+        return {**stats, "specialised": sum(self._specialised.values())}
 
     async def start(self) -> None:
-        """Start the stem cell pools (one per Python runtime of this host, default /tmp size)."""
-        if self._stems is not None:
-            keys = [(runtime, 512) for runtime, interpreter in self._runtimes.interpreters.items()
-                    if runtime.startswith("python") and interpreter is not None]
-            await self._stems.start(keys)
+        """Start the stem cell pools (default /tmp size): plain ones for every Python and Node.js
+        runtime of this host; boto3 ones for the Python runtimes once the boto3 preload has
+        been probed (in the background: a second or so of the host's interpreter)."""
+        if self._stems is None:
+            return
+        keys = [CellKey(runtime, 512) for runtime, interpreter in self._runtimes.interpreters.items()
+                if interpreter is not None and runtime_family(runtime) in STEM_FLAVOURS]
+        await self._stems.start(keys)
+        if self._python_libs is not None and self._probing is None:
+            self._probing = asyncio.create_task(self._probe_boto3(), name="firebox-stem-probe")
 
     async def stop(self) -> None:
         """Stop refilling and discard the unspecialised cells (specialised ones are sandboxes:
         their owner destroys them)."""
+        if self._probing is not None:
+            self._probing.cancel()
+            await asyncio.gather(self._probing, return_exceptions=True)
+            self._probing = None
         if self._stems is not None:
             await self._stems.stop()
 
-    def _cell_spec(self, sandbox_id: str, runtime: str, ephemeral_mb: int, task_dir: Path) -> SandboxSpec:
-        interpreter = self._runtimes.interpreters.get(runtime)
+    async def _probe_boto3(self) -> None:
+        for runtime, interpreter in self._runtimes.interpreters.items():
+            if interpreter is None or runtime_family(runtime) != "python":
+                continue
+            preload = await asyncio.to_thread(probe_stem, str(interpreter), "boto3", self._python_libs)
+            if preload is None or "boto3" not in preload["modules"]:
+                log.warning("no boto3 stem cells for %s: the boto3 preload could not be probed", runtime)
+                continue
+            self._preloads[runtime] = preload
+            if self._stems is not None:
+                self._stems.start_pool(CellKey(runtime, 512, "boto3"))
+
+    def _pool_size(self, key: CellKey) -> int:
+        if key.flavour == "plain" and runtime_family(key.runtime) == "python":
+            return self._stem_cells
+        return max(1, self._stem_cells // 2)
+
+    def _cell_spec(self, sandbox_id: str, key: CellKey, task_dir: Path) -> SandboxSpec:
+        interpreter = self._runtimes.interpreters.get(key.runtime)
         if interpreter is None:
-            raise RuntimeError(f"no interpreter for {runtime}")
+            raise RuntimeError(f"no interpreter for {key.runtime}")
         environment = dict(NEUTRAL_ENV)
-        if self._python_libs is not None:
+        libs = self._python_libs if runtime_family(key.runtime) == "python" else None
+        if libs is not None:
             environment["FIREBOX_RUNTIME_LIBS"] = SANDBOX_LIBS
         return SandboxSpec(
             sandbox_id=sandbox_id,
             function_name="firebox-stem-cell",
             version="$LATEST",
-            runtime=runtime,
+            runtime=key.runtime,
             code_dir=task_dir,
             runtime_dir=RUNTIME_DIR,
-            command=tuple(stem_command(runtime, str(interpreter))),
+            command=tuple(stem_command(key.runtime, str(interpreter), flavour=key.flavour)),
             environment=environment,
             memory_mb=CELL_MEMORY_MB,
-            ephemeral_storage_mb=ephemeral_mb,
-            extra_ro_binds=((self._python_libs, SANDBOX_LIBS),) if self._python_libs else (),
+            ephemeral_storage_mb=key.ephemeral_mb,
+            extra_ro_binds=((libs, SANDBOX_LIBS),) if libs is not None else (),
         )
+
+    async def _cell_key(self, spec: FunctionSpec) -> CellKey | None:
+        """The kind of stem cell that can become `spec`'s sandbox (None: none can)."""
+        if self._stems is None or not stem_eligible(spec):
+            return None
+        preload = self._preloads.get(spec.runtime)
+        if preload is not None:
+            traits = await self._code_cache.traits(spec.code_sha256_hex)
+            if boto3_compatible(spec, traits, preload):
+                return CellKey(spec.runtime, spec.ephemeral_storage_mb, "boto3")
+        return CellKey(spec.runtime, spec.ephemeral_storage_mb)
 
     async def create_sandbox(self, spec: FunctionSpec) -> Sandbox | FailedInit:
         """A new sandbox for `spec`, initialised. If init failed it is already dead and holds the
@@ -189,13 +281,14 @@ class LocalWorker:
         interpreter = self._runtimes.interpreters.get(spec.runtime)
         is_python = spec.runtime.startswith("python")
         code_dir = await self._code_cache.ensure(spec.code_sha256_hex, python=interpreter if is_python else None)
-        if self._stems is not None and interpreter is not None and stem_eligible(spec):
-            cell = await self._stems.take(spec.runtime, spec.ephemeral_storage_mb)
+        key = await self._cell_key(spec) if interpreter is not None else None
+        if key is not None and self._stems is not None:
+            cell = await self._stems.take(key)
             if cell is not None:
                 try:
                     specialised = await self._specialise(cell, spec, code_dir)
                 finally:
-                    self._stems.refill(spec.runtime, spec.ephemeral_storage_mb)
+                    self._stems.refill(key)
                 if specialised is not None:
                     return specialised
         sandbox_id = uuid.uuid4().hex
@@ -231,7 +324,8 @@ class LocalWorker:
         could not be prepared (it is discarded; the caller starts a sandbox the usual way)."""
         started = time.perf_counter()
         stream = f"{datetime.now(UTC):%Y/%m/%d}/[{spec.version}]{cell.id}"
-        environment = lambda_environment(spec, stream, with_libs=self._python_libs is not None)
+        with_libs = runtime_family(spec.runtime) == "python" and self._python_libs is not None
+        environment = lambda_environment(spec, stream, with_libs=with_libs)
         sandbox_spec = SandboxSpec(
             sandbox_id=cell.id,
             function_name=spec.name,
@@ -263,7 +357,7 @@ class LocalWorker:
                           timeout_s=spec.timeout_s, on_death=forget_code, channel=cell.channel)
         cell.channel.specialize(json.dumps(environment).encode())
         self._created += 1
-        self._specialised += 1
+        self._specialised[cell.key.kind] = self._specialised.get(cell.key.kind, 0) + 1
         if not await sandbox.start(started, server=cell.server, exit_task=cell.exit):
             self._init_failures += 1
         return sandbox

@@ -1,18 +1,21 @@
-"""Stem cells: pre-started, not-yet-specialised Python sandboxes, one small pool per
-(runtime, EphemeralStorage size), refilled in the background.
+"""Stem cells: pre-started, not-yet-specialised sandboxes, one small pool per
+(runtime, EphemeralStorage size, flavour), refilled in the background.
 
 A stem cell is a normal sandbox of the worker's backend (isolated: same namespaces, uid, seccomp,
 cgroup, read-only root) whose `/var/task` is a bind of an EMPTY per-cell host directory
-(`<code cache>/.cells/<id>`, root-owned, 0755), whose environment is neutral (`neutral_env`:
-values every Python function has), and whose command is `runtimes/python/stem.py`: the
-interpreter has started and loaded the runtime, and waits on the Runtime API's private
-`/firebox/specialize` long poll. The /tmp tmpfs size is fixed at spawn, hence the pool key.
+(`<code cache>/.cells/<id>`, root-owned, 0755), whose environment is neutral (`NEUTRAL_ENV`:
+values every function of the runtime has), and whose command is the runtime's stem
+(`runtimes/python/stem.py`, `runtimes/nodejs/stem.mjs`): the interpreter has started and loaded
+the runtime (and, for the Python `boto3` flavour, the platform's boto3), and waits on the
+Runtime API's private `/firebox/specialize` long poll. The /tmp tmpfs size is fixed at spawn,
+hence the pool key; the flavour is what the cell has loaded (the worker picks it per function).
 
 `LocalWorker` specialises a cell for ONE function version (`local.py`): it links the function's
 unpacked code into the cell's task directory, sets the cgroup memory limit to MemorySize, answers
 the poll with the function's environment, then waits for init exactly as for a new sandbox. A
 cell is taken once and never returned; one that dies while waiting is dropped and replaced. At
-most `size` cells per key exist unspecialised (memory: about 10 MB each).
+most `size(key)` cells per key exist unspecialised (memory, measured: a Python cell about 10 MB,
+a boto3 one about 35 MB, a Node.js one about 45 MB).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from firebox.worker.runtimeapi import RuntimeChannel, serve
 from firebox.worker.sandbox_api import SandboxBackend, SandboxSpec
@@ -38,11 +42,23 @@ CELL_MEMORY_MB = 256  # the limit while unspecialised; specialising sets MemoryS
 TAKE_WAIT_S = 0.25  # how long `take` waits for a cell already being started
 
 
+class CellKey(NamedTuple):
+    runtime: str
+    ephemeral_mb: int
+    flavour: str = "plain"
+
+    @property
+    def kind(self) -> str:
+        """`runtime/flavour`, how statistics name a kind of cell (`python3.11/boto3`)."""
+        return f"{self.runtime}/{self.flavour}"
+
+
 class StemCell:
     """One running, unspecialised sandbox and the Runtime API server it is polling."""
 
-    def __init__(self, spec: SandboxSpec, process: object, channel: RuntimeChannel,
+    def __init__(self, key: CellKey, spec: SandboxSpec, process: object, channel: RuntimeChannel,
                  server: asyncio.AbstractServer, exit_task: asyncio.Task[int]) -> None:
+        self.key = key
         self.spec = spec
         self.process = process
         self.channel = channel
@@ -106,7 +122,7 @@ def populate(code_dir: Path, task_dir: Path) -> None:
 
 @dataclass
 class _Pool:
-    key: tuple[str, int]
+    key: CellKey
     ready: deque[StemCell] = field(default_factory=deque)
     starting: int = 0
     waiters: deque[asyncio.Future[StemCell]] = field(default_factory=deque)
@@ -114,26 +130,43 @@ class _Pool:
     task: asyncio.Task[None] | None = None
 
 
-class StemCellPool:
-    """Pools of stem cells; `cell_spec(sandbox_id, runtime, ephemeral_mb, task_dir)` builds a
-    cell's SandboxSpec (the worker knows interpreters and binds)."""
+_COUNTERS = ("spawned", "taken", "missed", "died", "failed")
 
-    def __init__(self, backend: SandboxBackend, cells_dir: Path, size: int,
-                 cell_spec: Callable[[str, str, int, Path], SandboxSpec]) -> None:
+
+class StemCellPool:
+    """Pools of stem cells; `cell_spec(sandbox_id, key, task_dir)` builds a cell's SandboxSpec
+    (the worker knows interpreters and binds); `size` is the number of cells kept per key, or a
+    function of the key."""
+
+    def __init__(self, backend: SandboxBackend, cells_dir: Path, size: int | Callable[[CellKey], int],
+                 cell_spec: Callable[[str, CellKey, Path], SandboxSpec]) -> None:
         self._backend = backend
         self._dir = Path(cells_dir)
-        self.size = size
+        self._size = size if callable(size) else (lambda _key, n=size: n)
         self._cell_spec = cell_spec
-        self._pools: dict[tuple[str, int], _Pool] = {}
+        self._pools: dict[CellKey, _Pool] = {}
         self._running = False
         self._discarding: set[asyncio.Task[None]] = set()
-        self._stats = {"spawned": 0, "taken": 0, "missed": 0, "died": 0, "failed": 0}
+        self._stats = dict.fromkeys(_COUNTERS, 0)
+        self._kinds: dict[str, dict[str, int]] = {}  # kind -> counters
+
+    def size(self, key: CellKey) -> int:
+        return self._size(key)
 
     def statistics(self) -> dict[str, object]:
+        """Totals, and per kind of cell (`runtime/flavour`): counters and `ready`."""
+        kinds = {kind: {**counts, "ready": 0} for kind, counts in self._kinds.items()}
+        for pool in self._pools.values():
+            kinds.setdefault(pool.key.kind, {**dict.fromkeys(_COUNTERS, 0), "ready": 0})["ready"] += len(pool.ready)
         ready = sum(len(p.ready) for p in self._pools.values())
-        return {**self._stats, "ready": ready, "pools": len(self._pools)}
+        return {**self._stats, "ready": ready, "pools": len(self._pools), "kinds": kinds}
 
-    async def start(self, keys: list[tuple[str, int]]) -> None:
+    def _count(self, key: CellKey, counter: str) -> None:
+        self._stats[counter] += 1
+        kind = self._kinds.setdefault(key.kind, dict.fromkeys(_COUNTERS, 0))
+        kind[counter] += 1
+
+    async def start(self, keys: list[CellKey]) -> None:
         if self._running:
             return
         if self._dir.exists():  # cells of a previous run (their sandboxes died with it)
@@ -142,6 +175,11 @@ class StemCellPool:
         os.chmod(self._dir, 0o755)
         self._running = True
         for key in keys:
+            self._ensure(key)
+
+    def start_pool(self, key: CellKey) -> None:
+        """Start keeping cells of `key` (a no-op when stopped or already kept)."""
+        if self._running:
             self._ensure(key)
 
     async def stop(self) -> None:
@@ -161,27 +199,27 @@ class StemCellPool:
         await asyncio.gather(*self._discarding, return_exceptions=True)
         shutil.rmtree(self._dir, ignore_errors=True)
 
-    def _ensure(self, key: tuple[str, int]) -> _Pool:
+    def _ensure(self, key: CellKey) -> _Pool:
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = _Pool(key)
-            pool.task = asyncio.create_task(self._refill(pool), name=f"firebox-stem-cells-{key[0]}-{key[1]}")
+            pool.task = asyncio.create_task(self._refill(pool), name=f"firebox-stem-cells-{'-'.join(map(str, key))}")
         return pool
 
-    async def take(self, runtime: str, ephemeral_mb: int) -> StemCell | None:
-        """A live cell for (runtime, ephemeral size), removed from the pool for good; or None
-        (the caller starts a sandbox the usual way). Waits briefly for a cell already starting
-        when no other caller waits for it."""
+    async def take(self, key: CellKey) -> StemCell | None:
+        """A live cell of `key`, removed from the pool for good; or None (the caller starts a
+        sandbox the usual way). Waits briefly for a cell already starting when no other caller
+        waits for it."""
         if not self._running:
             return None
-        pool = self._ensure((runtime, ephemeral_mb))
+        pool = self._ensure(key)
         # No refill is started here: starting a sandbox blocks the event loop for a few ms
         # (fork + exec), which would land inside this cell's specialisation. The caller calls
         # `refill` once the cell's init is over.
         while pool.ready:
             cell = pool.ready.popleft()
             if cell.alive:
-                self._stats["taken"] += 1
+                self._count(key, "taken")
                 return cell
             self._drop(cell)
         if pool.starting > len(pool.waiters):
@@ -198,16 +236,16 @@ class StemCellPool:
                     pool.waiters.remove(waiter)
             else:
                 if cell.alive:
-                    self._stats["taken"] += 1
+                    self._count(key, "taken")
                     return cell
                 self._drop(cell)
-        self._stats["missed"] += 1
+        self._count(key, "missed")
         pool.wanted.set()  # nothing of ours to disturb: the caller starts a sandbox itself
         return None
 
-    def refill(self, runtime: str, ephemeral_mb: int) -> None:
-        """Top the pool of (runtime, ephemeral_mb) up again, in the background."""
-        pool = self._pools.get((runtime, ephemeral_mb))
+    def refill(self, key: CellKey) -> None:
+        """Top the pool of `key` up again, in the background."""
+        pool = self._pools.get(key)
         if pool is not None:
             pool.wanted.set()
 
@@ -220,7 +258,7 @@ class StemCellPool:
         pool.ready.append(cell)
 
     def _drop(self, cell: StemCell) -> None:
-        self._stats["died"] += 1
+        self._count(cell.key, "died")
         task = asyncio.create_task(cell.discard())
         self._discarding.add(task)
         task.add_done_callback(self._discarding.discard)
@@ -231,7 +269,7 @@ class StemCellPool:
             for cell in [c for c in pool.ready if not c.alive]:
                 pool.ready.remove(cell)
                 self._drop(cell)
-            missing = self.size - len(pool.ready) - pool.starting
+            missing = self.size(pool.key) - len(pool.ready) - pool.starting
             if missing <= 0:
                 pool.wanted.clear()
                 await pool.wanted.wait()
@@ -242,7 +280,7 @@ class StemCellPool:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a failed cell is logged and retried later
-                self._stats["failed"] += 1
+                self._count(pool.key, "failed")
                 failures += 1
                 log.warning("stem cell for %s did not start: %s", pool.key, exc)
                 await asyncio.sleep(min(30.0, 0.1 * 2 ** failures))
@@ -256,13 +294,12 @@ class StemCellPool:
             cell.exit.add_done_callback(lambda _: pool.wanted.set())
             self._put(pool, cell)
 
-    async def _spawn(self, key: tuple[str, int]) -> StemCell:
-        runtime, ephemeral_mb = key
+    async def _spawn(self, key: CellKey) -> StemCell:
         sandbox_id = uuid.uuid4().hex
         task_dir = self._dir / sandbox_id
         task_dir.mkdir(mode=0o755)
         os.chmod(task_dir, 0o755)
-        spec = self._cell_spec(sandbox_id, runtime, ephemeral_mb, task_dir)
+        spec = self._cell_spec(sandbox_id, key, task_dir)
         try:
             process = await self._backend.spawn(spec)
         except BaseException:
@@ -282,11 +319,11 @@ class StemCellPool:
                     detail = await asyncio.wait_for(process.stderr.read(4096), 0.5)
                 raise RuntimeError(f"the stem never asked for its function: {detail.decode(errors='replace')[-300:]}")
         except BaseException:
-            cell = StemCell(spec, process, channel, server or _NoServer(), exit_task)  # type: ignore[arg-type]
+            cell = StemCell(key, spec, process, channel, server or _NoServer(), exit_task)  # type: ignore[arg-type]
             await asyncio.shield(cell.discard())
             raise
-        self._stats["spawned"] += 1
-        return StemCell(spec, process, channel, server, exit_task)
+        self._count(key, "spawned")
+        return StemCell(key, spec, process, channel, server, exit_task)
 
 
 class _NoServer:

@@ -15,6 +15,21 @@ FIREBOX_RUNTIME_LIBS / AWS_LAMBDA_RUNTIME_API, identical for every Python functi
 
 From then on the process is exactly a bootstrap-started runtime of that function; the sandbox is
 never handed to any other function. Standard library only, like the bootstrap.
+
+Flavours (the argument after the script's path; none = `plain`):
+
+- `plain`: nothing more than the bootstrap is loaded.
+- `boto3`: before step 2, `sys.path` is set up exactly as `main()` will set it (task root first,
+  then layers, the standard library and FIREBOX_RUNTIME_LIBS, the platform's boto3) and `boto3`
+  is imported (which imports `boto3.session` and `botocore.session`; measured: about 23 MB and,
+  on a quiet 2-core host, most of a 200+ ms cold start). The worker gives such a cell only to a
+  function that imports boto3 itself and whose package holds nothing the import used or looked
+  for (`--probe` lists those names), so the function sees exactly the modules a fresh runtime
+  would have imported, from the same files.
+
+`stem.py --probe FLAVOUR` (run on the host by `firebox.runtimes.api.probe_stem`) performs the
+flavour's preload while recording every top-level module name looked up or added and every
+environment variable read, prints them as JSON and exits.
 """
 
 import os
@@ -32,6 +47,7 @@ import time  # noqa: E402
 
 SPECIALIZE_PATH = "/2018-06-01/runtime/firebox/specialize"
 BOOTSTRAP = os.path.join(_HERE, "bootstrap.py")
+PRELOADS = {"plain": (), "boto3": ("boto3",)}  # flavour -> modules imported before specialising
 
 
 def load_bootstrap():
@@ -39,6 +55,80 @@ def load_bootstrap():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def preload(bootstrap, flavour):
+    """Import the flavour's modules with sys.path as the function's init will see it."""
+    modules = PRELOADS[flavour]
+    if modules:
+        bootstrap.setup_path(os.environ.get("LAMBDA_TASK_ROOT") or "/var/task")
+        for name in modules:
+            importlib.import_module(name)
+
+
+class _Lookups:
+    """A meta-path finder that finds nothing and remembers what was looked for."""
+
+    def __init__(self):
+        self.names = set()
+
+    def find_spec(self, name, path=None, target=None):
+        self.names.add(name.partition(".")[0])  # and finds nothing: the next finder goes on
+
+
+def probe(flavour):
+    """Preload `flavour` recording module lookups and environment reads; print them as JSON."""
+    import collections.abc
+
+    bootstrap = load_bootstrap()
+    lookups, read = _Lookups(), set()
+    environ = os.environ
+
+    class RecordingEnviron(collections.abc.MutableMapping):
+        def __getitem__(self, key):
+            read.add(key)
+            return environ[key]
+
+        def __contains__(self, key):
+            read.add(key)
+            return key in environ
+
+        def __setitem__(self, key, value):
+            environ[key] = value
+
+        def __delitem__(self, key):
+            del environ[key]
+
+        def __iter__(self):
+            read.add("*")
+            return iter(environ)
+
+        def __len__(self):
+            return len(environ)
+
+        def copy(self):
+            read.add("*")
+            return environ.copy()
+
+    before = set(sys.modules)
+    sys.meta_path.insert(0, lookups)
+    os.environ = RecordingEnviron()  # noqa: B003 - os.getenv and os.environ.get read it; put back below
+    try:
+        preload(bootstrap, flavour)
+    finally:
+        os.environ = environ  # noqa: B003
+        sys.meta_path.remove(lookups)
+    added = {name.partition(".")[0] for name in set(sys.modules) - before}
+    modules = sorted(lookups.names | added)
+    stdlib = getattr(sys, "stdlib_module_names", frozenset())
+    report = {
+        "flavour": flavour,
+        "modules": modules,
+        "third_party": [m for m in modules if m not in stdlib and m not in sys.builtin_module_names],
+        "environ": sorted(read),
+    }
+    sys.stdout.write(json.dumps(report) + "\n")
+    return 0
 
 
 def wait_for_function(address):
@@ -75,7 +165,19 @@ def wait_for_function(address):
 
 
 def main():
+    args = sys.argv[2:]
+    if args[:1] == ["--probe"]:
+        return probe(args[1] if len(args) > 1 else "plain")
+    flavour = args[0] if args else "plain"
+    if flavour not in PRELOADS:
+        sys.stderr.write("firebox stem cell: unknown flavour %r\n" % flavour)
+        return 2
     bootstrap = load_bootstrap()
+    try:
+        preload(bootstrap, flavour)
+    except Exception as exc:  # noqa: BLE001 - the platform's libraries are broken: this cell is useless
+        sys.stderr.write("firebox stem cell: preloading %s failed: %r\n" % (flavour, exc))
+        return 1
     address = os.environ.get("AWS_LAMBDA_RUNTIME_API", "")
     try:
         environment = wait_for_function(address)
@@ -88,7 +190,7 @@ def main():
     time.tzset()
     importlib.invalidate_caches()  # /var/task was empty until now
     if len(sys.argv) > 1:
-        sys.argv[1] = BOOTSTRAP  # what a bootstrap-started runtime shows
+        sys.argv[1:] = [BOOTSTRAP]  # what a bootstrap-started runtime shows
     return bootstrap.main()
 
 
