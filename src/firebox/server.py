@@ -1,30 +1,29 @@
 """Run the platform behind an HTTP server until SIGINT or SIGTERM.
 
-uvicorn (with httptools and uvloop) carries the HTTP; `wiring` builds the platform; this module
-only starts them in order, announces the endpoint, and stops them in reverse order.
+`frontend/edge.py` (httptools, on uvloop when installed) carries the HTTP; `wiring` builds the
+platform; this module only starts them in order, announces the endpoint, and stops them in
+reverse order.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-import uvicorn
-
+from firebox.frontend.edge import HttpEdge
 from firebox.settings import Settings
 from firebox.wiring import build_platform
 
 log = logging.getLogger("firebox")
 
 READY_PREFIX = "Firebox ready at "
+GRACE_S = 10.0  # how long requests in flight may take to finish once a stop is asked
 
 
 def _lock_data_dir(data_dir: Path) -> IO[str]:
@@ -41,12 +40,7 @@ def _lock_data_dir(data_dir: Path) -> IO[str]:
     return handle
 
 
-async def _announce(server: uvicorn.Server, settings: Settings, sandboxes: str) -> None:
-    while not server.started:
-        if server.should_exit:
-            return
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
+def _announce(settings: Settings, port: int, sandboxes: str) -> None:
     endpoint = f"http://{settings.host}:{port}"
     print(f"{READY_PREFIX}{endpoint}", flush=True)
     print(
@@ -59,48 +53,33 @@ async def _announce(server: uvicorn.Server, settings: Settings, sandboxes: str) 
     )
 
 
-class _Server(uvicorn.Server):
-    """uvicorn re-raises SIGINT/SIGTERM once `serve()` returns, which would kill the process
-    before the platform stops; here a signal only asks the server to exit, and `_run` then
-    stops the platform and returns normally (exit status 0)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        loop = asyncio.get_running_loop()
-        signals = (signal.SIGINT, signal.SIGTERM)
-        for sig in signals:
-            loop.add_signal_handler(sig, self.handle_exit, sig, None)
-        try:
-            yield
-        finally:
-            for sig in signals:
-                loop.remove_signal_handler(sig)
-
-
 async def _run(settings: Settings) -> None:
+    """Start the platform, then the edge; wait for SIGINT/SIGTERM; stop them in reverse order.
+    A signal only sets `stop`: the platform is stopped and `serve` returns normally (exit 0)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     platform = await build_platform(settings)
     runtimes = ", ".join(sorted(platform.runtimes.names))
     log.info("runtimes this host can run: %s", runtimes)
     await platform.start()
-    config = uvicorn.Config(
-        platform.app,
-        host=settings.host,
-        port=settings.port,
-        loop="none",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=10,
-    )
-    server = _Server(config)
-    backend = platform.backend
-    sandboxes = backend.reason if backend.isolated else f"NOT ISOLATED: {backend.reason}"
-    announce = asyncio.create_task(_announce(server, settings, sandboxes))
     try:
-        await server.serve()
+        edge = HttpEdge(platform.app)
+        try:
+            port = await edge.start(settings.host, settings.port)
+        except OSError as exc:
+            raise SystemExit(f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from exc
+        try:
+            platform.app.ready = True
+            backend = platform.backend
+            _announce(settings, port, backend.reason if backend.isolated else f"NOT ISOLATED: {backend.reason}")
+            await stop.wait()
+            log.info("stopping: finishing requests in flight (at most %.0f s)", GRACE_S)
+        finally:
+            platform.app.ready = False
+            await edge.stop(GRACE_S)
     finally:
-        announce.cancel()
         await platform.stop()
         log.info("stopped")
 

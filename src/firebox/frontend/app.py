@@ -1,13 +1,15 @@
-"""The ASGI application: one request in, one response out.
+"""The application: one request in, one response out.
 
-    receive body (bounded) -> route by the service model -> parse + validate -> handler -> respond
+    route by the service model -> parse + validate -> handler -> respond
 
+`FrontendApp.handle` is a plain coroutine called by the HTTP server (`edge.py`) with what it
+parsed; the body arrives whole, already bounded by `max_request_bytes`.
 Platform routes outside the Lambda API: `GET /health` (200 once the platform has started),
 `GET /_firebox/code/<sha256 hex>` (the zip behind GetFunction's `Code.Location`),
 `GET /_firebox/events` (asynchronous events per function, for `firebox events`) and
 `GET /_firebox/stats` (the components' statistics: sandboxes, stem cells, backend).
 Framework-free on purpose: routing is data from the service model, and the invoke hot path
-should not pay for a framework's middleware stack.
+should not pay for a framework's middleware stack or an ASGI server's message plumbing.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import parse_qs
 
 from firebox.errors import NotImplementedYet, RequestEntityTooLarge, UnknownOperation
@@ -32,8 +33,6 @@ log = logging.getLogger("firebox.access")
 
 _CODE_PATH = re.compile(r"/_firebox/code/([0-9a-f]{64})")
 
-Scope = dict[str, Any]
-
 
 @dataclass
 class _Exchange:
@@ -46,70 +45,47 @@ class _Exchange:
 class FrontendApp:
     def __init__(self, services: Services, *, max_request_bytes: int, handlers: dict[str, Handler] | None = None) -> None:
         self._services = services
-        self._max_request_bytes = max_request_bytes
+        self.max_request_bytes = max_request_bytes
         self._handlers = HANDLERS if handlers is None else handlers
         self._model: ServiceModel = lambda_model()
-        self.ready = False
+        self.ready = False  # GET /health answers 503 until the server sets this
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        started = time.perf_counter()
-        request_id = str(uuid.uuid4())
-        exchange = _Exchange(request_id)
+    async def handle(
+        self, method: str, target: str, headers: dict[str, str], body: bytes | None, server: tuple[str, int]
+    ) -> responses.HttpResponse:
+        """Answer one request; never raises: every failure becomes AWS's error shape.
+
+        `target` is the request-target (path and query, as sent); `headers` has lower-case
+        names; `body` is None when it was over `max_request_bytes` (the server kept none of it:
+        the answer is RequestEntityTooLargeException, named for the operation the request
+        routes to); `server` is the (host, port) the request came in on."""
+        # The access log line is for debugging: by default it costs one level check.
+        timed = log.isEnabledFor(logging.DEBUG)
+        started = time.perf_counter() if timed else 0.0
+        exchange = _Exchange(str(uuid.uuid4()))
         try:
-            response = await self._handle(scope, receive, exchange)
-        except Exception as exc:  # every failure becomes a response; the server goes on
-            json_protocol = any(k == b"x-amz-target" for k, _ in scope["headers"])
-            response = responses.failure(exc, request_id, exchange.operation, json_protocol=json_protocol)
-        await send({"type": "http.response.start", "status": response.status, "headers": response.headers})
-        await send({"type": "http.response.body", "body": response.body})
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        log.info(
-            "%s %s %s %d %.1fms", scope["method"], scope["path"], exchange.operation or "-", response.status, elapsed_ms
-        )
+            response = await self._handle(method, target, headers, body, server, exchange)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a response; the server goes on
+            json_protocol = "x-amz-target" in headers
+            response = responses.failure(exc, exchange.request_id, exchange.operation, json_protocol=json_protocol)
+        if timed:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            log.debug("%s %s %s %d %.1fms", method, target, exchange.operation or "-", response.status, elapsed_ms)
+        return response
 
-    async def _lifespan(self, receive: Any, send: Any) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                self.ready = True
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                self.ready = False
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+    async def _handle(
+        self, method: str, target: str, headers: dict[str, str], body: bytes | None, server: tuple[str, int],
+        exchange: _Exchange,
+    ) -> responses.HttpResponse:
+        path, _, query_string = target.partition("?")
+        query = parse_qs(query_string, keep_blank_values=True) if query_string else {}
 
-    async def _handle(self, scope: Scope, receive: Any, exchange: _Exchange) -> responses.HttpResponse:
-        method = scope["method"]
-        raw_path = scope.get("raw_path") or scope["path"].encode()
-        path = raw_path.decode("latin-1").split("?", 1)[0]
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        if method == "GET" and path.startswith(("/health", "/_firebox/")):
+            return await self._platform_route(path, exchange)
 
-        if method == "GET" and path == "/health":
-            status = 200 if self.ready else 503
-            exchange.operation = "Health"
-            return responses.success(status, {"status": "ok" if self.ready else "starting"}, exchange.request_id, {})
-        if method == "GET" and path == "/_firebox/events":
-            exchange.operation = "EventStatistics"
-            stats = await self._services.events.statistics()
-            body = {name: dataclasses.asdict(s) for name, s in stats.items()}
-            return responses.success(200, body, exchange.request_id, {})
-        if method == "GET" and path == "/_firebox/stats":
-            exchange.operation = "PlatformStatistics"
-            return responses.success(200, dict(self._services.statistics()), exchange.request_id, {})
-        if method == "GET" and (code := _CODE_PATH.fullmatch(path)):
-            exchange.operation = "GetCodePackage"
-            data = await self._services.registry.code_blob(code.group(1))
-            return responses.success(200, data, exchange.request_id, {})
-
-        target = headers.get("x-amz-target")
-        if method == "POST" and target:
-            model, op, labels = self._route_target(target)
+        target_header = headers.get("x-amz-target")
+        if method == "POST" and target_header:
+            model, op, labels = self._route_target(target_header)
             content_type = "application/x-amz-json-1.1"
         else:
             model = self._model
@@ -119,17 +95,39 @@ class FrontendApp:
             op, labels = matched
             content_type = None
         exchange.operation = op.name
-        body = await self._read_body(scope, receive, headers, op.name)
+        if body is None:
+            limit = self.max_request_bytes
+            raise RequestEntityTooLarge(f"Request must be smaller than {limit} bytes for the {op.name} operation")
         params = parse_input(model, op, labels, query, headers, body)
         handler = self._handlers.get(op.name)
         if handler is None:
             raise NotImplementedYet(f"Firebox does not implement the {op.name} operation yet.")
-        host = headers.get("host", f"{scope['server'][0]}:{scope['server'][1]}")
-        request = Request(op.name, params, headers, exchange.request_id, f"{scope.get('scheme', 'http')}://{host}")
+        host = headers.get("host") or f"{server[0]}:{server[1]}"
+        request = Request(op.name, params, headers, exchange.request_id, f"http://{host}")
         reply = await handler(self._services, request)
         status = op.status if reply.status is None else reply.status
         extra = reply.headers if content_type is None else {"Content-Type": content_type, **reply.headers}
         return responses.success(status, reply.body, exchange.request_id, extra)
+
+    async def _platform_route(self, path: str, exchange: _Exchange) -> responses.HttpResponse:
+        """GET routes of Firebox's own, outside the Lambda API (see the module docstring)."""
+        if path == "/health":
+            exchange.operation = "Health"
+            status = 200 if self.ready else 503
+            return responses.success(status, {"status": "ok" if self.ready else "starting"}, exchange.request_id, {})
+        if path == "/_firebox/events":
+            exchange.operation = "EventStatistics"
+            stats = await self._services.events.statistics()
+            body = {name: dataclasses.asdict(s) for name, s in stats.items()}
+            return responses.success(200, body, exchange.request_id, {})
+        if path == "/_firebox/stats":
+            exchange.operation = "PlatformStatistics"
+            return responses.success(200, dict(self._services.statistics()), exchange.request_id, {})
+        if code := _CODE_PATH.fullmatch(path):
+            exchange.operation = "GetCodePackage"
+            data = await self._services.registry.code_blob(code.group(1))
+            return responses.success(200, data, exchange.request_id, {})
+        raise UnknownOperation(f"No Lambda API operation matches GET {path}.")
 
     def _route_target(self, target: str) -> tuple[ServiceModel, Operation, dict[str, str]]:
         prefix, _, name = target.partition(".")
@@ -138,24 +136,3 @@ class FrontendApp:
         if load is None or op is None:
             raise UnknownOperation(f"Unknown operation {target}.")
         return load(), op, {}
-
-    async def _read_body(self, scope: Scope, receive: Any, headers: dict[str, str], operation: str) -> bytes:
-        limit = self._max_request_bytes
-        too_large = RequestEntityTooLarge(f"Request must be smaller than {limit} bytes for the {operation} operation")
-        declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise too_large
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return b"".join(chunks)
