@@ -9,7 +9,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from .engine_fixtures import invoke, isolated_backend, ok_json, python_function  # noqa: F401
+from .engine_fixtures import invoke, isolated_backend, node_function, ok_json, python_function  # noqa: F401
 from .helpers import FireboxServer, wait_for
 
 STEM_SOURCE = """
@@ -185,3 +185,79 @@ def test_a_function_shipping_its_own_boto3_gets_its_own(lam: Any, isolated_backe
     assert "stem.py" in seen["cmdline"] and "boto3" not in seen["cmdline"].split("stem.py")[1], seen
     assert _specialised(isolated_backend, "python3.11/boto3") == before["python3.11/boto3"]
     assert _specialised(isolated_backend, "python3.11/plain") == before["python3.11/plain"] + 1
+
+
+NODE_PROBE = """
+const fs = require('fs');
+const initEnv = { ...process.env };
+exports.handler = async (event, context) => ({
+  cmdline: fs.readFileSync('/proc/self/cmdline', 'utf8'),
+  argv: process.argv,
+  env: process.env,
+  initOwn: initEnv.OWN,
+  stream: context.logStreamName,
+  memory: context.memoryLimitInMB,
+  cwd: process.cwd(),
+  paths: require('module').globalPaths,
+});
+"""
+
+NODE_PROBE_ESM = """
+import fs from 'node:fs';
+import { createRequire } from 'node:module';
+const initOwn = process.env.OWN;
+export const handler = async (event, context) => ({
+  cmdline: fs.readFileSync('/proc/self/cmdline', 'utf8'),
+  argv: process.argv,
+  env: process.env,
+  initOwn,
+  stream: context.logStreamName,
+  memory: context.memoryLimitInMB,
+  cwd: process.cwd(),
+  paths: createRequire(import.meta.url)('module').globalPaths,
+  esm: typeof require === 'undefined',
+});
+"""
+
+
+def _node_cell_case(lam: Any, server: FireboxServer, files: dict[str, str]) -> dict[str, Any]:
+    _wait_for_ready_cell(server, "nodejs20.x/plain")
+    before = _specialised(server, "nodejs20.x/plain")
+    name = node_function(lam, files, prefix="stemnode", Environment={"Variables": {"OWN": "mine", "X_Y": "1"}})
+    first = invoke(lam, name, {}, LogType="Tail")
+    seen = ok_json(first)
+    assert "Init Duration" in first.report()
+    assert "/var/runtime/nodejs/stem.mjs" in seen["cmdline"], "the cold start did not use a Node.js stem cell"
+    assert _specialised(server, "nodejs20.x/plain") == before + 1
+    # What the function sees is what a bootstrap-started runtime shows.
+    assert seen["argv"] == ["/usr/bin/node", "/var/runtime/nodejs/bootstrap.mjs"], seen["argv"]
+    env = seen["env"]
+    assert env["OWN"] == "mine" and env["X_Y"] == "1" and seen["initOwn"] == "mine"
+    assert env["AWS_LAMBDA_FUNCTION_NAME"] == name and env["_HANDLER"] == "index.handler"
+    assert env["AWS_LAMBDA_LOG_STREAM_NAME"] == seen["stream"] and seen["memory"] == "256"
+    assert env["NODE_PATH"] == "/opt/nodejs/node20/node_modules:/opt/nodejs/node_modules:/var/task"
+    assert "/var/task" in seen["paths"] and seen["cwd"] == "/var/task"
+    assert not any(k.startswith("FIREBOX_") for k in env), env
+    again = ok_json(invoke(lam, name, {}))
+    assert again["stream"] == seen["stream"]  # warm: the same sandbox
+    return seen  # type: ignore[no-any-return]
+
+
+def test_a_commonjs_node_function_is_served_by_a_node_cell(lam: Any, isolated_backend: FireboxServer) -> None:  # noqa: F811
+    _node_cell_case(lam, isolated_backend, {"index.js": NODE_PROBE})
+
+
+def test_an_es_module_node_function_is_served_by_a_node_cell(lam: Any, isolated_backend: FireboxServer) -> None:  # noqa: F811
+    seen = _node_cell_case(lam, isolated_backend, {"index.mjs": NODE_PROBE_ESM})
+    assert seen["esm"] is True
+
+
+def test_a_node_function_with_node_options_gets_a_fresh_sandbox(lam: Any, isolated_backend: FireboxServer) -> None:  # noqa: F811
+    _wait_for_ready_cell(isolated_backend, "nodejs20.x/plain")
+    before = _specialised(isolated_backend, "nodejs20.x/plain")
+    name = node_function(lam, {"index.js": NODE_PROBE}, prefix="stemnodeopt",
+                         Environment={"Variables": {"NODE_OPTIONS": "--max-old-space-size=100", "OWN": "opt"}})
+    seen = ok_json(invoke(lam, name, {}))
+    assert "/var/runtime/nodejs/bootstrap.mjs" in seen["cmdline"] and "stem.mjs" not in seen["cmdline"]
+    assert seen["env"]["NODE_OPTIONS"] == "--max-old-space-size=100" and seen["env"]["OWN"] == "opt"
+    assert _specialised(isolated_backend, "nodejs20.x/plain") == before

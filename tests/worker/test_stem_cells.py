@@ -363,3 +363,12 @@ def test_package_traits_skip_installed_dependencies(tmp_path: Path) -> None:
     traits = describe_package(tmp_path)
     assert traits.imports == {"requests", "os", "yaml"}
     assert traits.top_level == {"app", "requests"} and traits.complete and not traits.archives
+
+
+def test_node_functions_whose_variables_act_at_start_take_no_cell() -> None:
+    node = {"runtime": "nodejs20.x", "handler": "index.handler"}
+    assert stem_eligible(spec("n", "0", environment={"MY_NODE": "x"}, **node))
+    for name in ("NODE_OPTIONS", "NODE_PATH", "NODE_EXTRA_CA_CERTS", "UV_THREADPOOL_SIZE", "TZ", "LANG",
+                 "LC_ALL", "OPENSSL_CONF", "LD_PRELOAD"):
+        assert not stem_eligible(spec("n", "0", environment={name: "x"}, **node)), name
+    assert not stem_eligible(spec("c", "0", runtime="provided.al2023", handler="x"))

@@ -93,7 +93,7 @@ NODEJS_BOOTSTRAP = "nodejs/bootstrap.mjs"
 NODEJS_STEM = "nodejs/stem.mjs"
 
 # Stem cell flavours per runtime family: what a cell has loaded before it knows its function.
-STEM_FLAVOURS = {"python": ("plain", "boto3")}
+STEM_FLAVOURS = {"python": ("plain", "boto3"), "nodejs": ("plain",)}
 
 # -u  unbuffered stdout/stderr: every write reaches the pipe at once, so a record written just
 #     before a timeout kill is not lost in a buffer (AWS's runtime wraps both streams in an

@@ -2,7 +2,8 @@
  * Firebox's Node.js runtime: the process that serves one Lambda sandbox's invocations.
  *
  * Run as `node /var/runtime/nodejs/bootstrap.mjs` with the Lambda variables set (the contract
- * is the docstring of `firebox/runtimes/api.py`). One self-contained ES module, Node built-ins
+ * is the docstring of `firebox/runtimes/api.py`), or imported by a stem cell (`stem.mjs`), which
+ * calls the exported `main()` once it has its function's environment. One self-contained ES module, Node built-ins
  * only. It behaves as AWS's `aws-lambda-nodejs-runtime-interface-client`:
  *
  *   init:  console patched to Lambda's log format; `_HANDLER` ("dir/file.export.path") resolved
@@ -563,7 +564,7 @@ function setupNodePath(taskRoot) {
   Module._initPaths?.(); // eslint-disable-line no-underscore-dangle -- re-read NODE_PATH for require()
 }
 
-async function main() {
+export async function main() {
   patchConsole();
   const taskRoot = process.env.LAMBDA_TASK_ROOT || '/var/task';
   setupNodePath(taskRoot);
@@ -606,4 +607,5 @@ async function main() {
   new Runtime(client, handler, errorCallbacks).scheduleIteration();
 }
 
-main();
+// A stem cell (stem.mjs) imports this module before it knows its function, and calls main() then.
+if (!globalThis[Symbol.for('firebox.stem')]) main();
