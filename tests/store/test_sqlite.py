@@ -320,3 +320,56 @@ def test_concurrent_units_are_serialized(tmp_path: Path) -> None:
         await store.close()
 
     run(main())
+
+
+def test_scopes_of_many_records_in_a_few_scopes_between_other_kinds(tmp_path: Path) -> None:
+    # scopes() seeks from one scope to the next instead of reading every record: check it
+    # against the plain answer with neighbouring kinds, empty and non-ASCII scopes.
+    scopes = ["", "a", "a\x00", "b", "é", "日本"]
+
+    def fill(tx: Tx) -> None:
+        for scope in scopes:
+            for n in range(50):
+                tx.put("event", scope, f"{n:04d}", {"n": n})
+            tx.put("evenT", scope, "x", {})
+            tx.put("eventz", scope + "!", "x", {})
+
+    async def main() -> None:
+        store = await opened(tmp_path / "m.db")
+        await store.atomically(fill)
+        assert await store.read(lambda tx: tx.scopes("event")) == sorted(scopes, key=str.encode)
+        assert await store.read(lambda tx: tx.scopes("eventz")) == sorted((s + "!" for s in scopes), key=str.encode)
+        await store.atomically(lambda tx: tx.delete_scope("event", "b"))
+        assert "b" not in await store.read(lambda tx: tx.scopes("event"))
+        await store.close()
+
+    run(main())
+
+
+def _synchronous(store: SqliteMetadataStore) -> int:
+    conn = store._conn  # white box: read on the store's thread, inside a unit
+    assert conn is not None
+    return conn.execute("PRAGMA synchronous").fetchone()[0]
+
+
+def test_non_durable_units_commit_at_normal_and_durable_ones_at_full(tmp_path: Path) -> None:
+    full, normal = 2, 1
+
+    async def main() -> None:
+        store = await opened(tmp_path / "m.db")
+        assert await store.atomically(lambda tx: _synchronous(store)) == full
+        assert await store.atomically(lambda tx: (tx.put("k", "s", "a", {}), _synchronous(store))[1],
+                                      durable=False) == normal
+        # A non-durable commit is committed: another connection sees it at once.
+        other = sqlite3.connect(tmp_path / "m.db")
+        try:
+            assert other.execute("SELECT COUNT(*) FROM records WHERE kind = 'k'").fetchone()[0] == 1
+        finally:
+            other.close()
+        # The next durable unit is back at FULL, and reads never change the setting.
+        assert await store.read(lambda tx: _synchronous(store)) == normal
+        assert await store.atomically(lambda tx: _synchronous(store)) == full
+        assert await store.read(lambda tx: _synchronous(store)) == full
+        await store.close()
+
+    run(main())
