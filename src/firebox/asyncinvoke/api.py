@@ -30,11 +30,14 @@ Contract
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from firebox.arns import FunctionRef
+from firebox.store.api import Tx
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -63,12 +66,28 @@ class FunctionEventStats:
     succeeded: int
 
 
+@dataclass(frozen=True)
+class CommitStatistics:
+    commits: int  # group commits that landed (each one fsync)
+    units: int  # queue writes (enqueue, claim, finish, reschedule) they carried
+    pending: int  # writes waiting for the next commit
+
+
+class QueueStore(Protocol):
+    """What the queue needs of the metadata store: `store.api.MetadataStore`, plus commits
+    without fsync for the writes whose loss to a power cut only repeats work (queue.py)."""
+
+    async def atomically(self, work: Callable[[Tx], T], *, durable: bool = True) -> T: ...
+    async def read(self, work: Callable[[Tx], T]) -> T: ...
+
+
 class EventQueue(Protocol):
     async def enqueue(self, event: QueuedEvent) -> None:
         """Durably store; returns after the commit."""
 
-    async def due_functions(self, now_ms: int) -> list[str]:
-        """Functions with at least one unclaimed event due at `now_ms`."""
+    async def due_functions(self, now_ms: int) -> tuple[list[str], int | None]:
+        """Functions with at least one claimable event due at `now_ms`, and the earliest due
+        time after `now_ms` of any event (claimed ones included: their lease end), or None."""
 
     async def claim(self, function_name: str, now_ms: int, limit: int, lease_ms: int) -> list[QueuedEvent]:
         """Up to `limit` due events of a function, oldest due first, leased for `lease_ms`."""
@@ -78,9 +97,6 @@ class EventQueue(Protocol):
 
     async def reschedule(self, event: QueuedEvent, *, due_ms: int, attempts: int, system_retries: int) -> None:
         """Release a claimed event to become due again at `due_ms`."""
-
-    async def next_due_ms(self) -> int | None:
-        """The earliest due time of any event (claimed ones included: their lease end)."""
 
     async def requeue_orphans(self, now_ms: int) -> int:
         """Make events claimed by an earlier run of this queue due now; returns how many."""

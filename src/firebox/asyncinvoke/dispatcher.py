@@ -116,42 +116,50 @@ class Dispatcher:
         while True:
             self._wake.clear()
             try:
-                await self._pass()
-                timeout = await self._sleep_s()
+                timeout = await self._pass()
             except Exception:  # the store hiccuped: try again shortly, never die
                 log.exception("dispatch pass failed")
                 timeout = self._settings.idle_poll_s
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
 
-    async def _sleep_s(self) -> float:
-        next_due = await self._queue.next_due_ms()
+    async def _pass(self) -> float:
+        """Claim what there is room for; returns how long to sleep unless woken first."""
+        if self.in_flight >= self._settings.concurrency:
+            # No room at all: reading the queue would find nothing to do. A finishing run
+            # wakes the loop, so a full dispatcher costs the store nothing per accepted event.
+            return self._settings.idle_poll_s
+        now = self._now_ms()
+        functions, next_due = await self._queue.due_functions(now)
+        if functions:
+            start = self._rotation % len(functions)
+            self._rotation += 1
+            for name in functions[start:] + functions[:start]:
+                await self._claim(name, now)
+        # Due events left unclaimed lack room, and a finishing run wakes the loop; so sleep
+        # until the next event that is not yet due (a retry, a backoff, an expiring lease).
         if next_due is None:
             return self._settings.idle_poll_s
         return max(0.0, min(self._settings.idle_poll_s, (next_due - self._now_ms()) / 1000))
 
-    async def _pass(self) -> None:
-        now = self._now_ms()
-        functions = await self._queue.due_functions(now)
-        if not functions:
+    async def _claim(self, name: str, now: int) -> None:
+        running = self._in_flight.get(name, 0)
+        room = min(self._settings.per_function - running, self._settings.concurrency - self.in_flight)
+        if room <= 0:
             return
-        start = self._rotation % len(functions)
-        self._rotation += 1
-        for name in functions[start:] + functions[:start]:
-            room = min(self._settings.per_function - self._in_flight[name], self._settings.concurrency - self.in_flight)
-            reserved = await self._reserved(name)
-            if reserved:
-                # Claiming more than the reservation only throttles the extra events into
-                # growing backoffs while capacity frees up; reserved 0 still claims, so its
-                # events fail at once with ZeroReservedConcurrency.
-                room = min(room, reserved - self._in_flight[name])
-            if room <= 0:
-                continue
-            for event in await self._queue.claim(name, now, room, LEASE_MS):
-                self._in_flight[name] += 1
-                task = asyncio.create_task(self._run(event))
-                self._runs.add(task)
-                task.add_done_callback(self._runs.discard)
+        reserved = await self._reserved(name)
+        if reserved:
+            # Claiming more than the reservation only throttles the extra events into
+            # growing backoffs while capacity frees up; reserved 0 still claims, so its
+            # events fail at once with ZeroReservedConcurrency.
+            room = min(room, reserved - running)
+        if room <= 0:
+            return
+        for event in await self._queue.claim(name, now, room, LEASE_MS):
+            self._in_flight[name] += 1
+            task = asyncio.create_task(self._run(event))
+            self._runs.add(task)
+            task.add_done_callback(self._runs.discard)
 
     # -- one event -----------------------------------------------------------------------------
 

@@ -6,10 +6,20 @@ its lease end and stamps `claimed_by` with this queue's run id; finishing delete
 rescheduling moves it to its new due time, unclaimed. Succeeded and failed counts are kept per
 function (kind `async-count`) for `statistics()`.
 
-Durability at speed: every write (enqueue, claim, finish, reschedule) joins a group commit. The
-first caller starts a commit; callers that arrive while it runs are committed together in the
-next one; each returns when its own commit is durable. Throughput then grows with load while
-every 202 still follows an fsync, and dispatching does not cost one fsync per step.
+Durability at speed: every write (enqueue, claim, finish, reschedule) joins a group commit. A
+write that finds no commit running starts one at once (no timer: a lone event is not kept
+waiting for company); writes that arrive while it runs are committed together in the next one;
+each caller returns when its own commit is done. Throughput then grows with load while every 202
+still follows an fsync.
+
+Only enqueues need that fsync. Claims, completions and reschedules commit without one
+(`durable=False`, see store/sqlite.py): a power cut may undo them, which only makes an event run
+again (at-least-once), and the next enqueue's fsync makes them durable anyway, the WAL being
+written in order. So the dispatcher's writes cost no disk flush, and an enqueue that arrives
+while one of them commits waits for microseconds, not for an fsync. A batch holding at least
+one enqueue is fsync'd as a whole.
+
+Known caveats: a lost completion also undoes its count in `statistics()`.
 """
 
 from __future__ import annotations
@@ -21,15 +31,20 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from firebox.asyncinvoke.api import FunctionEventStats, QueuedEvent
-from firebox.store.api import MetadataStore, Tx
+from firebox.asyncinvoke.api import (
+    CommitStatistics,
+    FunctionEventStats,
+    QueuedEvent,
+    QueueStore,
+)
+from firebox.store.api import Tx
 
 EVENT = "async-event"
 COUNT = "async-count"
 
 
 T = TypeVar("T")
-_Pending = tuple[Callable[[Tx], Any], "asyncio.Future[Any]"]
+_Pending = tuple[Callable[[Tx], Any], "asyncio.Future[Any]", bool]  # (work, its result, durable)
 
 
 def _key(event: QueuedEvent) -> str:
@@ -41,9 +56,18 @@ def _due(key: str) -> int:
 
 
 def _to_doc(event: QueuedEvent) -> dict[str, Any]:
-    doc = dataclasses.asdict(event)
-    doc["payload"] = base64.b64encode(event.payload).decode()
-    return doc
+    # By hand rather than dataclasses.asdict, which deep-copies every field: this runs per event.
+    return {
+        "request_id": event.request_id,
+        "function_name": event.function_name,
+        "qualifier": event.qualifier,
+        "payload": base64.b64encode(event.payload).decode(),
+        "enqueued_at_ms": event.enqueued_at_ms,
+        "due_ms": event.due_ms,
+        "attempts": event.attempts,
+        "system_retries": event.system_retries,
+        "claimed_by": event.claimed_by,
+    }
 
 
 def _from_doc(doc: dict[str, Any]) -> QueuedEvent:
@@ -51,63 +75,86 @@ def _from_doc(doc: dict[str, Any]) -> QueuedEvent:
 
 
 class StoreEventQueue:
-    def __init__(self, store: MetadataStore) -> None:
+    def __init__(self, store: QueueStore) -> None:
         self._store = store
         self.run_id = uuid.uuid4().hex
         self._pending: list[_Pending] = []
         self._committer: asyncio.Task[None] | None = None
+        self._commits = 0
+        self._committed_units = 0
 
     # -- group commit --------------------------------------------------------------------------
 
-    async def _commit(self, work: Callable[[Tx], T]) -> T:
-        """Run `work` in the next shared transaction and return its result once that is durable."""
+    async def _commit(self, work: Callable[[Tx], T], *, durable: bool) -> T:
+        """Run `work` in the next shared transaction and return its result once that committed
+        (and, when `durable`, once it is on disk: a batch holding one durable write is fsync'd).
+
+        A caller that finds no commit running starts one at once (no timer, no waiting for
+        company); callers that arrive while it runs form the next batch. Cancelling a caller
+        does not take its work back: it may still commit (the store's caveat)."""
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((work, done))
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit_pending())
-        return await asyncio.shield(done)
+        self._pending.append((work, done, durable))
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_pending(), name="firebox-async-commit")
+        return await done
 
     async def _commit_pending(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._commit_batch(batch)
+        finally:
+            self._committer = None
 
-            def together(tx: Tx, batch: list[_Pending] = batch) -> list[Any]:
-                return [work(tx) for work, _ in batch]
+    async def _commit_batch(self, batch: list[_Pending]) -> None:
+        def together(tx: Tx) -> list[Any]:
+            return [work(tx) for work, _, _ in batch]
 
-            try:
-                results = await self._store.atomically(together)
-            except Exception:
-                # One unit failed and took the batch down with it: run each alone, so only the
-                # failing one's caller gets the error.
-                for work, done in batch:
-                    try:
-                        result = await self._store.atomically(work)
-                    except Exception as exc:
-                        if not done.done():
-                            done.set_exception(exc)
-                    else:
-                        if not done.done():
-                            done.set_result(result)
-                continue
-            for (_, done), result in zip(batch, results, strict=True):
-                if not done.done():
-                    done.set_result(result)
+        try:
+            results = await self._store.atomically(together, durable=any(durable for *_, durable in batch))
+        except Exception:
+            # One unit failed and took the batch down with it: run each alone, so only the
+            # failing one's caller gets the error.
+            for work, done, durable in batch:
+                try:
+                    result = await self._store.atomically(work, durable=durable)
+                except Exception as exc:
+                    if not done.done():
+                        done.set_exception(exc)
+                else:
+                    if not done.done():
+                        done.set_result(result)
+            return
+        self._commits += 1
+        self._committed_units += len(batch)
+        for (_, done, _), result in zip(batch, results, strict=True):
+            if not done.done():
+                done.set_result(result)
+
+    def commit_statistics(self) -> CommitStatistics:
+        return CommitStatistics(self._commits, self._committed_units, len(self._pending))
 
     async def enqueue(self, event: QueuedEvent) -> None:
-        await self._commit(lambda tx: tx.put(EVENT, event.function_name, _key(event), _to_doc(event)))
+        key, doc = _key(event), _to_doc(event)  # encoded here, off the store's busy thread
+        await self._commit(lambda tx: tx.put(EVENT, event.function_name, key, doc), durable=True)
 
     # -- dispatching ---------------------------------------------------------------------------
 
-    async def due_functions(self, now_ms: int) -> list[str]:
-        def work(tx: Tx) -> list[str]:
-            due = []
+    async def due_functions(self, now_ms: int) -> tuple[list[str], int | None]:
+        after = f"{now_ms:015d};"  # after every key due at or before now_ms (';' follows ':')
+
+        def work(tx: Tx) -> tuple[list[str], int | None]:
+            due, later = [], None
             for scope in tx.scopes(EVENT):
                 # A claimed event's key is its lease end, so any event whose key is due is
                 # claimable: unclaimed, or claimed by a dispatcher whose lease expired.
                 rows = tx.scan(EVENT, scope, limit=1)
                 if rows and _due(rows[0][0]) <= now_ms:
                     due.append(scope)
-            return due
+                    rows = tx.scan(EVENT, scope, after=after, limit=1)
+                if rows:
+                    later = _due(rows[0][0]) if later is None else min(later, _due(rows[0][0]))
+            return due, later
 
         return await self._store.read(work)
 
@@ -123,7 +170,7 @@ class StoreEventQueue:
                 claimed.append(event)
             return claimed
 
-        return await self._commit(work)
+        return await self._commit(work, durable=False)
 
     async def finish(self, event: QueuedEvent, *, succeeded: bool = True) -> None:
         def work(tx: Tx) -> None:
@@ -132,7 +179,7 @@ class StoreEventQueue:
             counts["succeeded" if succeeded else "failed"] += 1
             tx.put(COUNT, "", event.function_name, counts)
 
-        await self._commit(work)
+        await self._commit(work, durable=False)
 
     async def reschedule(self, event: QueuedEvent, *, due_ms: int, attempts: int, system_retries: int) -> None:
         moved = dataclasses.replace(event, due_ms=due_ms, attempts=attempts, system_retries=system_retries,
@@ -142,14 +189,7 @@ class StoreEventQueue:
             tx.delete(EVENT, event.function_name, _key(event))
             tx.put(EVENT, event.function_name, _key(moved), _to_doc(moved))
 
-        await self._commit(work)
-
-    async def next_due_ms(self) -> int | None:
-        def work(tx: Tx) -> int | None:
-            firsts = [rows[0][0] for scope in tx.scopes(EVENT) if (rows := tx.scan(EVENT, scope, limit=1))]
-            return min((_due(k) for k in firsts), default=None)
-
-        return await self._store.read(work)
+        await self._commit(work, durable=False)
 
     async def requeue_orphans(self, now_ms: int) -> int:
         def work(tx: Tx) -> int:

@@ -38,7 +38,9 @@ class AsyncInvokeService:
             raise RequestTooLarge(
                 f"Request must be smaller than {MAX_ASYNC_PAYLOAD} bytes for the InvokeFunction operation"
             )
-        config, _ = await self._registry.get_configuration(ref)  # ResourceNotFound before 202
+        # ResourceNotFound before 202. The registry serves this from its cache until the next
+        # write, as it does for synchronous invokes: no store round trip on the accept path.
+        config = (await self._registry.get_function(ref)).config
         if config.state is State.PENDING:
             raise ResourceConflict(
                 "The operation cannot be performed at this time. The function is currently in the following state: Pending"

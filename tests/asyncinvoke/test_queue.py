@@ -1,0 +1,190 @@
+"""The event queue's group commit, in process (queue.py): a lone write commits at once, writes
+that arrive during a commit share the next one, only enqueues ask for an fsync, and an accepted
+event is in the database file when `enqueue` returns."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from firebox.asyncinvoke.api import QueuedEvent
+from firebox.asyncinvoke.queue import EVENT, StoreEventQueue, _from_doc, _to_doc
+from firebox.store.api import Tx
+from firebox.store.sqlite import SqliteMetadataStore
+
+T = TypeVar("T")
+
+
+def _event(n: int, name: str = "f", due_ms: int = 1_000) -> QueuedEvent:
+    return QueuedEvent(f"req-{n:04d}", name, None, b'{"n":%d}' % n, enqueued_at_ms=due_ms, due_ms=due_ms)
+
+
+class GatedStore:
+    """Runs units on a real store, but each commit first waits for `gate` (when set), and
+    every call is recorded: (units in the batch as seen by the caller, durable)."""
+
+    def __init__(self, store: SqliteMetadataStore) -> None:
+        self.store = store
+        self.gate: asyncio.Event | None = None
+        self.commits: list[bool] = []
+        self.started = asyncio.Event()
+
+    async def atomically(self, work: Callable[[Tx], T], *, durable: bool = True) -> T:
+        self.commits.append(durable)
+        self.started.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        return await self.store.atomically(work, durable=durable)
+
+    async def read(self, work: Callable[[Tx], T]) -> T:
+        return await self.store.read(work)
+
+
+async def _open(tmp_path: Path) -> SqliteMetadataStore:
+    store = SqliteMetadataStore(tmp_path / "firebox.db")
+    await store.open()
+    return store
+
+
+def test_a_lone_event_commits_at_once_without_a_timer(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = await _open(tmp_path)
+        gated = GatedStore(store)
+        gated.gate = asyncio.Event()
+        queue = StoreEventQueue(gated)
+        task = asyncio.create_task(queue.enqueue(_event(1)))
+        # The commit starts with the event alone: nothing waits for a timer or for company.
+        await asyncio.wait_for(gated.started.wait(), timeout=1)
+        assert gated.commits == [True]
+        gated.gate.set()
+        await asyncio.wait_for(task, timeout=5)
+        assert queue.commit_statistics().commits == 1
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_events_arriving_during_a_commit_share_the_next_one(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = await _open(tmp_path)
+        gated = GatedStore(store)
+        gated.gate = asyncio.Event()
+        queue = StoreEventQueue(gated)
+        first = asyncio.create_task(queue.enqueue(_event(0)))
+        await asyncio.wait_for(gated.started.wait(), timeout=1)
+        rest = [asyncio.create_task(queue.enqueue(_event(n))) for n in range(1, 21)]
+        await asyncio.sleep(0)
+        assert queue.commit_statistics().pending == 20
+        gated.gate.set()
+        await asyncio.wait_for(asyncio.gather(first, *rest), timeout=5)
+        stats = queue.commit_statistics()
+        assert (stats.commits, stats.units, stats.pending) == (2, 21, 0)
+        assert gated.commits == [True, True]
+        assert await store.read(lambda tx: tx.count(EVENT, "f")) == 21
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_only_a_batch_holding_an_enqueue_asks_for_an_fsync(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = await _open(tmp_path)
+        gated = GatedStore(store)
+        queue = StoreEventQueue(gated)
+        await queue.enqueue(_event(1, due_ms=1_000))
+        (claimed,) = await queue.claim("f", 2_000, 8, 60_000)
+        await queue.finish(claimed)
+        assert gated.commits == [True, False, False]
+
+        # A claim and an enqueue in one batch: the batch is fsync'd.
+        await queue.enqueue(_event(2, due_ms=1_000))
+        gated.gate = asyncio.Event()
+        gated.started.clear()
+        blocker = asyncio.create_task(queue.enqueue(_event(3, due_ms=5_000)))
+        await asyncio.wait_for(gated.started.wait(), timeout=1)
+        together = [asyncio.create_task(queue.claim("f", 2_000, 8, 60_000)),
+                    asyncio.create_task(queue.enqueue(_event(4, due_ms=5_000)))]
+        await asyncio.sleep(0)
+        gated.gate.set()
+        await asyncio.wait_for(asyncio.gather(blocker, *together), timeout=5)
+        assert gated.commits[-2:] == [True, True]
+        assert [e.request_id for e in together[0].result()] == ["req-0002"]
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_failing_write_fails_only_its_caller(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = await _open(tmp_path)
+        gated = GatedStore(store)
+        gated.gate = asyncio.Event()
+        queue = StoreEventQueue(gated)
+        blocker = asyncio.create_task(queue.enqueue(_event(0)))
+        await asyncio.wait_for(gated.started.wait(), timeout=1)
+
+        def broken(tx: Tx) -> None:
+            raise RuntimeError("boom")
+
+        good = asyncio.create_task(queue.enqueue(_event(1)))
+        bad = asyncio.create_task(queue._commit(broken, durable=True))
+        await asyncio.sleep(0)
+        gated.gate.set()
+        await asyncio.wait_for(asyncio.gather(blocker, good, bad, return_exceptions=True), timeout=5)
+        assert good.exception() is None
+        assert isinstance(bad.exception(), RuntimeError)
+        assert await store.read(lambda tx: tx.count(EVENT, "f")) == 2
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_an_accepted_event_is_in_the_database_file_when_enqueue_returns(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = await _open(tmp_path)
+        queue = StoreEventQueue(store)
+        for n in range(5):
+            await queue.enqueue(_event(n))
+            # A second connection, as a restarted server would open the file.
+            other = sqlite3.connect(tmp_path / "firebox.db")
+            try:
+                rows = other.execute("SELECT doc FROM records WHERE kind = ? AND scope = 'f'", (EVENT,)).fetchall()
+            finally:
+                other.close()
+            assert sorted(json.loads(doc)["request_id"] for (doc,) in rows) == [f"req-{i:04d}" for i in range(n + 1)]
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_due_functions_lists_due_scopes_and_the_next_later_due_time(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = await _open(tmp_path)
+        queue = StoreEventQueue(store)
+        assert await queue.due_functions(1_000) == ([], None)
+        await queue.enqueue(_event(1, "a", due_ms=500))
+        await queue.enqueue(_event(2, "a", due_ms=1_000))
+        await queue.enqueue(_event(3, "a", due_ms=9_000))
+        await queue.enqueue(_event(4, "b", due_ms=4_000))
+        await queue.enqueue(_event(5, "c", due_ms=7_000))
+        assert await queue.due_functions(1_000) == (["a"], 4_000)
+        assert await queue.due_functions(4_000) == (["a", "b"], 7_000)
+        assert await queue.due_functions(10_000) == (["a", "b", "c"], None)
+        # A claimed event's lease end counts as a later due time.
+        await queue.claim("b", 4_000, 8, 60_000)
+        assert await queue.due_functions(4_000) == (["a"], 7_000)
+        assert await queue.due_functions(10_000) == (["a", "c"], 64_000)
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_event_documents_round_trip() -> None:
+    event = QueuedEvent("r", "f", "live", b"\x00\xff{}", 1, 2, attempts=3, system_retries=4, claimed_by="run")
+    doc: dict[str, Any] = _to_doc(event)
+    assert set(doc) == set(QueuedEvent.__dataclass_fields__)
+    assert _from_doc(json.loads(json.dumps(doc))) == event
