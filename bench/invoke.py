@@ -29,7 +29,8 @@ The cold-start breakdown, per cold start (client-observed = the sum):
 - request hops: frontend, invoker and Runtime API round trip, taken as the warm platform
   overhead's median (a warm invoke pays them too);
 - placement: the rest, the cold path outside the sandbox (worker manager, placement, code
-  cache, taking a stem cell): client-observed minus all of the above.
+  cache, taking a stem cell, or waiting for one when the pool is empty): client-observed minus
+  all of the above.
 """
 
 from __future__ import annotations
@@ -293,10 +294,11 @@ async def overhead(port: int, path: str, count: int) -> dict[str, float]:
 async def scale_out(port: int, name: str, count: int) -> dict[str, Any]:
     """`count` simultaneous first invocations of a function whose handler sleeps 0.5 s: when
     each is answered, and (polling GET /_firebox/stats every 50 ms on its own connection) how
-    many sandboxes the worker manager has created by when."""
+    many sandboxes the worker manager has created (initialised: ready to run) and is starting,
+    by when."""
     connections = [await Connection.open("127.0.0.1", port) for _ in range(count)]
     before = await platform_stats(port)
-    created_at: list[list[float]] = []  # [seconds since the start, sandboxes created since]
+    created_at: list[list[float]] = []  # [seconds since the start, sandboxes created since, starting now]
     answered_at: list[float] = []
     done = asyncio.Event()
     start = time.perf_counter()
@@ -314,7 +316,7 @@ async def scale_out(port: int, name: str, count: int) -> dict[str, Any]:
             while True:
                 stats = await stats_conn.get_json("/_firebox/stats")
                 created = stats["workers"]["created"] - before["workers"]["created"]
-                created_at.append([round(time.perf_counter() - start, 4), created])
+                created_at.append([round(time.perf_counter() - start, 4), created, stats["workers"]["starting"]])
                 if done.is_set() or created >= count:
                     return
                 await asyncio.sleep(0.05)
@@ -336,7 +338,7 @@ async def scale_out(port: int, name: str, count: int) -> dict[str, Any]:
     if created_at:
         created = created_at[-1][1]
         # The rate: sandboxes created over the time until the last one was (first poll to show it).
-        last = next(t for t, n in created_at if n == created)
+        last = next(t for t, n, _ in created_at if n == created)
         out.update({"sandboxes_created": created, "created_in_s": last,
                     "created_per_s": created / max(last, 1e-6)})
     return out
@@ -456,7 +458,7 @@ def sandbox_count(server_pid: int) -> int:
 
 PARTS = (("runtime_init", "runtime init (Init Duration minus spawn)"),
          ("spawn", "sandbox spawn (server-side, in the request path)"),
-         ("placement", "placement, code cache, lease (the rest)"),
+         ("placement", "placement, lease, code cache, stem cell (the rest)"),
          ("hops", "request hops (= warm platform overhead p50)"),
          ("handler", "handler (REPORT Duration)"))
 
@@ -487,7 +489,7 @@ def report(results: dict[str, Any]) -> None:
             for part, label in PARTS:
                 if part != "spawn" or cold.get("spawn_known", True):
                     row(f"  {label}", cold["breakdown"][part])
-            if kind != "node":
+            if "stem_cells_taken" in cold:
                 print(f"  {'stem cells taken':<50}{cold['stem_cells_taken']:>7}/{cold['client']['n']}")
         else:
             row("  of which runtime init (REPORT Init Duration)", cold["init"])

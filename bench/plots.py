@@ -34,7 +34,7 @@ from typing import Any
 
 GOAL_CLIENTS, GOAL_P99_MS = 16, 10.0
 FIREBOX, BASELINE = "tab:red", "tab:blue"
-PARTS = (("hops", "request hops", "tab:gray"), ("placement", "placement, code cache, lease", "tab:purple"),
+PARTS = (("hops", "request hops", "tab:gray"), ("placement", "placement, lease, code cache, stem cell", "tab:purple"),
          ("spawn", "sandbox spawn", "tab:orange"), ("runtime_init", "runtime init", "tab:green"),
          ("handler", "handler", "tab:blue"))
 
@@ -208,7 +208,7 @@ def invoke_cold_start(r: dict[str, Any], path: Path) -> Path:
             ax.set_title(f"{kind} hello: {client['p50_ms']:.1f} ms p50\n{ratio:.2f}x a bare process's", fontsize=10)
         else:
             ax.set_title(f"{kind} hello: {client['p50_ms']:.1f} ms p50", fontsize=10)
-        if kind != "node" and "stem_cells_taken" in cold:
+        if "stem_cells_taken" in cold:
             ax.annotate(f"stem cells taken: {cold['stem_cells_taken']}/{client['n']}", (0.02, 0.97),
                         xycoords="axes fraction", va="top", fontsize=8)
         ax.set_xticks(ticks, names)
@@ -228,9 +228,13 @@ def invoke_scale_out(r: dict[str, Any], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     answered = so["answered_at_s"]
     ax.step([0, *answered], range(len(answered) + 1), where="post", color=FIREBOX, label="invocations answered")
-    if so.get("created_at"):
-        ax.step([0] + [t for t, _ in so["created_at"]], [0] + [n for _, n in so["created_at"]], where="post",
-                color="tab:orange", label="sandboxes created (server's count, polled every 50 ms)")
+    if polled := so.get("created_at"):
+        times = [0] + [point[0] for point in polled]
+        ax.step(times, [0] + [point[1] for point in polled], where="post", color="tab:orange",
+                label="sandboxes created: initialised (server's count, polled every 50 ms)")
+        if len(polled[0]) > 2:
+            ax.step(times, [0] + [point[2] for point in polled], where="post", color="tab:green",
+                    label="sandboxes being started")
     ax.axvline(so["handler_s"], color="gray", lw=0.8, ls=":", label=f"handler time ({so['handler_s']:g} s)")
     ax.set_xlabel("seconds since the simultaneous first invocations")
     ax.set_ylabel("count")
@@ -243,7 +247,7 @@ def invoke_scale_out(r: dict[str, Any], path: Path) -> Path | None:
                   f"{dn['per_gb']:.0f} per GB")
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="center left")
     return _save(fig, path)
 
 
