@@ -372,3 +372,22 @@ def test_node_functions_whose_variables_act_at_start_take_no_cell() -> None:
                  "LC_ALL", "OPENSSL_CONF", "LD_PRELOAD"):
         assert not stem_eligible(spec("n", "0", environment={name: "x"}, **node)), name
     assert not stem_eligible(spec("c", "0", runtime="provided.al2023", handler="x"))
+
+
+def test_a_taken_cell_is_replaced_after_the_first_invocation(loop, world) -> None:
+    worker, _, _ = world
+
+    async def scenario() -> None:
+        await _full(worker)
+        spawned = worker.stem_statistics()["spawned"]
+        sandbox = await worker.create_sandbox(spec("later", f"{0:064x}"))
+        assert isinstance(sandbox, Sandbox)
+        # Not while the cold start's first invocation may still run: a spawn blocks the loop.
+        assert sandbox.id in worker._owed_refills and worker.stem_statistics()["spawned"] == spawned
+        outcome = await worker.invoke(sandbox, spec("later", f"{0:064x}"), request_id="r1", payload=b"{}",
+                                      invoked_arn="arn", client_context=None)
+        assert outcome.function_error is None and sandbox.id not in worker._owed_refills
+        await _full(worker)
+        await sandbox.destroy()
+
+    run(loop, scenario())
