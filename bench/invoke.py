@@ -434,6 +434,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 create_functions(endpoint, ["scale"], "sleepy")
                 results["scale_out"] = await scale_out(fport, "scale", args.scale_out)
                 results["density"] = density(firebox.pid, sandbox_count(firebox.pid))
+                if (stats := await platform_stats(fport)) is not None:  # a cross-check of the count
+                    results["density"]["backend_live"] = stats.get("backend", {}).get("live")
         finally:
             firebox.terminate()
             baseline.terminate()
