@@ -24,7 +24,7 @@ from firebox.worker.codecache import PackageTraits, describe_package
 from firebox.worker.local import LocalWorker, boto3_compatible, stem_eligible
 from firebox.worker.runtimeapi import Invocation, RuntimeChannel
 from firebox.worker.sandbox import Sandbox
-from firebox.worker.stemcells import CellKey
+from firebox.worker.stemcells import CellKey, StemCellPool
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the isolated backend needs root (netns, uid drop, cgroups)"),
@@ -389,5 +389,52 @@ def test_a_taken_cell_is_replaced_after_the_first_invocation(loop, world) -> Non
         assert outcome.function_error is None and sandbox.id not in worker._owed_refills
         await _full(worker)
         await sandbox.destroy()
+
+    run(loop, scenario())
+
+
+class _FakeCell:
+    def __init__(self, key: CellKey) -> None:
+        self.key = key
+        self.exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    @property
+    def alive(self) -> bool:
+        return not self.exit.done()
+
+    async def discard(self) -> None:
+        if not self.exit.done():
+            self.exit.set_result(-9)
+
+
+def test_a_pool_starts_at_most_two_cells_at_once(loop, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        pool = StemCellPool(None, tmp_path / "cells", 5, None)  # type: ignore[arg-type]
+        running, peak, failures = 0, 0, [1]
+
+        async def spawn(key: CellKey) -> _FakeCell:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            try:
+                await asyncio.sleep(0.05)
+                if failures:
+                    failures.pop()
+                    raise OSError("a spawn that fails is retried after a back-off")
+                return _FakeCell(key)
+            finally:
+                running -= 1
+
+        pool._spawn = spawn  # type: ignore[method-assign, assignment]
+        key = CellKey("python3.11", 512)
+        await pool.start([key])
+        await _until(lambda: pool.statistics()["ready"] == 5, "a full pool")
+        assert peak == 2 and pool.statistics()["failed"] == 1
+        taken = [await pool.take(key) for _ in range(3)]
+        assert all(cell is not None for cell in taken)
+        pool.refill(key)
+        await _until(lambda: pool.statistics()["ready"] == 5, "a full pool again")
+        assert peak == 2
+        await pool.stop()
 
     run(loop, scenario())
