@@ -2,7 +2,7 @@
 
 Each test runs an `HttpEdge` serving a real `FrontendApp` on its own event loop in a thread,
 with stand-in handlers: `Invoke` echoes its payload (a payload of `"wait"` waits for the test
-to open `gate`), `ListFunctions` answers `big` bytes. The client side is a plain blocking
+to open `gate`; `"stubborn"` too, ignoring cancellation), `ListFunctions` answers `big` bytes. The client side is a plain blocking
 socket, so what is checked is what goes over the wire. Nothing sleeps: waits poll a condition
 against a deadline, and a blocking read with a timeout is the deadline for the server's part.
 """
@@ -10,6 +10,7 @@ against a deadline, and a blocking read with a timeout is the deadline for the s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -78,6 +79,9 @@ class Served:
         try:
             if payload == b'"wait"':
                 await self.gate.wait()
+            while payload == b'"stubborn"' and not self.gate.is_set():
+                with contextlib.suppress(asyncio.CancelledError):  # a handler that ignores cancels
+                    await self.gate.wait()
         finally:
             self.active -= 1
         return Reply(payload, 200, {"Content-Type": "application/json", "X-Amz-Executed-Version": "$LATEST"})
@@ -411,3 +415,16 @@ def test_a_body_cut_short_by_the_client_is_dropped(served: Served) -> None:
     client.close()
     wait_until(lambda: served.edge.statistics().connections == 0, "the connection to be forgotten")
     assert served.seen == []
+
+
+def test_stop_does_not_wait_for_a_handler_that_ignores_its_cancel(served: Served) -> None:
+    client = Client(served.port)
+    client.send(request(body=b'"stubborn"'))
+    wait_until(lambda: served.active == 1, "the request to be handled")
+    started = time.monotonic()
+    served.call(served.edge.stop(0.05))
+    assert time.monotonic() - started < 5
+    assert client.closed_by_server()
+    client.close()
+    served.open_gate()  # let it finish before the loop closes
+    wait_until(lambda: served.active == 0, "the stubborn handler to return")

@@ -70,6 +70,7 @@ log = logging.getLogger("firebox.edge")
 IDLE_TIMEOUT_S = 60.0
 LINGER_S = 5.0
 SWEEP_INTERVAL_S = 1.0  # how often idle and lingering connections are looked at
+CANCEL_WAIT_S = 1.0  # after the grace period, how long cancelled handlers get to unwind
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers; httptools itself would buffer any size
 PIPELINE_DEPTH = 16  # requests waiting behind the one being answered before reading pauses
 PIPELINE_BYTES = 1 << 20  # ... or bytes of their bodies
@@ -178,7 +179,8 @@ class HttpEdge:
             except TimeoutError:
                 log.warning("%d connection(s) still busy after %.0f s: closing them", len(self._connections), grace_s)
                 tasks = [task for conn in list(self._connections) if (task := conn.abort()) is not None]
-                await asyncio.gather(*tasks, return_exceptions=True)
+                if tasks:  # a handler may take a moment to unwind; one that ignores the cancel is left
+                    await asyncio.wait(tasks, timeout=CANCEL_WAIT_S)
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self._server.wait_closed()
