@@ -67,8 +67,9 @@ class Settings:
     async_retry_base_s: float = 60.0
     async_concurrency: int = 32
     async_per_function: int = 8
-    # Python cold starts (isolated backend): this many pre-started, unspecialised sandboxes
-    # ("stem cells", worker/stemcells.py) per Python runtime and /tmp size; 0 turns them off.
+    # Cold starts (isolated backend): this many pre-started, unspecialised Python sandboxes
+    # ("stem cells", worker/stemcells.py) per Python runtime and /tmp size, and half as many (at
+    # least 1) boto3-preloaded Python cells and Node.js cells; 0 turns them all off.
     stem_cells: int = 4
 
     @classmethod
