@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -347,7 +348,7 @@ def test_scopes_of_many_records_in_a_few_scopes_between_other_kinds(tmp_path: Pa
 
 
 def _synchronous(store: SqliteMetadataStore) -> int:
-    conn = store._conn  # white box: read on the store's thread, inside a unit
+    conn = store._conn  # white box: the writer's connection, read inside a write unit
     assert conn is not None
     return conn.execute("PRAGMA synchronous").fetchone()[0]
 
@@ -360,16 +361,43 @@ def test_non_durable_units_commit_at_normal_and_durable_ones_at_full(tmp_path: P
         assert await store.atomically(lambda tx: _synchronous(store)) == full
         assert await store.atomically(lambda tx: (tx.put("k", "s", "a", {}), _synchronous(store))[1],
                                       durable=False) == normal
-        # A non-durable commit is committed: another connection sees it at once.
+        # A non-durable commit is committed: reads and other connections see it at once.
+        assert await store.read(lambda tx: tx.count("k")) == 1
         other = sqlite3.connect(tmp_path / "m.db")
         try:
             assert other.execute("SELECT COUNT(*) FROM records WHERE kind = 'k'").fetchone()[0] == 1
         finally:
             other.close()
-        # The next durable unit is back at FULL, and reads never change the setting.
-        assert await store.read(lambda tx: _synchronous(store)) == normal
+        # The next durable unit is back at FULL.
         assert await store.atomically(lambda tx: _synchronous(store)) == full
-        assert await store.read(lambda tx: _synchronous(store)) == full
         await store.close()
 
     run(main())
+
+
+def test_reads_see_every_committed_write_and_never_wait_for_one(tmp_path: Path) -> None:
+    """Reads run on their own connection: a read that starts while a write unit is running sees
+    the state before it, and completes without waiting for it; once the write returns, every
+    later read sees it."""
+
+    async def main() -> None:
+        store = await opened(tmp_path / "m.db")
+        await store.atomically(lambda tx: tx.put("k", "s", "a", {"n": 0}))
+        entered, release = threading.Event(), threading.Event()
+
+        def slow_write(tx: Tx) -> None:
+            tx.put("k", "s", "a", {"n": 1})
+            entered.set()
+            assert release.wait(10)
+
+        write = asyncio.ensure_future(store.atomically(slow_write))
+        assert await asyncio.to_thread(entered.wait, 10)
+        assert await asyncio.wait_for(store.read(lambda tx: tx.get("k", "s", "a")), 5) == {"n": 0}
+        release.set()
+        await write
+        assert await store.read(lambda tx: tx.get("k", "s", "a")) == {"n": 1}
+        assert store.statistics().reads == 2
+        await store.close()
+
+    run(main())
+

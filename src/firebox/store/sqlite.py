@@ -1,10 +1,17 @@
-"""The embedded `MetadataStore`: one SQLite file in WAL mode, every unit of work on one thread.
+"""The embedded `MetadataStore`: one SQLite file in WAL mode; writes on one thread, reads on
+another.
 
-Why one dedicated thread: units of work are synchronous functions (see `api.py`); running them
-all on one thread, one after another, makes them serializable without a lock, keeps disk I/O off
-the event loop, and keeps the one `sqlite3.Connection` on the thread that made it. `BEGIN
-IMMEDIATE` takes the write lock up front, so another process on the same file (a CLI, a second
-server by mistake) makes us wait `busy_timeout` rather than fail half-way through a unit.
+Why one dedicated writer thread: units of work are synchronous functions (see `api.py`);
+running every `atomically` unit on one thread, one after another, makes them serializable
+without a lock, keeps disk I/O off the event loop, and keeps the writer's `sqlite3.Connection`
+on the thread that made it. `BEGIN IMMEDIATE` takes the write lock up front, so another process
+on the same file (a CLI, a second server by mistake) makes us wait `busy_timeout` rather than
+fail half-way through a unit.
+
+Why `read` units have their own thread and connection: in WAL mode a reader never blocks the
+writer nor waits for it. A read sees every unit committed before it began (a snapshot, so
+read-only units stay serializable), and a write, the fsync of an async event's commit above all,
+no longer queues behind listings, dispatcher scans and statistics.
 
 Durability: `synchronous=FULL`. With WAL, NORMAL already survives a crash of the process
 (kill -9): commits are in the WAL file, in the OS page cache. But it can lose the last commits
@@ -22,7 +29,8 @@ Known caveats
 -------------
 - Cancelling the task that awaits `atomically` does not stop its unit of work: the thread runs it
   to the end, and it may commit after the caller has gone.
-- While one unit runs every other one waits: long listings should page with `after`/`limit`.
+- While one unit runs, every other unit of its kind (write or read) waits: long listings
+  should page with `after`/`limit`.
 """
 
 from __future__ import annotations
@@ -187,8 +195,10 @@ class SqliteMetadataStore:
 
     def __init__(self, path: Path) -> None:
         self._path = Path(path)
-        self._executor: ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None  # touched only on the executor's thread
+        self._executor: ThreadPoolExecutor | None = None  # the writer's thread
+        self._reader: ThreadPoolExecutor | None = None  # the reader's thread
+        self._conn: sqlite3.Connection | None = None  # touched only on the writer's thread
+        self._read_conn: sqlite3.Connection | None = None  # touched only on the reader's thread
         self._synchronous = "FULL"  # the connection's current PRAGMA synchronous
         self._closing: Future[None] | None = None
         self._closed = False
@@ -201,44 +211,52 @@ class SqliteMetadataStore:
         if self._executor is not None or self._closed:
             raise StoreError("open() may be called once, on a new store")
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="firebox-sqlite")
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="firebox-sqlite-read")
         try:
-            await self._submit(self._open_sync)
+            await self._submit(self._executor, self._open_sync)
+            # After the writer: the schema exists (or the file was refused) by then.
+            await self._submit(self._reader, self._open_reader_sync)
         except BaseException:
-            # A store that failed to open is finished: release its thread, refuse further use.
+            # A store that failed to open is finished: release its threads, refuse further use.
             self._closed = True
+            self._executor.submit(self._close_sync)
             self._executor.shutdown(wait=False)
             self._executor = None
+            self._reader.shutdown(wait=False)
+            self._reader = None
             raise
 
     async def atomically(self, work: Callable[[Tx], T], *, durable: bool = True) -> T:
-        return await self._submit(self._run_unit, work, True, durable)
+        return await self._submit(self._executor, self._run_write, work, durable)
 
     async def read(self, work: Callable[[Tx], T]) -> T:
-        return await self._submit(self._run_unit, work, False)
+        return await self._submit(self._reader, self._run_read, work)
 
     async def close(self) -> None:
         """Let already submitted units finish, then close the database. Idempotent."""
         self._closed = True
         if self._closing is None:
-            if self._executor is None:
+            if self._executor is None or self._reader is None:
                 return
-            self._closing = self._executor.submit(self._close_sync)
-            # The close job is the last one queued: the thread exits once it has run.
+            # Each close job is the last one queued on its thread, which exits once it has run.
+            reader_closed = self._reader.submit(self._close_reader_sync)
+            self._reader.shutdown(wait=False)
+            self._closing = self._executor.submit(self._close_sync, reader_closed)
             self._executor.shutdown(wait=False)
         await asyncio.wrap_future(self._closing)
 
     def statistics(self) -> SqliteStatistics:
         return SqliteStatistics(self._committed, self._rolled_back, self._reads)
 
-    async def _submit(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _submit(self, thread: ThreadPoolExecutor | None, fn: Callable[..., T], *args: Any) -> T:
         # No await between this check and the submission, so nothing is queued behind close().
         if self._closed:
             raise StoreError("the metadata store is closed")
-        if self._executor is None:
+        if thread is None:
             raise StoreError("the metadata store is not open: await open() first")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(thread, fn, *args)
 
-    # Everything below runs on the store's thread.
+    # Everything below runs on the store's threads: the writer's, unless named *_reader_* / read.
 
     def _open_sync(self) -> None:
         try:
@@ -278,16 +296,38 @@ class SqliteMetadataStore:
             _rollback(conn)
             raise
 
-    def _run_unit(self, work: Callable[[Tx], T], writable: bool, durable: bool = True) -> T:
+    def _open_reader_sync(self) -> None:
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the metadata store {self._path}: {exc}") from exc
+        try:
+            _execute(conn, f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            _execute(conn, "PRAGMA query_only = ON")
+        except BaseException:
+            conn.close()
+            raise
+        self._read_conn = conn
+
+    def _run_write(self, work: Callable[[Tx], T], durable: bool) -> T:
         conn = self._conn
         if conn is None:
             raise StoreError("the metadata store is not open")
-        self._reads += int(not writable)
-        synchronous = "FULL" if durable or not writable else "NORMAL"
-        if writable and synchronous != self._synchronous:
+        synchronous = "FULL" if durable else "NORMAL"
+        if synchronous != self._synchronous:
             # Set between transactions; it holds for every commit until it is changed again.
             _execute(conn, f"PRAGMA synchronous = {synchronous}")
             self._synchronous = synchronous
+        return self._run_unit(conn, work, writable=True)
+
+    def _run_read(self, work: Callable[[Tx], T]) -> T:  # on the reader's thread
+        conn = self._read_conn
+        if conn is None:
+            raise StoreError("the metadata store is not open")
+        self._reads += 1
+        return self._run_unit(conn, work, writable=False)
+
+    def _run_unit(self, conn: sqlite3.Connection, work: Callable[[Tx], T], *, writable: bool) -> T:
         tx = _SqliteTx(conn, writable=writable)
         try:
             # A read's deferred BEGIN still pins one snapshot of the WAL for the whole unit.
@@ -311,10 +351,19 @@ class SqliteMetadataStore:
         self._committed += int(writable)
         return result
 
-    def _close_sync(self) -> None:
+    def _close_reader_sync(self) -> None:
+        conn, self._read_conn = self._read_conn, None
+        if conn is not None:
+            conn.close()
+
+    def _close_sync(self, reader_closed: Future[None] | None = None) -> None:
+        # The writer closes last: as the last connection it checkpoints and removes the WAL.
+        reader_error = reader_closed.exception() if reader_closed is not None else None
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
                 conn.close()
             except sqlite3.Error as exc:
                 raise StoreError(f"closing the metadata store failed: {exc}") from exc
+        if isinstance(reader_error, sqlite3.Error):
+            raise StoreError(f"closing the metadata store failed: {reader_error}") from reader_error
