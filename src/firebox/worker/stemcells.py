@@ -15,7 +15,7 @@ unpacked code into the cell's task directory, sets the cgroup memory limit to Me
 the poll with the function's environment, then waits for init exactly as for a new sandbox. A
 cell is taken once and never returned; one that dies while waiting is dropped and replaced. At
 most `size(key)` cells per key exist unspecialised (memory, measured: a Python cell about 10 MB,
-a boto3 one about 35 MB, a Node.js one about 45 MB).
+a boto3 one about 35 MB, a Node.js one about 50 MB: RSS).
 """
 
 from __future__ import annotations
