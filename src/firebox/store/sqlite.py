@@ -19,6 +19,14 @@ to a power cut or kernel crash, and Firebox answers 202 to an async invoke once 
 committed (ANATOMY invariant 6). FULL costs one fsync of the WAL per commit: affordable at
 control-plane and queue write rates.
 
+The WAL is zero-filled up to its working size at open (`_presize_wal`), as PostgreSQL does
+with `wal_init_zero`: SQLite writes the WAL from the start again after each checkpoint, so once
+the file has its full size a commit's fsync only flushes data blocks. While it is still growing,
+every fsync must also commit the file's new size to the filesystem journal: about 0.1 to 0.2 ms
+more per commit here, for the first thousand commits after every start (the WAL is deleted at a
+clean close). SQLite finds the valid frames by their salts and checksums, never by the file's
+size, so zeros past them are never taken for a frame.
+
 `atomically(work, durable=False)` commits one unit at NORMAL instead: no fsync, so it survives
 kill -9 but not a power cut. The WAL is written in order, so the next durable commit (or a
 checkpoint) makes it durable too. It is for writes that may be lost to a power cut because
@@ -39,6 +47,7 @@ import asyncio
 import contextlib
 import inspect
 import json
+import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -66,6 +75,9 @@ _SCOPES = (
     ") SELECT scope FROM s WHERE scope IS NOT NULL"
 )
 _BUSY_TIMEOUT_MS = 5000  # how long another process's write lock is waited for
+_PAGE_SIZE = 4096
+_WAL_PAGES = 1000  # SQLite's wal_autocheckpoint default: the WAL starts over past this
+_WAL_BYTES = 32 + _WAL_PAGES * (24 + _PAGE_SIZE)  # header + frames (frame header + page)
 
 
 @dataclass(frozen=True)
@@ -273,12 +285,35 @@ class SqliteMetadataStore:
             _execute(conn, "PRAGMA synchronous = FULL")
             _execute(conn, "PRAGMA foreign_keys = ON")
             self._migrate(conn)
+            self._presize_wal(conn)
         except BaseException as exc:
             conn.close()
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"cannot open the metadata store {self._path}: {exc}") from exc
             raise
         self._conn = conn
+
+    def _presize_wal(self, conn: sqlite3.Connection) -> None:
+        """Zero-fill the WAL up to its working size, once, with one fsync (see the module doc)."""
+        if conn.execute("PRAGMA page_size").fetchone()[0] != _PAGE_SIZE:
+            return  # a file made elsewhere with other pages: leave its WAL as SQLite sizes it
+        wal = self._path.with_name(self._path.name + "-wal")
+        try:
+            # SQLite made it when it entered WAL mode. It holds no POSIX lock on this file, so
+            # closing our descriptor cannot drop one of its locks.
+            with open(wal, "r+b") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                if size >= _WAL_BYTES:
+                    return
+                chunk = bytes(256 * 1024)
+                while size < _WAL_BYTES:
+                    size += handle.write(chunk[: _WAL_BYTES - size])
+                handle.flush()
+                os.fsync(handle.fileno())
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StoreError(f"cannot prepare the write-ahead log {wal}: {exc}") from exc
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         _execute(conn, "BEGIN IMMEDIATE")
