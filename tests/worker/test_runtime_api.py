@@ -61,6 +61,17 @@ def test_parked_next_is_answered_on_delivery_and_requests_stay_in_order() -> Non
             status, headers, _ = await asyncio.wait_for(_read_response(reader), 5)
             assert (status, headers["lambda-runtime-aws-request-id"]) == (200, "r2")
 
+            # Pipelined with no event waiting: the /next parks, and the 202 before it goes out
+            # with the event, in order.
+            writer.write(_post("r2", b'"two"') + NEXT)
+            second_outcome = channel._in_flight["r2"].outcome  # noqa: SLF001
+            assert (await asyncio.wait_for(second_outcome, 5)).payload == b'"two"'
+            channel.deliver(_invocation("r3", b"3"))
+            assert (await asyncio.wait_for(_read_response(reader), 5))[0] == 202
+            status, headers, body = await asyncio.wait_for(_read_response(reader), 5)
+            assert (status, headers["lambda-runtime-aws-request-id"], body) == (200, "r3", b"3")
+
+            # A lone POST (a runtime that waits for each answer) is answered at once.
             writer.write(_post("unknown", b"1"))
             assert (await asyncio.wait_for(_read_response(reader), 5))[0] == 400
         finally:

@@ -223,24 +223,37 @@ class RuntimeApiProtocol(asyncio.Protocol):
 
     # -- handling ------------------------------------------------------------------------------
 
-    def _answer_pending(self) -> None:
+    def _answer_pending(self, held: list[bytes] | None = None) -> None:
+        """Answer what can be answered now, in order, in one write. When a `/next` must wait
+        and the runtime pipelined it behind requests answered here (our bootstraps post a result
+        and ask for the next event in one write), those answers are held and go out with the
+        event: the runtime has nothing to do with a 202 before its next event, and waking it
+        for one costs both sides a context switch per invocation. A runtime that waits for each
+        answer before asking again is never held up: nothing stands behind its request."""
+        out = held if held is not None else []
         while self._pending and self._parked is None and self._transport is not None:
             answer = self._handle(self._pending[0])
             if isinstance(answer, bytes):
                 self._pending.popleft()
-                self._write(answer)
-            else:
-                self._parked = answer[0]
-                self._parked.add_done_callback(functools.partial(self._unpark, answer[1]))
+                out.append(answer)
+                continue
+            self._parked = future = answer[0]
+            if out and answer[1] is _next_response:
+                future.add_done_callback(functools.partial(self._unpark, answer[1], out))
+                return
+            future.add_done_callback(functools.partial(self._unpark, answer[1], None))
+        if out:
+            self._write(b"".join(out) if len(out) > 1 else out[0])
 
-    def _unpark(self, render: Callable[[Any], bytes], future: asyncio.Future[Any]) -> None:
+    def _unpark(self, render: Callable[[Any], bytes], held: list[bytes] | None, future: asyncio.Future[Any]) -> None:
         if future is not self._parked:
             return  # the connection was lost meanwhile
         self._parked = None
         self._pending.popleft()
+        out = held if held is not None else []
         if not future.cancelled():
-            self._write(render(future.result()))
-        self._answer_pending()
+            out.append(render(future.result()))
+        self._answer_pending(out)
 
     def _handle(self, request: _Request) -> bytes | tuple[asyncio.Future[Any], Callable[[Any], bytes]]:
         """The answer now, or a future of what to answer and how to render it."""

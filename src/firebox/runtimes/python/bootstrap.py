@@ -9,7 +9,8 @@ AWS's `awslambdaric`:
     init:  sys.path = [task root, /opt/python/lib/pythonX.Y/site-packages, /opt/python, ...stdlib,
            $FIREBOX_RUNTIME_LIBS]; root logger handler installed; the handler's module imported
            ONCE (an error is posted to /runtime/init/error and the process exits 1)
-    loop:  GET /next -> handler(event, context) -> POST /response (JSON) or /error
+    loop:  GET /next -> handler(event, context) -> POST /response (JSON) or /error, with the
+           GET /next for the following event pipelined behind it in the same write
 
 Why one file of over 600 lines: it runs inside the sandbox, where nothing of the platform is
 installed, and it is loaded by path (so that its bytecode can be precompiled); splitting it
@@ -279,14 +280,24 @@ class RuntimeClient:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock, self._reader = sock, sock.makefile("rb")
 
-    def request(self, method, path, body=None, headers=None):
-        """(status, lower-cased headers, body). Raises RuntimeAPIGone when the API is gone."""
+    def _encode(self, method, path, body=None, headers=None):
         head = ["%s %s%s HTTP/1.1" % (method, self._prefix, path), "Host: " + self._host, "User-Agent: " + USER_AGENT]
         if body is not None:
             head.append("Content-Length: %d" % len(body))
         for name, value in (headers or {}).items():
             head.append("%s: %s" % (name, value))
-        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1", "replace") + (body or b"")
+        return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1", "replace") + (body or b"")
+
+    def request(self, method, path, body=None, headers=None, then_next=False):
+        """(status, lower-cased headers, body). Raises RuntimeAPIGone when the API is gone.
+
+        `then_next`: send `GET /invocation/next` right behind this request, in the same write
+        (HTTP/1.1 pipelining; the Runtime API answers in order), and return ((status, headers,
+        body) of this request, (headers, body) of the next event). One wake-up of each side
+        fewer per invocation than posting, waiting for the 202, then asking."""
+        data = self._encode(method, path, body, headers)
+        if then_next:
+            data += self._encode("GET", "/invocation/next")
         for attempt in (1, 2):
             reused = self._sock is not None
             try:
@@ -302,11 +313,33 @@ class RuntimeClient:
                     continue  # a kept-alive connection the server had closed: one fresh try
                 raise RuntimeAPIGone(str(exc)) from None
             try:
-                return self._read_response(status_line)
+                answer = self._read_response(status_line)
             except (OSError, ValueError) as exc:
                 self.close()
                 raise RuntimeAPIGone(str(exc)) from None
+            if not then_next:
+                return answer
+            if self._sock is None:  # the API closed the connection after this answer
+                return answer, self.next_invocation()
+            return answer, self._next_answer(self.request_pending_next())
         raise RuntimeAPIGone("unreachable")
+
+    def request_pending_next(self):
+        """The answer to a `GET /next` already sent (pipelined). If the API closed the
+        connection without answering it (allowed after any answer), it is asked again on a
+        fresh one: an unanswered `/next` took no event."""
+        try:
+            status_line = self._reader.readline(65537)
+        except OSError:
+            status_line = b""
+        if not status_line:
+            self.close()
+            return self.request("GET", "/invocation/next")
+        try:
+            return self._read_response(status_line)
+        except (OSError, ValueError) as exc:
+            self.close()
+            raise RuntimeAPIGone(str(exc)) from None
 
     def _read_response(self, status_line):
         while True:
@@ -356,18 +389,26 @@ class RuntimeClient:
         return data
 
     def next_invocation(self):
-        status, headers, body = self.request("GET", "/invocation/next")
+        return self._next_answer(self.request("GET", "/invocation/next"))
+
+    @staticmethod
+    def _next_answer(answer):
+        status, headers, body = answer
         if status != 200:
             detail = body[:200].decode("utf-8", "replace")
             raise RuntimeAPIGone("GET /next answered %d: %s" % (status, detail), report=True)
         return headers, body
 
     def post_invocation_result(self, invoke_id, body, content_type="application/json"):
-        self.request("POST", "/invocation/%s/response" % _quote(invoke_id), body, {"Content-Type": content_type})
+        """Post the result and ask for the next event at once; returns that event."""
+        return self.request("POST", "/invocation/%s/response" % _quote(invoke_id), body,
+                            {"Content-Type": content_type}, then_next=True)[1]
 
     def post_invocation_error(self, invoke_id, error_result):
+        """Post the error and ask for the next event at once; returns that event."""
         headers = {"Content-Type": "application/json", ERROR_TYPE_HEADER: "Unhandled"}
-        self.request("POST", "/invocation/%s/error" % _quote(invoke_id), _encode_json(error_result), headers)
+        return self.request("POST", "/invocation/%s/error" % _quote(invoke_id), _encode_json(error_result), headers,
+                            then_next=True)[1]
 
     def post_init_error(self, error_result):
         headers = {"Content-Type": "application/json", ERROR_TYPE_HEADER: error_result["errorType"] or "Unhandled"}
@@ -602,9 +643,8 @@ def handle_event_request(client, request_handler, headers, body):
         error_result = build_fault_result(sys.exc_info(), invoke_id)
     if error_result is not None:
         log_error(error_result)
-        client.post_invocation_error(invoke_id, error_result)
-    else:
-        client.post_invocation_result(invoke_id, result, content_type)
+        return client.post_invocation_error(invoke_id, error_result)
+    return client.post_invocation_result(invoke_id, result, content_type)
 
 
 def main():
@@ -635,9 +675,9 @@ def main():
             log_error(error_result)
             client.post_init_error(error_result)
             return 1
-        while True:
-            headers, body = client.next_invocation()
-            handle_event_request(client, request_handler, headers, body)
+        headers, body = client.next_invocation()
+        while True:  # each result is posted together with the ask for the next event
+            headers, body = handle_event_request(client, request_handler, headers, body)
     except RuntimeAPIGone as exc:
         if exc.report:
             sys.stderr.write("firebox runtime: %s\n" % exc)
