@@ -18,7 +18,6 @@ import dataclasses
 import logging
 import re
 import time
-import uuid
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
@@ -28,6 +27,7 @@ from firebox.frontend.api import Handler, Request, Services
 from firebox.frontend.handlers import HANDLERS
 from firebox.frontend.model import JSON_TARGETS, Operation, ServiceModel, lambda_model
 from firebox.frontend.parse import parse_input
+from firebox.ids import request_id
 
 log = logging.getLogger("firebox.access")
 
@@ -62,7 +62,7 @@ class FrontendApp:
         # The access log line is for debugging: by default it costs one level check.
         timed = log.isEnabledFor(logging.DEBUG)
         started = time.perf_counter() if timed else 0.0
-        exchange = _Exchange(str(uuid.uuid4()))
+        exchange = _Exchange(request_id())
         try:
             response = await self._handle(method, target, headers, body, server, exchange)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a response; the server goes on
