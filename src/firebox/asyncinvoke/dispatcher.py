@@ -6,12 +6,21 @@ One loop owns all dispatching. Each pass lists the functions that have due event
 list one further along each pass (rotation), and claims for each function at most
 `per_function - in_flight(function)` events while the global `concurrency` has room. Each claimed
 event runs as its own task in the dispatcher's task group; a finished task wakes the loop, and
-so does every accepted event, so a pass follows any change at once. With nothing to do the loop
-sleeps until the next due time (a retry or a backoff), or `idle_poll_s` at most.
+so does every accepted event, so a pass follows any change at once. Due events left unclaimed
+for want of room wait for a run to finish (its wake-up); otherwise the loop sleeps until the
+next due time (a retry, a backoff, a lease's end), or `idle_poll_s` at most. A pass with no
+room at all reads nothing.
+
+Admission: an event accepted while the dispatcher has room and no backlog (no due event left
+waiting by the last pass) skips the queue's round trip: `admit` takes its slot and it is stored
+already claimed, so its durable enqueue doubles as its claim, and it starts once that commit is
+on disk. Without admission each event cost a dispatch pass (a read) and a claim (a commit)
+besides its enqueue and its completion. With a backlog, accepted events queue behind it.
 
 Fairness bound (what the fairness test checks): a function g with an event due while another
 function f floods the queue waits for at most one pass, provided fewer than `concurrency`
-events are in flight: f can never hold more than `per_function` of the `concurrency` slots.
+events are in flight: f can never hold more than `per_function` of the `concurrency` slots,
+admitted or claimed, and once f's events wait for room nothing is admitted ahead of them.
 A pass costs a few store reads (milliseconds), so g's event starts within ~tens of ms of being
 accepted, plus its own cold start, however deep f's backlog is.
 
@@ -84,12 +93,37 @@ class Dispatcher:
         self._rotation = 0
         self._loop_task: asyncio.Task[None] | None = None
         self._runs: set[asyncio.Task[None]] = set()
+        # A pass left due events unclaimed for want of room (or has not looked yet): accepted
+        # events then queue behind them rather than start at once (see `admit`).
+        self._backlog = True
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
     def notify(self) -> None:
         self._wake.set()
+
+    def admit(self, event: QueuedEvent, reserved: int | None) -> QueuedEvent | None:
+        """Take a slot for an event being accepted, if it may start at once: returns the event
+        claimed by this dispatcher, to be stored so and handed to `run_admitted` with its commit;
+        or None, and the caller enqueues it as it is and calls `notify`.
+
+        At once means the loop runs, no queued event waits for room (they go first: the
+        fairness bound above holds), and the function has room by the rules of a pass
+        (`reserved`: the function's reserved concurrency). An admitted event costs the store
+        no dispatch pass and no claim: its durable enqueue is its claim. If the server dies
+        before it finishes, the next start re-queues it like any event claimed by a dead run."""
+        if self._loop_task is None or self._backlog:
+            return None
+        if self._room(event.function_name, reserved) <= 0:
+            return None
+        self._in_flight[event.function_name] += 1
+        return dataclasses.replace(event, due_ms=event.due_ms + LEASE_MS, claimed_by=self._queue.run_id)
+
+    def run_admitted(self, event: QueuedEvent, stored: asyncio.Future[None]) -> None:
+        """Run an admitted event once `stored`, the commit that stores it, resolves (a failed
+        commit gives its slot back: the caller of accept got the error)."""
+        self._spawn(event, stored)
 
     @property
     def in_flight(self) -> int:
@@ -128,43 +162,60 @@ class Dispatcher:
         if self.in_flight >= self._settings.concurrency:
             # No room at all: reading the queue would find nothing to do. A finishing run
             # wakes the loop, so a full dispatcher costs the store nothing per accepted event.
+            self._backlog = True
             return self._settings.idle_poll_s
         now = self._now_ms()
         functions, next_due = await self._queue.due_functions(now)
+        backlog = False
         if functions:
             start = self._rotation % len(functions)
             self._rotation += 1
             for name in functions[start:] + functions[:start]:
-                await self._claim(name, now)
+                backlog |= await self._claim(name, now)
+        self._backlog = backlog
         # Due events left unclaimed lack room, and a finishing run wakes the loop; so sleep
         # until the next event that is not yet due (a retry, a backoff, an expiring lease).
         if next_due is None:
             return self._settings.idle_poll_s
         return max(0.0, min(self._settings.idle_poll_s, (next_due - self._now_ms()) / 1000))
 
-    async def _claim(self, name: str, now: int) -> None:
+    async def _claim(self, name: str, now: int) -> bool:
+        """Claim due events of `name` it has room for; True when some may be left waiting."""
+        if self._room(name, None) <= 0:
+            return True
+        room = self._room(name, await self._reserved(name))
+        if room <= 0:
+            return True
+        claimed = await self._queue.claim(name, now, room, LEASE_MS)
+        for event in claimed:
+            self._in_flight[name] += 1
+            self._spawn(event, None)
+        return len(claimed) == room
+
+    def _room(self, name: str, reserved: int | None) -> int:
         running = self._in_flight.get(name, 0)
         room = min(self._settings.per_function - running, self._settings.concurrency - self.in_flight)
-        if room <= 0:
-            return
-        reserved = await self._reserved(name)
         if reserved:
             # Claiming more than the reservation only throttles the extra events into
             # growing backoffs while capacity frees up; reserved 0 still claims, so its
             # events fail at once with ZeroReservedConcurrency.
             room = min(room, reserved - running)
-        if room <= 0:
-            return
-        for event in await self._queue.claim(name, now, room, LEASE_MS):
-            self._in_flight[name] += 1
-            task = asyncio.create_task(self._run(event))
-            self._runs.add(task)
-            task.add_done_callback(self._runs.discard)
+        return room
+
+    def _spawn(self, event: QueuedEvent, stored: asyncio.Future[None] | None) -> None:
+        task = asyncio.create_task(self._run(event, stored))
+        self._runs.add(task)
+        task.add_done_callback(self._runs.discard)
 
     # -- one event -----------------------------------------------------------------------------
 
-    async def _run(self, event: QueuedEvent) -> None:
+    async def _run(self, event: QueuedEvent, stored: asyncio.Future[None] | None) -> None:
         try:
+            if stored is not None:
+                try:
+                    await asyncio.shield(stored)  # shielded: the accepting caller awaits it too
+                except Exception:  # noqa: BLE001 - reported to the caller of accept
+                    return  # not stored, so not accepted: nothing to run
             await self._attempt(event)
         except asyncio.CancelledError:
             raise

@@ -88,15 +88,19 @@ class StoreEventQueue:
     async def _commit(self, work: Callable[[Tx], T], *, durable: bool) -> T:
         """Run `work` in the next shared transaction and return its result once that committed
         (and, when `durable`, once it is on disk: a batch holding one durable write is fsync'd).
+        Cancelling the caller does not take the work back: it may still commit."""
+        return await self._join(work, durable=durable)  # type: ignore[no-any-return]
 
-        A caller that finds no commit running starts one at once (no timer, no waiting for
-        company); callers that arrive while it runs form the next batch. Cancelling a caller
-        does not take its work back: it may still commit (the store's caveat)."""
+    def _join(self, work: Callable[[Tx], Any], *, durable: bool) -> asyncio.Future[Any]:
+        """`work` joins the next commit; the future resolves to its result once that is done.
+
+        A write that finds no commit running starts one at once (no timer, no waiting for
+        company); writes that arrive while it runs form the next batch."""
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((work, done, durable))
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_pending(), name="firebox-async-commit")
-        return await done
+        return done
 
     async def _commit_pending(self) -> None:
         try:
@@ -135,8 +139,13 @@ class StoreEventQueue:
         return CommitStatistics(self._commits, self._committed_units, len(self._pending))
 
     async def enqueue(self, event: QueuedEvent) -> None:
+        await self.start_enqueue(event)
+
+    def start_enqueue(self, event: QueuedEvent) -> asyncio.Future[None]:
+        """Start storing `event` (claimed or not, as it is); the future resolves once it is
+        durable. Awaiting it is `enqueue`; a caller that may be cancelled should shield it."""
         key, doc = _key(event), _to_doc(event)  # encoded here, off the store's busy thread
-        await self._commit(lambda tx: tx.put(EVENT, event.function_name, key, doc), durable=True)
+        return self._join(lambda tx: tx.put(EVENT, event.function_name, key, doc), durable=True)
 
     # -- dispatching ---------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 
@@ -40,17 +41,25 @@ class AsyncInvokeService:
             )
         # ResourceNotFound before 202. The registry serves this from its cache until the next
         # write, as it does for synchronous invokes: no store round trip on the accept path.
-        config = (await self._registry.get_function(ref)).config
-        if config.state is State.PENDING:
+        details = await self._registry.get_function(ref)
+        if details.config.state is State.PENDING:
             raise ResourceConflict(
                 "The operation cannot be performed at this time. The function is currently in the following state: Pending"
             )
         now_ms = int(time.time() * 1000)
-        await self._queue.enqueue(
-            QueuedEvent(request_id, ref.name, ref.qualifier, payload or b"{}", enqueued_at_ms=now_ms, due_ms=now_ms)
-        )
-        if self._dispatcher is not None:
-            self._dispatcher.notify()
+        event = QueuedEvent(request_id, ref.name, ref.qualifier, payload or b"{}", enqueued_at_ms=now_ms, due_ms=now_ms)
+        dispatcher = self._dispatcher
+        claimed = dispatcher.admit(event, details.reserved_concurrency) if dispatcher is not None else None
+        if claimed is None:
+            await self._queue.enqueue(event)
+            if dispatcher is not None:
+                dispatcher.notify()
+            return
+        # The dispatcher has room now: the event is stored already claimed, and runs as soon
+        # as that commit is durable, whether or not this caller is still there to see it.
+        stored = self._queue.start_enqueue(claimed)
+        dispatcher.run_admitted(claimed, stored)
+        await asyncio.shield(stored)
 
     async def statistics(self) -> Mapping[str, FunctionEventStats]:
         return await self._queue.statistics(int(time.time() * 1000))
