@@ -131,10 +131,13 @@ def test_an_event_accepted_with_room_is_admitted_claimed_and_run_once_stored() -
         dispatcher.run_admitted(claimed, stored)
         await asyncio.sleep(0.01)
         assert invoker.invoked == []  # not before its commit
+        reads = queue.reads
         stored.set_result(None)
         for _ in range(50):
             await asyncio.sleep(0)
         assert (invoker.invoked, queue.finished, dispatcher.in_flight) == (["req-1"], ["req-1"], 0)
+        # No event waited for room: the finished run does not send the loop to read the queue.
+        assert queue.reads == reads
         await dispatcher.stop()
 
     asyncio.run(main())

@@ -5,11 +5,11 @@ Scheduling
 One loop owns all dispatching. Each pass lists the functions that have due events, starting the
 list one further along each pass (rotation), and claims for each function at most
 `per_function - in_flight(function)` events while the global `concurrency` has room. Each claimed
-event runs as its own task in the dispatcher's task group; a finished task wakes the loop, and
-so does every accepted event, so a pass follows any change at once. Due events left unclaimed
-for want of room wait for a run to finish (its wake-up); otherwise the loop sleeps until the
-next due time (a retry, a backoff, a lease's end), or `idle_poll_s` at most. A pass with no
-room at all reads nothing.
+event runs as its own task in the dispatcher's task group. The loop is woken by what can give a
+pass something to do: an event enqueued, an event rescheduled (its new due time may come before
+the loop's), and a finished run while due events wait for room (the backlog). Otherwise it
+sleeps until the next due time (a retry, a backoff, a lease's end), or `idle_poll_s` at most.
+A pass with no room at all reads nothing.
 
 Admission: an event accepted while the dispatcher has room and no backlog (no due event left
 waiting by the last pass) skips the queue's round trip: `admit` takes its slot and it is stored
@@ -225,7 +225,8 @@ class Dispatcher:
             self._in_flight[event.function_name] -= 1
             if not self._in_flight[event.function_name]:
                 del self._in_flight[event.function_name]
-            self._wake.set()
+            if self._backlog:  # its slot can take a waiting event; else a pass finds nothing
+                self._wake.set()
 
     async def _attempt(self, event: QueuedEvent) -> None:
         config = await self._config(event.ref)
@@ -262,16 +263,20 @@ class Dispatcher:
         attempts = event.attempts + 1
         if attempts <= retries:
             due = self._now_ms() + int(self._settings.retry_base_s * attempts * 1000)
-            await self._queue.reschedule(event, due_ms=due, attempts=attempts, system_retries=event.system_retries)
+            await self._reschedule(event, due_ms=due, attempts=attempts, system_retries=event.system_retries)
             return
         await self._fail(dataclasses.replace(event, attempts=attempts), config, "RetriesExhausted", response)
 
     async def _back_off(self, event: QueuedEvent) -> None:
         retries = event.system_retries + 1
         delay_s = min(self._settings.max_backoff_s, 2 ** (retries - 1))
-        await self._queue.reschedule(
+        await self._reschedule(
             event, due_ms=self._now_ms() + int(delay_s * 1000), attempts=event.attempts, system_retries=retries
         )
+
+    async def _reschedule(self, event: QueuedEvent, *, due_ms: int, attempts: int, system_retries: int) -> None:
+        await self._queue.reschedule(event, due_ms=due_ms, attempts=attempts, system_retries=system_retries)
+        self._wake.set()  # the next pass reads the new due time, which may come before the loop's
 
     async def _fail(self, event: QueuedEvent, config: EventInvokeConfig, condition: str, response: Response | None) -> None:
         if config.on_failure:
