@@ -326,9 +326,20 @@ class StemCellPool:
         task_dir.mkdir(mode=0o755)
         os.chmod(task_dir, 0o755)
         spec = self._cell_spec(sandbox_id, key, task_dir)
+        spawning = asyncio.ensure_future(self._backend.spawn(spec))
         try:
-            process = await self._backend.spawn(spec)
+            # Shielded: a spawn cancelled inside asyncio's create_subprocess_exec kills bwrap
+            # only, the sandbox's own processes can outlive it holding the pipes, and asyncio
+            # then waits for those pipes forever (seen as a hung `stop`). A stop lets the spawn
+            # finish (tens of ms) and kills what it made.
+            process = await asyncio.shield(spawning)
         except BaseException:
+            if not spawning.done():
+                with contextlib.suppress(BaseException):
+                    made = await spawning
+                    made.kill()
+                    await asyncio.wait_for(made.wait(), 5)
+                    await made.cleanup()
             remove_task_dir(task_dir)
             raise
         channel = RuntimeChannel(stem=True)
