@@ -400,7 +400,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             create_functions(endpoint, ["hello"])
             results["cold_start"] = {}
             results["cold_baseline"] = {}
-            for kind in ("python", "node", "boto3"):
+            for kind in ("python", "node", "boto3") if args.cold > 0 else ():
                 names = [f"cold-{kind}-{i}" for i in range(args.cold)]
                 create_functions(endpoint, names, kind)
                 results["cold_start"][kind] = await cold_starts(fport, names, args.cold_gap_ms / 1000)
