@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from firebox.ids import trace_id
 from firebox.logs.api import LogSink
 from firebox.runtimes.api import (
     RUNTIME_DIR,
@@ -403,7 +404,7 @@ class LocalWorker:
             payload=payload,
             deadline_ms=deadline_ms,
             invoked_function_arn=invoked_arn,
-            trace_id=f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]};Parent={uuid.uuid4().hex[:16]};Sampled=0",
+            trace_id=trace_id(),
             client_context=client_context,
         )
         try:
