@@ -415,3 +415,44 @@ def test_code_under_a_private_directory_is_bound_without_leaking_mounts(loop, ba
 
     run(loop, main())
     assert Path("/proc/self/mountinfo").read_text() == mounts_before
+
+
+def _test_uid_pids() -> list[int]:
+    """Live processes owned by any uid of the test range (one /proc scan)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid in TEST_UIDS:
+                    found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2, 3, 5, 8, 13, 21])
+def test_a_cancelled_spawn_leaves_nothing_behind(loop: asyncio.AbstractEventLoop, backend: IsolatedBackend,
+                                                 code: Path, turns: int) -> None:
+    """Cancelled at any point of its start (after `turns` turns of the event loop), a spawn
+    raises CancelledError promptly, and no process, uid or live sandbox of it is left."""
+
+    async def scenario() -> None:
+        spawning = asyncio.ensure_future(backend.spawn(make_spec(code, "exit3.py")))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        spawning.cancel()
+        done, _ = await asyncio.wait({spawning}, timeout=20)
+        assert spawning in done, "the cancelled spawn hung"
+        if not spawning.cancelled():  # it had finished before the cancel landed: stop it
+            sandbox = spawning.result()
+            sandbox.kill()
+            await sandbox.wait()
+            await sandbox.cleanup()
+        deadline = time.monotonic() + 10
+        while _test_uid_pids():
+            assert time.monotonic() < deadline, describe(_test_uid_pids())
+            await asyncio.sleep(0.02)
+        stats = backend.statistics()
+        assert (stats["live"], stats["uids_in_use"]) == (0, 0), stats
+
+    run(loop, scenario())

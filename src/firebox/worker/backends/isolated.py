@@ -319,13 +319,22 @@ class IsolatedBackend:
                 cgroup = self._cgroups.create(spec.sandbox_id, memory_bytes=spec.memory_bytes,
                                               max_pids=spec.max_processes)
             launch = self._prepare(spec, net, uid, cgroup)
+            # Shielded: cancelled half-way, asyncio would have forked bwrap without handing us
+            # the process, and nothing would kill the sandbox it starts (whose processes hold
+            # the output pipes: the clean-up would then wait on them). A cancelled spawn
+            # finishes starting (milliseconds) and is killed below.
+            creating = asyncio.ensure_future(asyncio.create_subprocess_exec(
+                *launch.argv,
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env={}, cwd="/", pass_fds=launch.pass_fds, preexec_fn=launch.preexec,
+                start_new_session=True,
+            ))
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    *launch.argv,
-                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    env={}, cwd="/", pass_fds=launch.pass_fds, preexec_fn=launch.preexec,
-                    start_new_session=True,
-                )
+                proc = await asyncio.shield(creating)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    proc = await creating
+                raise
             finally:
                 launch.close_child_fds()
                 net.close_netns_fd()
@@ -341,10 +350,13 @@ class IsolatedBackend:
                 with contextlib.suppress(OSError):
                     os.close(launch.info_read)
             if proc is not None:
+                if cgroup is not None:
+                    cgroup.kill()  # the sandbox's own processes too: they hold the pipes
                 if proc.returncode is None:
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()
-                await proc.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(proc.wait()), _INFO_TIMEOUT_S)
                 if (transport := getattr(proc, "_transport", None)) is not None:
                     transport.close()
             if net is not None:
