@@ -60,6 +60,7 @@ class Registry:
         self._architecture = architecture
         self._on_change = on_change or (lambda name, version: None)
         self._cache: dict[tuple[str, ...], object] = {}
+        self._writes = 0  # bumped by every write: a read that overlapped one is not cached
         self._preparer = Preparer(
             blobs, limits, self._finish_preparation, steps=prepare_steps, delay_s=activation_delay_s
         )
@@ -92,6 +93,7 @@ class Registry:
         finally:
             # Any write may change what a cached read saw: forget them all (writes are rare
             # next to invocations, which read the same few functions over and over).
+            self._writes += 1
             self._cache.clear()
 
     async def _cached(self, key: tuple[str, ...], work: Callable[[Tx], T]) -> T:
@@ -103,8 +105,12 @@ class Registry:
             return self._cache[key]  # type: ignore[no-any-return]
         if len(self._cache) >= CACHE_ENTRIES:
             self._cache.clear()
+        writes = self._writes
         value = await self._store.read(work)
-        self._cache[key] = value
+        # Reads run on their own connection, beside writes: one that was in flight while a
+        # write committed may have seen the state before it, and must not outlive that write.
+        if writes == self._writes:
+            self._cache[key] = value
         return value
 
     async def _read(self, work: Callable[[Tx], T]) -> T:
