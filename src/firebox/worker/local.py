@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -63,6 +64,8 @@ class WorkerStatistics:
     created: int
     init_failures: int
 
+
+SMALL_PACKAGE_ENTRIES = 64
 
 # The Lambda variables that are the same for every function (and are what a stem cell starts with).
 NEUTRAL_ENV = {
@@ -183,6 +186,7 @@ class LocalWorker:
         self._stems: StemCellPool | None = None
         self._stem_cells = stem_cells
         self._preloads: dict[str, dict[str, list[str]]] = {}  # python runtime -> boto3 probe
+        self._small: dict[Path, bool] = {}  # unpacked package -> linked inline on specialising
         self._probing: asyncio.Task[None] | None = None
         self._owed_refills: dict[str, tuple[CellKey, asyncio.TimerHandle]] = {}  # sandbox id -> its cell's key
         if stem_cells > 0 and backend.isolated:
@@ -297,6 +301,23 @@ class LocalWorker:
                 return CellKey(spec.runtime, spec.ephemeral_storage_mb, "boto3")
         return CellKey(spec.runtime, spec.ephemeral_storage_mb)
 
+    def _small_package(self, code_dir: Path) -> bool:
+        """True when `code_dir` holds at most SMALL_PACKAGE_ENTRIES files and folders: linking it
+        into a cell takes ~0.1 ms, where a hop to a thread and back costs ~0.5 ms on the cold
+        path. Found once per package, and the walk stops as soon as it is over the bound."""
+        small = self._small.get(code_dir)
+        if small is None:
+            if len(self._small) > 4096:
+                self._small.clear()
+            entries, small = 0, True
+            for _, subdirs, files in os.walk(code_dir):
+                entries += len(subdirs) + len(files)
+                if entries > SMALL_PACKAGE_ENTRIES:
+                    small = False
+                    break
+            self._small[code_dir] = small
+        return small
+
     async def create_sandbox(self, spec: FunctionSpec) -> Sandbox | FailedInit:
         """A new sandbox for `spec`, initialised. If init failed it is already dead and holds the
         error (`Sandbox.init_failure`) for the invocation that triggered it."""
@@ -366,7 +387,10 @@ class LocalWorker:
             extra_ro_binds=cell.spec.extra_ro_binds,
         )
         try:
-            await asyncio.to_thread(populate, code_dir, cell.task_dir)
+            if self._small_package(code_dir):
+                populate(code_dir, cell.task_dir)  # a few links: less than a thread hop costs
+            else:
+                await asyncio.to_thread(populate, code_dir, cell.task_dir)
             cell.process.set_memory_limit(sandbox_spec.memory_bytes)  # type: ignore[attr-defined]
             if not cell.alive:
                 raise OSError("the stem cell died")

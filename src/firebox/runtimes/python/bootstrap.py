@@ -45,6 +45,9 @@ ERROR_LOG_LINE_TERMINATE = "\r"
 ERROR_LOG_IDENT = "\u00a0"  # AWS indents traceback lines in error records with NO-BREAK SPACE
 USER_AGENT = "firebox-python/%d.%d.%d" % sys.version_info[:3]
 
+# A stem cell (stem.py) hands over the Runtime API connection it was specialised on.
+ADOPTED_CONNECTION = None
+
 _request_id = None  # the invocation in progress, for log records
 _tenant_id = None
 
@@ -662,6 +665,8 @@ def main():
         pass
     try:
         client = RuntimeClient(os.environ.get("AWS_LAMBDA_RUNTIME_API", ""))
+        if ADOPTED_CONNECTION is not None:
+            client._sock, client._reader = ADOPTED_CONNECTION
         setup_logging()
         try:
             request_handler = get_handler(os.environ.get("_HANDLER", ""))

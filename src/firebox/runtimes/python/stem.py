@@ -132,7 +132,8 @@ def probe(flavour):
 
 
 def wait_for_function(address):
-    """The function's environment (a dict), from the platform's answer to the long poll."""
+    """The function's environment (a dict), from the platform's answer to the long poll, and the
+    connection it came on (socket, reader), still open: the runtime goes on with it."""
     host, _, port = address.rpartition(":")
     sock = socket.create_connection((host.strip("[]").encode("ascii") or b"127.0.0.1", int(port)))
     try:
@@ -153,15 +154,15 @@ def wait_for_function(address):
             if name.strip().lower() == b"content-length":
                 length = int(value.strip())
         body = reader.read(length) if length else b""
-        reader.close()
-    finally:
+        if int(parts[1]) != 200:
+            raise ValueError("specialize answered %s" % parts[1].decode("latin-1"))
+        environment = json.loads(body)
+        if not isinstance(environment, dict):
+            raise ValueError("specialize answered a non-object")
+    except BaseException:
         sock.close()
-    if int(parts[1]) != 200:
-        raise ValueError("specialize answered %s" % parts[1].decode("latin-1"))
-    environment = json.loads(body)
-    if not isinstance(environment, dict):
-        raise ValueError("specialize answered a non-object")
-    return environment
+        raise
+    return environment, (sock, reader)
 
 
 def main():
@@ -180,7 +181,7 @@ def main():
         return 1
     address = os.environ.get("AWS_LAMBDA_RUNTIME_API", "")
     try:
-        environment = wait_for_function(address)
+        environment, connection = wait_for_function(address)
     except (OSError, ValueError) as exc:
         sys.stderr.write("firebox stem cell: %s\n" % exc)
         return 1
@@ -191,6 +192,9 @@ def main():
     importlib.invalidate_caches()  # /var/task was empty until now
     if len(sys.argv) > 1:
         sys.argv[1:] = [BOOTSTRAP]  # what a bootstrap-started runtime shows
+    # The runtime asks for its first event on the connection it was specialised on: no new
+    # connection to open (and for the platform, none to accept) inside the cold start.
+    bootstrap.ADOPTED_CONNECTION = connection
     return bootstrap.main()
 
 
