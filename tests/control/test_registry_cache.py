@@ -40,20 +40,20 @@ def test_a_read_overlapping_a_write_is_not_cached() -> None:
     async def scenario() -> None:
         store = GatedStore()
         registry = _registry(store)
-        state = lambda tx: tx.value  # noqa: E731
+        state = lambda tx: tx.value
 
         store.gate = asyncio.Event()
-        in_flight = asyncio.create_task(registry._cached(("f",), state))  # noqa: SLF001
+        in_flight = asyncio.create_task(registry._cached(("f",), state))
         await asyncio.wait_for(store.read_done.wait(), 5)  # it has read "Pending"
 
         def activate(tx: GatedStore) -> None:
             tx.value = "Active"
 
-        await registry._write(activate)  # noqa: SLF001
+        await registry._write(activate)
         store.gate.set()
         assert await in_flight == "Pending"  # what it read, before the write: fine to answer
         store.gate = None
-        assert await registry._cached(("f",), state) == "Active"  # noqa: SLF001
-        assert await registry._cached(("f",), state) == "Active"  # noqa: SLF001  (now cached)
+        assert await registry._cached(("f",), state) == "Active"
+        assert await registry._cached(("f",), state) == "Active"
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
