@@ -232,13 +232,12 @@ def test_stop_leaves_nothing_behind(loop) -> None:
 def test_specialize_route_is_one_shot_and_stem_only(loop) -> None:
     async def scenario() -> None:
         plain = RuntimeChannel()
-        assert plain.specialization() is None
+        assert await plain.specialization() is None
         stem = RuntimeChannel(stem=True)
         stem.specialize(b'{"A": "1"}')
-        answer = stem.specialization()
-        assert answer is not None and await answer == b'{"A": "1"}'
+        assert await stem.specialization() == b'{"A": "1"}'
         assert stem.stem_waiting is not None and stem.stem_waiting.done()
-        assert stem.specialization() is None
+        assert await stem.specialization() is None
         with pytest.raises(RuntimeError):
             stem.specialize(b"{}")
 

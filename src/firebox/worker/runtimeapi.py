@@ -14,22 +14,16 @@ speaks this (our bootstraps, AWS's `awslambdaric`, a shell script with curl) wor
 
 A `RuntimeChannel` is the sandbox's side of the conversation: `deliver()` hands an invocation to
 the runtime's pending (or next) `/next`, and the invocation's `outcome` future resolves when the
-runtime posts its response or error. The HTTP side is a small callback-style asyncio Protocol on
-httptools, no framework and no task or queue per request: this hop is on every invocation, so a
-`/next` that finds its event waiting is answered inside `data_received`, and one that waits is
-parked as a future whose callback writes the answer the moment `deliver()` hands it an event.
+runtime posts its response or error. The HTTP side is a small asyncio Protocol on httptools, no
+framework: this hop is on every invocation.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import re
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import httptools
 
@@ -73,33 +67,21 @@ class RuntimeChannel:
         self.stem_waiting: asyncio.Future[None] | None = loop.create_future() if stem else None
         self._specialization: asyncio.Future[bytes] | None = loop.create_future() if stem else None
         self._specialize_asked = False
-        self._events: deque[Invocation] = deque()
-        self._waiter: asyncio.Future[Invocation] | None = None  # a parked `/next`
+        self._events: asyncio.Queue[Invocation] = asyncio.Queue(maxsize=1)
         self._in_flight: dict[str, Invocation] = {}
 
     def deliver(self, invocation: Invocation) -> None:
-        """Hand the event to the runtime's parked `/next`, or keep it for the next one; a sandbox
-        runs one invocation at a time."""
+        """Queue the event for the runtime's `/next`; a sandbox runs one invocation at a time."""
         self._in_flight[invocation.request_id] = invocation
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(invocation)
-        else:
-            self._events.append(invocation)
+        self._events.put_nowait(invocation)
 
     def forget(self, request_id: str) -> None:
         self._in_flight.pop(request_id, None)
 
-    def next_event(self) -> Invocation | asyncio.Future[Invocation]:
-        """The waiting event, or a future of the next one (one `/next` waits at a time)."""
+    async def next_event(self) -> Invocation:
         if not self.ready.done():
             self.ready.set_result(None)
-        if self._events:
-            return self._events.popleft()
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.cancel()  # a runtime that reconnected: its new poll replaces the old
-        self._waiter = asyncio.get_running_loop().create_future()
-        return self._waiter
+        return await self._events.get()
 
     def complete(self, request_id: str, outcome: RuntimeOutcome) -> bool:
         invocation = self._in_flight.pop(request_id, None)
@@ -108,26 +90,21 @@ class RuntimeChannel:
         invocation.outcome.set_result(outcome)
         return True
 
-    @property
-    def specialization_future(self) -> asyncio.Future[bytes] | None:
-        return self._specialization
-
     def specialize(self, body: bytes) -> None:
         """Answer the stem cell's pending (or next) specialize poll with `body`."""
         if self._specialization is None or self._specialization.done():
             raise RuntimeError("this sandbox is not an unspecialised stem cell")
         self._specialization.set_result(body)
 
-    def specialization(self) -> asyncio.Future[bytes] | None:
-        """The answer to a specialize poll, when it comes; None (404) unless this is a stem
-        cell's first ask."""
+    async def specialization(self) -> bytes | None:
+        """The body for a specialize poll; None (404) unless this is a stem cell's first ask."""
         if self._specialization is None or self._specialize_asked:
             return None
         self._specialize_asked = True
         assert self.stem_waiting is not None
         if not self.stem_waiting.done():
             self.stem_waiting.set_result(None)
-        return self._specialization
+        return await self._specialization
 
     def fail_init(self, outcome: RuntimeOutcome) -> None:
         if not self.init_error.done():
@@ -162,21 +139,21 @@ class _Request:
 
 
 class RuntimeApiProtocol(asyncio.Protocol):
-    """One connection from the runtime. Requests on a connection are answered in order: the
-    first unanswered one is handled; one that must wait (a long poll) parks the rest behind it."""
+    """One connection from the runtime. Requests on a connection are answered in order."""
 
     def __init__(self, channel: RuntimeChannel) -> None:
         self._channel = channel
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._current = _Request()
-        self._pending: deque[_Request] = deque()
-        self._parked: asyncio.Future[Any] | None = None
+        self._queue: asyncio.Queue[_Request] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        self._worker = asyncio.create_task(self._serve())
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -187,13 +164,8 @@ class RuntimeApiProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
-        self._pending.clear()
-        if self._parked is not None:
-            # A `/next` parked here must not take the next event to a closed connection (the
-            # channel drops a cancelled waiter); a specialize poll stays answered for whoever asks.
-            if not self._parked.done() and self._parked is not self._channel.specialization_future:
-                self._parked.cancel()
-            self._parked = None
+        if self._worker is not None:
+            self._worker.cancel()
 
     # -- httptools callbacks -------------------------------------------------------------------
 
@@ -217,86 +189,65 @@ class RuntimeApiProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._current.method = self._parser.get_method().decode()
-        self._pending.append(self._current)
-        if self._parked is None:
-            self._answer_pending()
+        self._queue.put_nowait(self._current)
 
     # -- handling ------------------------------------------------------------------------------
 
-    def _answer_pending(self, held: list[bytes] | None = None) -> None:
-        """Answer what can be answered now, in order, in one write. When a `/next` must wait
-        and the runtime pipelined it behind requests answered here (our bootstraps post a result
-        and ask for the next event in one write), those answers are held and go out with the
-        event: the runtime has nothing to do with a 202 before its next event, and waking it
-        for one costs both sides a context switch per invocation. A runtime that waits for each
-        answer before asking again is never held up: nothing stands behind its request."""
-        out = held if held is not None else []
-        while self._pending and self._parked is None and self._transport is not None:
-            answer = self._handle(self._pending[0])
-            if isinstance(answer, bytes):
-                self._pending.popleft()
-                out.append(answer)
-                continue
-            self._parked = future = answer[0]
-            if out and answer[1] is _next_response:
-                future.add_done_callback(functools.partial(self._unpark, answer[1], out))
-                return
-            future.add_done_callback(functools.partial(self._unpark, answer[1], None))
-        if out:
-            self._write(b"".join(out) if len(out) > 1 else out[0])
+    async def _serve(self) -> None:
+        while True:
+            request = await self._queue.get()
+            self._write(await self._handle(request))
 
-    def _unpark(self, render: Callable[[Any], bytes], held: list[bytes] | None, future: asyncio.Future[Any]) -> None:
-        if future is not self._parked:
-            return  # the connection was lost meanwhile
-        self._parked = None
-        self._pending.popleft()
-        out = held if held is not None else []
-        if not future.cancelled():
-            out.append(render(future.result()))
-        self._answer_pending(out)
-
-    def _handle(self, request: _Request) -> bytes | tuple[asyncio.Future[Any], Callable[[Any], bytes]]:
-        """The answer now, or a future of what to answer and how to render it."""
+    async def _handle(self, request: _Request) -> bytes:
         path = request.url.decode("latin-1").split("?", 1)[0]
         if request.method == "GET" and path == f"{_PREFIX}/invocation/next":
-            event = self._channel.next_event()
-            if isinstance(event, Invocation):
-                return _next_response(event)
-            return event, _next_response
+            return self._next_response(await self._channel.next_event())
         if request.method == "GET" and path == f"{_PREFIX}/firebox/specialize":
-            specialization = self._channel.specialization()
-            if specialization is not None:
-                return specialization, _ok
+            body = await self._channel.specialization()
+            if body is not None:
+                return _response(200, body)
         if request.method == "POST" and path == f"{_PREFIX}/init/error":
             error_type = request.headers.get("lambda-runtime-function-error-type", "Runtime.Unknown")
             self._channel.fail_init(RuntimeOutcome(b"".join(request.body), error_type))
             return _ACCEPTED
         found = _INVOCATION_PATH.fullmatch(path)
         if request.method == "POST" and found:
-            return self._complete(request, *found.groups())
+            request_id, kind = found.groups()
+            if request.too_large:
+                outcome = RuntimeOutcome(
+                    json.dumps({
+                        # AWS's wording, odd number included.
+                        "errorMessage": "Response payload size exceeded maximum allowed payload size (6291556 bytes).",
+                        "errorType": "Function.ResponseSizeTooLarge",
+                    }).encode(),
+                    "Function.ResponseSizeTooLarge",
+                )
+                self._channel.complete(request_id, outcome)
+                return _error(413, "RequestEntityTooLarge",
+                              f"Exceeded maximum allowed payload size ({MAX_RESPONSE_BYTES} bytes).")
+            body = b"".join(request.body)
+            if kind == "response":
+                outcome = RuntimeOutcome(body)
+            else:
+                error_type = request.headers.get("lambda-runtime-function-error-type", "Unhandled")
+                outcome = RuntimeOutcome(body, error_type)
+            if not self._channel.complete(request_id, outcome):
+                return _error(400, "InvalidRequestID", "Invalid request ID")
+            return _ACCEPTED
         return _error(404, "InvalidRequest", f"No Runtime API route for {request.method} {path}")
 
-    def _complete(self, request: _Request, request_id: str, kind: str) -> bytes:
-        if request.too_large:
-            outcome = RuntimeOutcome(
-                json.dumps({
-                    # AWS's wording, odd number included.
-                    "errorMessage": "Response payload size exceeded maximum allowed payload size (6291556 bytes).",
-                    "errorType": "Function.ResponseSizeTooLarge",
-                }).encode(),
-                "Function.ResponseSizeTooLarge",
-            )
-            self._channel.complete(request_id, outcome)
-            return _error(413, "RequestEntityTooLarge", f"Exceeded maximum allowed payload size ({MAX_RESPONSE_BYTES} bytes).")
-        body = b"".join(request.body)
-        if kind == "response":
-            outcome = RuntimeOutcome(body)
-        else:
-            error_type = request.headers.get("lambda-runtime-function-error-type", "Unhandled")
-            outcome = RuntimeOutcome(body, error_type)
-        if not self._channel.complete(request_id, outcome):
-            return _error(400, "InvalidRequestID", "Invalid request ID")
-        return _ACCEPTED
+    def _next_response(self, invocation: Invocation) -> bytes:
+        headers = {
+            "Lambda-Runtime-Aws-Request-Id": invocation.request_id,
+            "Lambda-Runtime-Deadline-Ms": str(invocation.deadline_ms),
+            "Lambda-Runtime-Invoked-Function-Arn": invocation.invoked_function_arn,
+            "Lambda-Runtime-Trace-Id": invocation.trace_id,
+        }
+        if invocation.client_context is not None:
+            headers["Lambda-Runtime-Client-Context"] = invocation.client_context
+        if invocation.cognito_identity is not None:
+            headers["Lambda-Runtime-Cognito-Identity"] = invocation.cognito_identity
+        return _response(200, invocation.payload, headers)
 
     def _write(self, data: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():
@@ -305,24 +256,6 @@ class RuntimeApiProtocol(asyncio.Protocol):
     def _close(self) -> None:
         if self._transport is not None:
             self._transport.close()
-
-
-def _next_response(invocation: Invocation) -> bytes:
-    headers = {
-        "Lambda-Runtime-Aws-Request-Id": invocation.request_id,
-        "Lambda-Runtime-Deadline-Ms": str(invocation.deadline_ms),
-        "Lambda-Runtime-Invoked-Function-Arn": invocation.invoked_function_arn,
-        "Lambda-Runtime-Trace-Id": invocation.trace_id,
-    }
-    if invocation.client_context is not None:
-        headers["Lambda-Runtime-Client-Context"] = invocation.client_context
-    if invocation.cognito_identity is not None:
-        headers["Lambda-Runtime-Cognito-Identity"] = invocation.cognito_identity
-    return _response(200, invocation.payload, headers)
-
-
-def _ok(body: bytes) -> bytes:
-    return _response(200, body)
 
 
 async def serve(channel: RuntimeChannel, sock: object) -> asyncio.AbstractServer:

@@ -78,7 +78,12 @@ def _pending_bytes(reader: asyncio.StreamReader) -> int:
     """Bytes written by the runtime that we have not consumed yet (pipe + reader buffer)."""
     buffered = len(getattr(reader, "_buffer", b""))
     transport = getattr(reader, "_transport", None)
-    pipe = transport.get_extra_info("pipe") if transport is not None else None
+    # asyncio's transports give the pipe; uvloop's use a socketpair and give its socket (without
+    # either, only the reader's buffer could be seen, and output still in flight would be
+    # recorded after the invocation's END and REPORT).
+    pipe = None
+    if transport is not None:
+        pipe = transport.get_extra_info("pipe") or transport.get_extra_info("socket")
     if pipe is None:
         return buffered
     try:
