@@ -76,7 +76,9 @@ def default_python_libs() -> Path | None:
 
 
 async def build_platform(settings: Settings) -> Platform:
-    data_dir = settings.data_dir
+    # Absolute: sandboxes bind host paths under it (code, stem cells), and bind sources must be
+    # absolute; the default `.firebox` is relative to where the server was started.
+    data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     store = SqliteMetadataStore(data_dir / "firebox.db")
     await store.open()
