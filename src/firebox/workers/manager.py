@@ -30,8 +30,8 @@ seen unless an idle sandbox is already there or the spec is no longer current.
 Start pacing: at most `start_slots` sandboxes are in the first `start_hold_s` of their start at
 once; the others wait for a slot (first come, first served). Starting a sandbox is CPU-bound (an
 interpreter starting, ~70 ms of CPU here), so 100 simultaneous cold starts on 2 cores sharing the
-CPU would all finish together, after ~5 s; paced, they finish one after another, the first ones
-in milliseconds, and the last no later. A start still running after `start_hold_s` (an init that
+CPU would all finish together, after ~4-5 s; paced, they finish one after another, the first
+after about one start's time, the last about as late as before. A start still running after `start_hold_s` (an init that
 sleeps or waits on the network) gives its slot up, so a slow init never holds others back longer.
 
 Known caveats: creation is not bounded here: concurrency tokens (counter) bound it upstream, but
