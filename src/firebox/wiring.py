@@ -18,6 +18,7 @@ from firebox.asyncinvoke.destinations import Targets
 from firebox.asyncinvoke.dispatcher import DispatchSettings, Dispatcher
 from firebox.asyncinvoke.queue import StoreEventQueue
 from firebox.asyncinvoke.service import AsyncInvokeService
+from firebox.control.api import FunctionVersion
 from firebox.control.registry import Registry
 from firebox.counter.local import LocalCounter
 from firebox.frontend.api import Services
@@ -98,6 +99,9 @@ async def build_platform(settings: Settings) -> Platform:
         policy = FixedKeepAlive(settings.keep_alive_s)
     workers = LocalWorkerManager(worker, keep_alive_s=settings.keep_alive_s, policy=policy)
 
+    async def prepare_code(version: FunctionVersion) -> None:
+        await worker.prepare_code(version.runtime, version.code_sha256_hex)
+
     registry = Registry(
         store,
         blobs,
@@ -105,6 +109,7 @@ async def build_platform(settings: Settings) -> Platform:
         settings.limits,
         runtimes=runtimes.names,
         architecture=runtimes.architecture,
+        prepare_steps=(prepare_code,),
         activation_delay_s=settings.activation_delay_s,
         on_change=workers.retire_function,
     )
@@ -125,6 +130,7 @@ async def build_platform(settings: Settings) -> Platform:
             "workers": dataclasses.asdict(workers.statistics()),
             "worker": dataclasses.asdict(worker.statistics()),
             "stem_cells": worker.stem_statistics(),
+            "code_cache": code_cache.statistics(),
             "backend": backend.statistics(),
         }
 

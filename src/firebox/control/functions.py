@@ -20,6 +20,7 @@ from firebox.control.api import (
     UpdateCode,
     UpdateConfiguration,
 )
+from firebox.control.preparation import PrepareFailure
 from firebox.control.records import ALIAS, EVENT_CONFIG, FUNCTION, VERSION, FunctionRecord
 from firebox.errors import InvalidParameterValue, PreconditionFailed, ResourceConflict, ResourceNotFound
 from firebox.store.api import Tx
@@ -133,7 +134,9 @@ def update_configuration(tx: Tx, scope: Scope, cmd: UpdateConfiguration) -> Func
     return latest
 
 
-def finish_preparation(tx: Tx, scope: Scope, name: str, revision_id: str, error: str | None) -> bool:
+def finish_preparation(
+    tx: Tx, scope: Scope, name: str, revision_id: str, failure: PrepareFailure | None
+) -> bool:
     """Apply the outcome of preparing revision `revision_id`; False if the function moved on."""
     doc = tx.get(FUNCTION, scope.account_id, name)
     if doc is None:
@@ -141,8 +144,11 @@ def finish_preparation(tx: Tx, scope: Scope, name: str, revision_id: str, error:
     record = records.record_from_doc(doc)
     if record.latest.revision_id != revision_id:
         return False
-    event = lifecycle.Event.PREPARED if error is None else lifecycle.Event.PREPARE_FAILED
-    latest = lifecycle.apply(record.latest, event, scope.function_arn(name), reason=error)
+    if failure is None:
+        latest = lifecycle.apply(record.latest, lifecycle.Event.PREPARED, scope.function_arn(name))
+    else:
+        latest = lifecycle.apply(record.latest, lifecycle.Event.PREPARE_FAILED, scope.function_arn(name),
+                                 reason=failure.reason, reason_code=failure.reason_code)
     save(tx, scope, dataclasses.replace(record, latest=latest))
     return True
 

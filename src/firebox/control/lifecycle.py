@@ -68,8 +68,13 @@ def initial(v: FunctionVersion) -> FunctionVersion:
     )
 
 
-def apply(v: FunctionVersion, event: Event, arn: str, reason: str | None = None) -> FunctionVersion:
-    """`v` after `event`; ResourceConflict when the event is not legal in v's phase."""
+def apply(
+    v: FunctionVersion, event: Event, arn: str, reason: str | None = None,
+    reason_code: str = "InvalidZipFileException",
+) -> FunctionVersion:
+    """`v` after `event`; ResourceConflict when the event is not legal in v's phase. A
+    PREPARE_FAILED carries its `reason` and `reason_code` (AWS's StateReasonCode: the package's
+    fault is `InvalidZipFileException`, the host's `InternalError`)."""
     current = phase_of(v)
     target = _TRANSITIONS.get((current, event))
     if target is None:
@@ -91,12 +96,12 @@ def apply(v: FunctionVersion, event: Event, arn: str, reason: str | None = None)
                       last_update_status_reason="The function is being created.",
                       last_update_status_reason_code="Creating")
     elif target is Phase.FAILED:
-        fields.update(state=State.FAILED, state_reason=reason, state_reason_code="InvalidZipFileException",
+        fields.update(state=State.FAILED, state_reason=reason, state_reason_code=reason_code,
                       last_update_status=UpdateStatus.FAILED, last_update_status_reason=reason,
-                      last_update_status_reason_code="InvalidZipFileException")
+                      last_update_status_reason_code=reason_code)
     elif event is Event.PREPARE_FAILED:
         fields.update(last_update_status=UpdateStatus.FAILED, last_update_status_reason=reason,
-                      last_update_status_reason_code="InvalidZipFileException")
+                      last_update_status_reason_code=reason_code)
     else:
         fields.update(state=State.ACTIVE, state_reason=None, state_reason_code=None,
                       last_update_status=UpdateStatus.SUCCESSFUL, last_update_status_reason=None,

@@ -3,8 +3,16 @@ InProgress to Successful).
 
 Preparing a revision means checking that its code package is stored intact (the blob's bytes
 hash to the recorded CodeSha256 and unzip safely) and then running the host-specific steps that
-`wiring` plugs in (the worker's code cache, once it exists). The outcome is written back with
+`wiring` plugs in: the worker's code cache (`LocalWorker.prepare_code`: unpack, precompile with
+the runtime's interpreter, describe the package), so that the first invoke after Active finds
+the package ready, as Lambda's does after its own Pending. The outcome is written back with
 `functions.finish_preparation`, which ignores a result for a revision that is no longer current.
+
+A failure is a `PrepareFailure` (AWS's StateReasonCode and StateReason): the package's fault
+(missing, corrupt, a step's ApiError) is `InvalidZipFileException`; a step's `ServiceError`,
+the host's own failure, is `InternalError`. Either moves the function to Failed (an update: to
+LastUpdateStatus Failed). A step that raises anything else is a bug: it is logged, and the
+function stays Pending until the next start re-enqueues it.
 
 The `Preparer` owns its tasks: `start()` launches a supervisor that runs one task per job under
 a bounded semaphore, `stop()` cancels them and waits. Jobs lost to a stop are not lost for good:
@@ -18,19 +26,27 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from firebox import codezip
 from firebox.control.api import FunctionVersion
-from firebox.errors import ApiError
+from firebox.errors import ApiError, ServiceError
 from firebox.settings import Limits
 from firebox.store.api import BlobStore
 
 log = logging.getLogger(__name__)
 
-# Host-specific preparation steps (the worker's code cache later); raise ApiError to fail.
+
+class PrepareFailure(NamedTuple):
+    reason_code: str  # StateReasonCode / LastUpdateStatusReasonCode
+    reason: str  # StateReason / LastUpdateStatusReason
+
+
+# Host-specific preparation steps (the worker's code cache); raise ApiError to fail.
 PrepareStep = Callable[[FunctionVersion], Awaitable[None]]
-# Writes the outcome: (function name, revision id, error message or None).
-Finish = Callable[[str, str, str | None], Awaitable[bool]]
+# Writes the outcome: (function name, revision id, failure or None).
+Finish = Callable[[str, str, PrepareFailure | None], Awaitable[bool]]
+_PACKAGE_FAULT = "InvalidZipFileException"
 
 
 @dataclass(frozen=True)
@@ -93,25 +109,26 @@ class Preparer:
     async def _run(self, version: FunctionVersion) -> None:
         self._running += 1
         try:
-            error = await self._prepare(version)
-            if error is None:
+            failure = await self._prepare(version)
+            if failure is None:
                 self._prepared += 1
             else:
                 self._failed += 1
-            await self._finish(version.name, version.revision_id, error)
+            await self._finish(version.name, version.revision_id, failure)
         except Exception:  # a bug here must not stop the supervisor: log it, the function stays busy
             log.exception("preparing %s failed unexpectedly", version.name)
         finally:
             self._running -= 1
             self._slots.release()
 
-    async def _prepare(self, version: FunctionVersion) -> str | None:
+    async def _prepare(self, version: FunctionVersion) -> PrepareFailure | None:
         try:
             data = await self._blobs.get(version.code_sha256_hex)
         except KeyError:
-            return "The function's code package is missing from the blob store."
+            return PrepareFailure(_PACKAGE_FAULT, "The function's code package is missing from the blob store.")
         if hashlib.sha256(data).hexdigest() != version.code_sha256_hex:
-            return "The function's code package is corrupt (its SHA-256 does not match CodeSha256)."
+            return PrepareFailure(
+                _PACKAGE_FAULT, "The function's code package is corrupt (its SHA-256 does not match CodeSha256).")
         try:
             await asyncio.to_thread(
                 codezip.inspect_zip,
@@ -122,8 +139,10 @@ class Preparer:
             )
             for step in self._steps:
                 await step(version)
+        except ServiceError as exc:
+            return PrepareFailure("InternalError", exc.message)
         except ApiError as exc:
-            return exc.message
+            return PrepareFailure(_PACKAGE_FAULT, exc.message)
         if self._delay_s:
             await asyncio.sleep(self._delay_s)
         return None

@@ -26,7 +26,7 @@ from firebox.control.api import (
     UpdateCode,
     UpdateConfiguration,
 )
-from firebox.control.preparation import PrepareStep, Preparer
+from firebox.control.preparation import PrepareFailure, PrepareStep, Preparer
 from firebox.errors import InvalidParameterValue, ResourceNotFound
 from firebox.settings import Limits
 from firebox.store.api import BlobStore, MetadataStore, Tx
@@ -84,8 +84,8 @@ class Registry:
     def statistics(self) -> object:
         return self._preparer.statistics()
 
-    async def _finish_preparation(self, name: str, revision_id: str, error: str | None) -> bool:
-        return await self._write(lambda tx: functions.finish_preparation(tx, self._scope, name, revision_id, error))
+    async def _finish_preparation(self, name: str, revision_id: str, failure: PrepareFailure | None) -> bool:
+        return await self._write(lambda tx: functions.finish_preparation(tx, self._scope, name, revision_id, failure))
 
     async def _write(self, work: Callable[[Tx], T]) -> T:
         try:

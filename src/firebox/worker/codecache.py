@@ -1,7 +1,9 @@
 """The worker's code cache: each code package (CodeSha256) unpacked once, shared read-only by
 every sandbox of the versions that use it.
 
-`CodeCache.ensure(sha256_hex, python=...)` returns `root/<hex>`:
+`CodeCache.ensure(sha256_hex, python=...)` returns `root/<hex>`. Its first caller is
+normally the registry's preparation (`LocalWorker.prepare_code`, while the function is
+Pending), so the invoke path meets case 1; it is the invoke path's own fallback otherwise:
 
 1. a hit when `root/<hex>` exists (published trees are complete by construction);
 2. otherwise, once per hash however many callers ask at the same time (one asyncio future per

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from firebox.errors import ServiceError
 from firebox.ids import trace_id
 from firebox.logs.api import LogSink
 from firebox.runtimes.api import (
@@ -301,6 +302,30 @@ class LocalWorker:
                 return CellKey(spec.runtime, spec.ephemeral_storage_mb, "boto3")
         return CellKey(spec.runtime, spec.ephemeral_storage_mb)
 
+    def _compiler(self, runtime: str) -> Path | None:
+        """The interpreter that precompiles packages for `runtime` (Python only)."""
+        return self._runtimes.interpreters.get(runtime) if runtime.startswith("python") else None
+
+    async def prepare_code(self, runtime: str | None, code_sha256_hex: str) -> None:
+        """Ready package `code_sha256_hex` for `runtime` before its first cold start: the
+        registry's preparation step, run while the function is Pending (an update InProgress).
+        Unpacks it into the code cache, precompiles it with the runtime's interpreter (Python),
+        and, where a stem cell could serve it, describes it (`CodeCache.traits`), so the first
+        invoke finds all of it done. `create_sandbox` still does whatever is missing (a cache
+        wiped or moved since). Raises InvalidParameterValue when the package fails the zip
+        checks, ServiceError for the host's own failures."""
+        if runtime is None:
+            return
+        try:
+            await self._code_cache.ensure(code_sha256_hex, python=self._compiler(runtime))
+            if self._stems is not None and runtime.startswith("python"):
+                await self._code_cache.traits(code_sha256_hex)
+        except KeyError as exc:
+            raise ServiceError("The function's code package is missing from the worker's blob store.") from exc
+        except OSError as exc:
+            raise ServiceError(
+                f"The function's code package could not be unpacked on the worker: {exc.strerror or type(exc).__name__}") from exc
+
     def _small_package(self, code_dir: Path) -> bool:
         """True when `code_dir` holds at most SMALL_PACKAGE_ENTRIES files and folders: linking it
         into a cell takes ~0.1 ms, where a hop to a thread and back costs ~0.5 ms on the cold
@@ -323,7 +348,7 @@ class LocalWorker:
         error (`Sandbox.init_failure`) for the invocation that triggered it."""
         interpreter = self._runtimes.interpreters.get(spec.runtime)
         is_python = spec.runtime.startswith("python")
-        code_dir = await self._code_cache.ensure(spec.code_sha256_hex, python=interpreter if is_python else None)
+        code_dir = await self._code_cache.ensure(spec.code_sha256_hex, python=self._compiler(spec.runtime))
         key = await self._cell_key(spec) if interpreter is not None else None
         if key is not None and self._stems is not None:
             cell = await self._stems.take(key)
