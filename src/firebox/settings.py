@@ -48,8 +48,9 @@ class Settings:
     activation_delay_s: float = 0.0
     # Log one line per request to the console.
     access_log: bool = True
-    # Sandboxes: "auto" (isolated where Linux namespaces work, else the plain-process fallback),
-    # "isolated" or "process".
+    # Sandboxes: "auto" (isolated where Linux namespaces work, Python sandboxes forked from
+    # zygotes; else the plain-process fallback), "zygote" (the same, never falling back),
+    # "isolated" (bubblewrap alone) or "process".
     sandbox_backend: str = "auto"
     # How long an idle warm sandbox is kept before it is reaped: "hybrid" learns each function's
     # idle times (workers/keepalive.py) and falls back to `keep_alive_s` until it has enough;
@@ -121,8 +122,8 @@ class Settings:
             raise ValueError(f"stem cells must be 0 or more, got {self.stem_cells}")
         if self.keep_alive_policy not in ("hybrid", "fixed"):
             raise ValueError(f"keep-alive policy must be hybrid or fixed, got {self.keep_alive_policy!r}")
-        if self.sandbox_backend not in ("auto", "isolated", "process"):
-            raise ValueError(f"sandbox backend must be auto, isolated or process, got {self.sandbox_backend!r}")
+        if self.sandbox_backend not in ("auto", "zygote", "isolated", "process"):
+            raise ValueError(f"sandbox backend must be auto, zygote, isolated or process, got {self.sandbox_backend!r}")
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

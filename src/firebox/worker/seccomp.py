@@ -70,7 +70,7 @@ class SeccompUnavailable(RuntimeError):
 
 _LIB_CANDIDATES = ("libseccomp.so.2", "/usr/lib/x86_64-linux-gnu/libseccomp.so.2")
 _lock = threading.Lock()
-_compiled: bytes | None = None
+_compiled: dict[bool, bytes] = {}
 
 
 def _load() -> ctypes.CDLL:
@@ -90,6 +90,9 @@ def _load() -> ctypes.CDLL:
         lib.seccomp_release.restype = None
         lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
         lib.seccomp_rule_add.restype = ctypes.c_int
+        lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
+                                                ctypes.POINTER(_ArgCmp)]
+        lib.seccomp_rule_add_array.restype = ctypes.c_int
         lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
         lib.seccomp_syscall_resolve_name.restype = ctypes.c_int
         lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
@@ -101,8 +104,24 @@ def _load() -> ctypes.CDLL:
     )
 
 
-def compile_filter(denied: tuple[str, ...] = DENIED) -> bytes:
-    """Build the deny-list filter and return it as a raw BPF program (struct sock_filter[])."""
+class _ArgCmp(ctypes.Structure):
+    """libseccomp's `struct scmp_arg_cmp`."""
+
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
+                ("datum_b", ctypes.c_uint64)]
+
+
+_SCMP_CMP_MASKED_EQ = 7
+CLONE_NEWUSER = 0x10000000
+
+
+def compile_filter(denied: tuple[str, ...] = DENIED, *, deny_new_userns: bool = False) -> bytes:
+    """Build the deny-list filter and return it as a raw BPF program (struct sock_filter[]).
+
+    `deny_new_userns`: also refuse `clone` with CLONE_NEWUSER (EPERM) and `clone3` altogether
+    (ENOSYS, whose flags sit in memory a filter cannot read; glibc then falls back to `clone`).
+    `unshare` is refused anyway. For sandboxes that bubblewrap's `--disable-userns` does not
+    cover (the zygote backend's)."""
     lib = _load()
     ctx = lib.seccomp_init(SCMP_ACT_ALLOW)
     if not ctx:
@@ -116,6 +135,15 @@ def compile_filter(denied: tuple[str, ...] = DENIED) -> bytes:
             rc = lib.seccomp_rule_add(ctx, deny, number, 0)
             if rc < 0:
                 raise SeccompUnavailable(f"seccomp_rule_add({name}) failed: {os.strerror(-rc)}")
+        if deny_new_userns:
+            newuser = _ArgCmp(0, _SCMP_CMP_MASKED_EQ, CLONE_NEWUSER, CLONE_NEWUSER)
+            rc = lib.seccomp_rule_add_array(ctx, deny, lib.seccomp_syscall_resolve_name(b"clone"), 1,
+                                            ctypes.byref(newuser))
+            clone3 = lib.seccomp_syscall_resolve_name(b"clone3")
+            if rc >= 0 and clone3 != _NR_SCMP_ERROR:
+                rc = lib.seccomp_rule_add(ctx, scmp_act_errno(errno.ENOSYS), clone3, 0)
+            if rc < 0:
+                raise SeccompUnavailable(f"the user-namespace rules failed: {os.strerror(-rc)}")
         fd = os.memfd_create("firebox-seccomp-export", os.MFD_CLOEXEC)
         try:
             rc = lib.seccomp_export_bpf(ctx, fd)
@@ -135,13 +163,12 @@ def compile_filter(denied: tuple[str, ...] = DENIED) -> bytes:
     return program
 
 
-def compiled_filter() -> bytes:
+def compiled_filter(*, deny_new_userns: bool = False) -> bytes:
     """The process-wide filter, compiled on first use and cached."""
-    global _compiled
     with _lock:
-        if _compiled is None:
-            _compiled = compile_filter()
-        return _compiled
+        if deny_new_userns not in _compiled:
+            _compiled[deny_new_userns] = compile_filter(deny_new_userns=deny_new_userns)
+        return _compiled[deny_new_userns]
 
 
 def filter_fd() -> int:

@@ -1,0 +1,521 @@
+"""Firebox's Python zygote: one pre-started, pre-imported interpreter from which isolated
+sandboxes are forked (the SOCK / OpenLambda idea), instead of starting bubblewrap and a new
+interpreter for each.
+
+Started by the platform (`firebox.worker.backends.zygote`) as root, as
+`python3.x -u -S -B zygote.py FD` with FD a SOCK_SEQPACKET control socket (its first message:
+the configuration, JSON), stdin
+/dev/null and an environment holding only the start-up variables of the functions it will serve
+(TZ, LANG, PATH, LD_LIBRARY_PATH...: the platform keeps one zygote per distinct set). Standard
+library only, like the bootstrap.
+
+The zygote itself
+-----------------
+1. Enters a private mount namespace and a new, empty network namespace, builds a read-only root
+   shaped exactly like a bubblewrap sandbox's (the host's /usr and /lib* symlinks, the backend's
+   minimal /etc, a small /dev, /var/runtime, the extra binds, empty /var/task and /tmp), keeps a
+   bind of the host's /proc (a new proc may only be mounted where a full one is visible), and
+   pivots into it. From then on every path it imports from is the path a sandbox sees.
+2. Loads the runtime (`bootstrap.py`, `stem.py`) and the flavour's preloads (boto3), freezes the
+   garbage collector's generations (so that children's collections do not write to, and copy,
+   the shared pages), says `ready` and serves spawn requests, single-threaded.
+
+A spawn (one per sandbox)
+-------------------------
+The platform sends a JSON request and fds (SCM_RIGHTS): the sandbox's network namespace (made by
+the platform, the Runtime API listener inside), its cgroup `tasks` files, an O_PATH fd of its code
+directory, the write ends of its stdout and stderr pipes. The zygote forks a MIDDLE process,
+which as root:
+
+1. joins the network namespace and the cgroups (so everything below is charged to the sandbox);
+2. enters its own mount namespace: binds the code directory read-only on /var/task, mounts a
+   tmpfs of EphemeralStorage bytes on /tmp and a small one on /dev/shm;
+3. sets the rlimits, drops to the sandbox's host uid (no supplementary groups), then unshares
+   user, mount, pid, ipc, uts and cgroup namespaces with uid 993 / gid 990 mapped to that uid
+   (every mount made so far is now locked: nothing inside can undo it), sets the hostname;
+4. forks INIT, pid 1 of the new pid namespace, waits for INIT to say `ready` (or why not),
+   reports INIT's host pid to the platform and exits. The zygote, a child subreaper, inherits
+   INIT and reports its exit status when it dies.
+
+INIT mounts a new /proc, drops every capability (bounding set, effective, permitted,
+inheritable, ambient), sets no_new_privs, installs the platform's seccomp filter (the bubblewrap
+backend's deny-list plus refusing new user namespaces through clone and clone3), forks the
+RUNTIME (pid 2) and then only reaps; it exits with the runtime's status, or 128+N when a signal
+N killed it, as bubblewrap's init does. The RUNTIME takes stdout/stderr, closes every other fd,
+starts a new session, replaces its environment with the function's and runs the command it was
+asked for, `bootstrap.py` or `stem.py [flavour]`, with the modules the zygote loaded.
+
+What differs from an exec'd runtime: `/proc/self/environ` shows the zygote's start-up variables,
+not the function's; modules the zygote needed for itself (ctypes, select, gc) are imported
+already; every child shares the zygote's address-space layout (ASLR is per zygote, not per
+sandbox, as in Android's zygote) and hash seed. The platform restarts zygotes; see the backend.
+"""
+
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if sys.path and (sys.path[0] == "" or os.path.abspath(sys.path[0]) == _HERE):
+    del sys.path[0]
+
+import base64  # noqa: E402
+import ctypes  # noqa: E402
+import gc  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import select  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import struct  # noqa: E402
+import time  # noqa: E402
+
+SANDBOX_UID = 993
+SANDBOX_GID = 990
+MAX_MESSAGE = 1 << 20
+MAX_FDS = 16
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+PR_SET_DUMPABLE = 4
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+SYS_PIVOT_ROOT = 155  # x86_64
+SYS_CAPSET = 126  # x86_64
+SYS_MOVE_MOUNT = 429
+AT_FDCWD = -100
+MOVE_MOUNT_F_EMPTY_PATH = 4
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.syscall.restype = ctypes.c_long
+
+
+def _check(result, what):
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "%s: %s" % (what, os.strerror(err)))
+
+
+def mount(source, target, fstype=None, flags=0, data=None):
+    enc = lambda value: value.encode() if isinstance(value, str) else value  # noqa: E731
+    _check(_libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)),
+           "mount %s on %s" % (source, target))
+
+
+def bind(source, target, flags=MS_NOSUID | MS_NODEV):
+    """A recursive read-only bind (two calls: the kernel ignores MS_RDONLY on the first)."""
+    mount(source, target, None, MS_BIND | MS_REC)
+    mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
+
+
+def unshare(flags):
+    _check(_libc.unshare(flags), "unshare(%#x)" % flags)
+
+
+def prctl(option, arg2=0, arg3=0):
+    _check(_libc.prctl(option, arg2, arg3, 0, 0), "prctl(%d)" % option)
+
+
+# --- the zygote's root ------------------------------------------------------------------------
+
+
+def build_root(config):
+    """Private mount and network namespaces, a bubblewrap-shaped read-only root, pivot into it."""
+    unshare(CLONE_NEWNS | CLONE_NEWNET)
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    root = config["root"]
+    mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
+
+    def at(path):
+        return os.path.join(root, path.lstrip("/"))
+
+    def mkdirs(path):
+        os.makedirs(at(path), mode=0o755, exist_ok=True)
+
+    mkdirs("/usr")
+    bind("/usr", at("/usr"), 0)
+    for name in ("bin", "sbin", "lib", "lib64", "lib32"):
+        host = "/" + name
+        if os.path.islink(host):
+            os.symlink(os.readlink(host), at(host))
+        elif os.path.isdir(host):
+            mkdirs(host)
+            bind(host, at(host), 0)
+    mkdirs("/etc")
+    bind(config["etc"], at("/etc"))
+    for name in config["etc_binds"]:
+        bind("/etc/" + name, at("/etc/" + name))
+    make_dev(at("/dev"))
+    mkdirs("/proc")
+    mount("/proc", at("/proc"), None, MS_BIND | MS_REC)  # covered by each sandbox's own proc
+    for path in ("/var/task", "/var/runtime", "/tmp"):
+        mkdirs(path)
+    bind(config["runtime_dir"], at("/var/runtime"))
+    for host, target in config["extra_binds"]:
+        mkdirs(target)
+        bind(host, at(target))
+    os.chdir(root)
+    _check(_libc.syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
+    _check(_libc.umount2(b".", MNT_DETACH), "umount the old root")
+    os.chdir("/")
+    mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def make_dev(dev):
+    """A small /dev like bubblewrap's --dev: the harmless devices, bound from the host."""
+    os.makedirs(dev, mode=0o755, exist_ok=True)
+    mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=0755,size=64k")
+    for name in ("null", "zero", "full", "random", "urandom", "tty"):
+        open(os.path.join(dev, name), "w").close()
+        mount("/dev/" + name, os.path.join(dev, name), None, MS_BIND)
+    os.mkdir(os.path.join(dev, "shm"), 0o755)
+    os.mkdir(os.path.join(dev, "pts"), 0o755)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                         ("stderr", "/proc/self/fd/2"), ("core", "/proc/kcore"), ("ptmx", "pts/ptmx")):
+        os.symlink(target, os.path.join(dev, name))
+    mount(None, dev, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID)
+
+
+# --- the runtime ------------------------------------------------------------------------------
+
+
+def load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Runtime:
+    """What the zygote loaded once for every child: the bootstrap and the stem cell code (and,
+    for the `boto3` flavour, boto3); nothing for the `script` flavour."""
+
+    def __init__(self, flavour, seccomp):
+        self.flavour = flavour
+        self.seccomp = seccomp
+        if flavour != "script":
+            self.stem = load("_firebox_stem", "/var/runtime/python/stem.py")
+            self.bootstrap = self.stem.load_bootstrap()
+            self.stem.preload(self.bootstrap, flavour)
+
+    def run(self, kind, argv):
+        """The child's command, in process: `bootstrap`, `stem` or `script` (argv: the script
+        and its arguments). Returns its exit status."""
+        if kind == "script":
+            import runpy
+
+            sys.argv = list(argv)
+            sys.path[0:0] = [os.path.dirname(argv[0])]
+            runpy.run_path(argv[0], run_name="__main__")
+            return 0
+        if kind == "stem":
+            self.stem.load_bootstrap = lambda: self.bootstrap
+            self.stem.preload = lambda bootstrap, flavour: None  # done in the zygote
+            sys.argv = ["-c", self.stem.__file__] + ([] if self.flavour == "plain" else [self.flavour])
+            return self.stem.main()
+        sys.argv = ["-c", self.bootstrap.__file__]
+        return self.bootstrap.main()
+
+
+# --- a spawn ----------------------------------------------------------------------------------
+
+
+def spawn(runtime, request, fds, control):
+    """In the MIDDLE process (forked by the zygote, root): see the module docstring. Never
+    returns."""
+    status = 1
+    try:
+        init_pid = start_sandbox(runtime, request, fds)
+        reply = {"id": request["id"], "pid": init_pid}
+        status = 0
+    except BaseException as exc:  # noqa: BLE001 - reported to the platform, then exit
+        reply = {"id": request["id"], "error": "%s: %s" % (type(exc).__name__, exc)}
+    try:
+        control.send(json.dumps(reply).encode())
+    finally:
+        os._exit(status)
+
+
+def start_sandbox(runtime, request, fds):
+    netns, code, stdout, stderr = fds[:4]
+    cgroup_tasks = fds[4:]
+    _check(_libc.setns(netns, CLONE_NEWNET), "setns(net)")
+    for fd in cgroup_tasks:
+        os.write(fd, b"0")
+    show_as(request["cmdline"], request["environment"])
+    unshare(CLONE_NEWNS)
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    # `code` is a detached, read-only copy of the code directory's mount (open_tree, made by the
+    # platform in its own mount namespace): attached here, it is this sandbox's alone.
+    _check(_libc.syscall(SYS_MOVE_MOUNT, code, b"", AT_FDCWD, b"/var/task", MOVE_MOUNT_F_EMPTY_PATH), "move_mount /var/task")
+    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=%d" % request["tmp_bytes"])
+    mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=%d" % request["shm_bytes"])
+    for fd in (netns, code, *cgroup_tasks):
+        os.close(fd)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (request["max_open_files"],) * 2)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NPROC, (request["max_processes"],) * 2)
+    uid = request["uid"]
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    prctl(PR_SET_DUMPABLE, 1)  # the uid change cleared it; /proc/self/uid_map needs it
+    unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP)
+    for name, text in (("setgroups", "deny"), ("uid_map", "%d %d 1" % (SANDBOX_UID, uid)),
+                       ("gid_map", "%d %d 1" % (SANDBOX_GID, uid))):
+        with open("/proc/self/" + name, "w") as handle:
+            handle.write(text)
+    socket.sethostname(request["hostname"])
+    ready_read, ready_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(ready_read)
+        init(runtime, request, ready_write, stdout, stderr)  # never returns
+    os.close(ready_write)
+    with os.fdopen(ready_read, "rb") as ready:
+        said = ready.read(65536)
+    if said != b"ready":
+        raise RuntimeError(said.decode(errors="replace") or "the sandbox's init died while starting")
+    return pid
+
+
+def show_as(argv, environment):
+    """Make /proc/self/cmdline and /proc/self/environ (and those of the processes forked from
+    here) show the sandbox's command and environment instead of the zygote's: both are rewritten
+    in place, NUL-padded (readers see trailing empty strings), in the areas the kernel shows. The
+    platform starts the zygote with room in both (a padding argument and variable), because the
+    kernel's way of moving them (PR_SET_MM) needs CAP_SYS_RESOURCE, which a host may withhold
+    even from root."""
+    with open("/proc/self/stat", "rb") as stat:
+        fields = stat.read().rpartition(b")")[2].split()
+    arg_start, arg_end, env_start, env_end = (int(fields[i]) for i in (45, 46, 47, 48))
+    cmdline = [arg.encode() + b"\0" for arg in argv]
+    environ = [("%s=%s" % item).encode() + b"\0" for item in environment.items()]
+    for start, end, entries in ((arg_start, arg_end, cmdline), (env_start, env_end, environ)):
+        data, room = b"", end - start
+        for entry in entries:  # whole entries only
+            if len(data) + len(entry) > room:
+                break
+            data += entry
+        ctypes.memmove(start, data.ljust(room, b"\0"), room)
+
+
+def init(runtime, request, ready_write, stdout, stderr):
+    """pid 1 of the sandbox. Never returns."""
+    try:
+        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        drop_privileges(runtime.seccomp)
+    except BaseException as exc:  # noqa: BLE001
+        os.write(ready_write, ("%s: %s" % (type(exc).__name__, exc)).encode())
+        os._exit(1)
+    pid = os.fork()
+    if pid == 0:
+        os.close(ready_write)
+        run_runtime(runtime, request, stdout, stderr)  # never returns
+    os.write(ready_write, b"ready")
+    os.close(ready_write)
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.closerange(3, 65536)
+    while True:
+        try:
+            reaped, status = os.wait()
+        except ChildProcessError:
+            os._exit(1)
+        except InterruptedError:
+            continue
+        if reaped == pid:
+            os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.waitstatus_to_exitcode(status))
+
+
+def drop_privileges(program):
+    """Every capability gone for good, no_new_privs, then the seccomp filter (BPF bytes)."""
+    with open("/proc/sys/kernel/cap_last_cap") as handle:
+        last = int(handle.read())
+    for cap in range(last + 1):
+        prctl(PR_CAPBSET_DROP, cap)
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    header = struct.pack("Ii", LINUX_CAPABILITY_VERSION_3, 0)
+    data = bytes(24)  # two (effective, permitted, inheritable) u32 triples, all zero
+    _check(_libc.syscall(SYS_CAPSET, header, data), "capset")
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    filters = ctypes.create_string_buffer(program, len(program))
+    # struct sock_fprog {unsigned short len; struct sock_filter *filter;}, 16 bytes on x86_64
+    fprog = ctypes.create_string_buffer(struct.pack("HxxxxxxQ", len(program) // 8, ctypes.addressof(filters)), 16)
+    prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog))
+
+
+def run_runtime(runtime, request, stdout, stderr):
+    """pid 2: the function's runtime. Never returns."""
+    status = 1
+    try:
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(stdout, 1)
+        os.dup2(stderr, 2)
+        os.closerange(3, 65536)
+        os.setsid()
+        os.chdir("/var/task")
+        os.environ.clear()
+        os.environ.update(request["environment"])
+        os.environ["PWD"] = "/var/task"
+        time.tzset()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.set_wakeup_fd(-1)
+        gc.unfreeze()  # the runtime's own objects: collected normally from here on
+        gc.enable()
+        importlib.invalidate_caches()
+        status = runtime.run(request["kind"], request["argv"])
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if not isinstance(exc.code, int) and exc.code is not None:
+            sys.stderr.write("%s\n" % exc.code)
+    except BaseException:  # noqa: BLE001 - as the interpreter would: traceback, status 1
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001
+                pass
+        os._exit(status if isinstance(status, int) else 1)
+
+
+# --- serving ----------------------------------------------------------------------------------
+
+
+def serve(runtime, control):
+    wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    middles = {}
+    while True:
+        readable, _, _ = select.select([control, wake_read], [], [])
+        if wake_read in readable:
+            while True:
+                try:
+                    if not os.read(wake_read, 4096):
+                        break
+                except BlockingIOError:
+                    break
+            reap(control, middles)
+        if control in readable:
+            message, fds = receive(control)
+            if message is None:
+                kill_children()  # the platform is gone: so are the sandboxes it started
+                return 0
+            try:
+                request = json.loads(message)
+                pid = os.fork()
+            except BaseException as exc:  # noqa: BLE001
+                for fd in fds:
+                    os.close(fd)
+                control.send(json.dumps({"id": None, "error": repr(exc)}).encode())
+                continue
+            if pid == 0:
+                signal.set_wakeup_fd(-1)
+                os.close(wake_read)
+                os.close(wake_write)
+                spawn(runtime, request, fds, control)
+            middles[pid] = request["id"]
+            for fd in fds:
+                os.close(fd)
+
+
+def kill_children():
+    """SIGKILL every child (middles and the sandboxes' inits; /proc is the host's here)."""
+    me = str(os.getpid())
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry, "rb") as stat:
+                parent = stat.read().rpartition(b")")[2].split()[1]
+        except (OSError, IndexError):
+            continue
+        if parent.decode() == me:
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def reap(control, middles):
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        middle = middles.pop(pid, None)
+        if middle is not None:
+            control.send(json.dumps({"id": middle, "middle": os.waitstatus_to_exitcode(status)}).encode())
+        else:
+            control.send(json.dumps({"exited": pid, "status": os.waitstatus_to_exitcode(status)}).encode())
+
+
+def receive(control):
+    fds = []
+    try:
+        message, ancillary, _, _ = control.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(MAX_FDS * 4))
+    except ConnectionResetError:
+        return None, []
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.extend(struct.unpack("%di" % (len(data) // 4), data[: len(data) - len(data) % 4]))
+    if not message:
+        for fd in fds:
+            os.close(fd)
+        return None, []
+    return message, fds
+
+
+def main():
+    control = socket.socket(fileno=int(sys.argv[1]))
+    try:
+        config = json.loads(control.recv(MAX_MESSAGE))
+        build_root(config)
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+        runtime = Runtime(config["flavour"], base64.b64decode(config["seccomp"]))
+    except BaseException as exc:  # noqa: BLE001 - the platform reads it and gives up on this zygote
+        control.send(json.dumps({"error": "%s: %s" % (type(exc).__name__, exc)}).encode())
+        return 1
+    gc.collect()
+    gc.freeze()
+    gc.disable()  # nothing allocates here in cycles; children re-enable
+    control.send(json.dumps({"ready": os.getpid()}).encode())
+    return serve(runtime, control)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""The zygote backend: sandboxes forked from a pre-imported interpreter keep every isolation
+promise of the bubblewrap backend (the same checks, imported from test_sandbox_isolated.py and
+run against this backend), plus what is particular to forking."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sandbox_helpers import PYTHON, TEST_UIDS, Agent, make_spec, run
+# Fixtures and checks, run here against zygotes (pytest resolves their fixtures in this module).
+from test_sandbox_isolated import (  # noqa: F401, F811
+    agent,
+    code,
+    loop,
+    test_a_cancelled_spawn_leaves_nothing_behind,
+    test_cleanup_of_a_running_sandbox_kills_it,
+    test_code_under_a_private_directory_is_bound_without_leaking_mounts,
+    test_denied_syscalls_fail_with_eperm,
+    test_exit_status_is_reported,
+    test_filesystem_is_read_only_minimal_and_sized,
+    test_fork_bomb_is_bounded_and_killed,
+    test_kill_ends_everything_and_cleanup_is_idempotent,
+    test_memory_limit_oom_kills,
+    test_memory_peak_is_plausible_and_resets,
+    test_no_fd_leak_and_protocols,
+    test_only_loopback_exists_and_host_services_are_unreachable,
+    test_reaches_the_runtime_api_through_its_variable,
+    test_sees_only_its_own_processes_and_nothing_of_the_platform,
+    test_unprivileged_identity_no_capabilities_no_new_privs_seccomp,
+)
+
+from firebox.runtimes.api import bootstrap_command, stem_command
+from firebox.worker.backends import ZygoteBackend, choose_backend
+from firebox.worker.backends._common import pids_of_uid
+from firebox.worker.backends.zygote import plan
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="the isolated backend needs root (netns, uid drop, cgroups)"),
+    pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def backend(loop: asyncio.AbstractEventLoop) -> Iterator[ZygoteBackend]:
+    backend = ZygoteBackend(uid_range=TEST_UIDS)
+    problem = backend.probe()
+    assert problem is None, problem
+    assert backend.zygote_problem is None, backend.zygote_problem
+    yield backend
+    forked = backend.statistics()["forked"]
+    run(loop, backend.close())
+    assert not backend.state_dir.exists()
+    assert forked >= 15  # every check above ran in a forked sandbox, not in a bubblewrap fallback
+
+
+def _spawn_agent(loop: asyncio.AbstractEventLoop, backend: ZygoteBackend, code: Path, **overrides: object) -> Agent:
+    before = backend.statistics()["forked"]
+    sandbox_agent = run(loop, Agent.start(backend, make_spec(code, **overrides)))
+    assert backend.statistics()["forked"] == before + 1, "not forked from a zygote"
+    return sandbox_agent
+
+
+def test_plan_recognises_the_runtime_commands_and_nothing_else(code: Path) -> None:
+    bootstrap = make_spec(code, command=tuple(bootstrap_command("python3.11", PYTHON)))
+    stem = make_spec(code, command=tuple(stem_command("python3.11", PYTHON, flavour="boto3")))
+    assert (plan(bootstrap).kind, plan(bootstrap).key.flavour) == ("bootstrap", "plain")  # type: ignore[union-attr]
+    assert (plan(stem).kind, plan(stem).key.flavour) == ("stem", "boto3")  # type: ignore[union-attr]
+    assert plan(make_spec(code)).kind == "script"  # type: ignore[union-attr]
+    assert plan(make_spec(code, command=("/usr/bin/node", "/var/runtime/nodejs/bootstrap.mjs"), runtime="nodejs20.x")) is None
+    assert plan(make_spec(code, command=(PYTHON, "-m", "http.server"))) is None
+    assert plan(make_spec(code, command=(PYTHON, "-c", "print(1)"))) is None
+    # the start-up environment is part of the key; the rest of the environment is not
+    a = plan(make_spec(code, environment={"LANG": "C.UTF-8", "A": "1"}))
+    b = plan(make_spec(code, environment={"LANG": "C.UTF-8", "A": "2"}))
+    c = plan(make_spec(code, environment={"LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}))
+    assert a is not None and b is not None and c is not None
+    assert a.key == b.key != c.key
+
+
+def test_shows_its_own_command_and_environment(loop, backend: ZygoteBackend, code: Path) -> None:
+    sandbox_agent = _spawn_agent(loop, backend, code)
+    try:
+        shown = run(loop, sandbox_agent.run(
+            "result = [open(f'/proc/{p}/{n}', 'rb').read().rstrip(b'\\0').decode().split('\\0') "
+            "for p in ('self', '1') for n in ('cmdline', 'environ')]"
+        ))
+        spec = sandbox_agent.sandbox.spec
+        environment = {**spec.environment, "AWS_LAMBDA_RUNTIME_API": "127.0.0.1:9001"}
+        expected = [list(spec.command), sorted(f"{k}={v}" for k, v in environment.items())]
+        for cmdline, environ in (shown[0:2], shown[2:4]):
+            assert cmdline == expected[0]
+            assert sorted(environ) == expected[1]
+    finally:
+        run(loop, sandbox_agent.close())
+
+
+def test_new_user_namespaces_are_refused(loop, agent: Agent) -> None:
+    result = run(loop, agent.run(r"""
+import ctypes, errno
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def call(*args):
+    ctypes.set_errno(0)
+    rc = libc.syscall(*args)
+    return rc, errno.errorcode.get(ctypes.get_errno(), ctypes.get_errno())
+CLONE_NEWUSER = 0x10000000
+SIGCHLD = 17
+result = {
+    "clone_newuser": call(56, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0),
+    "clone3": call(435, 0, 0),
+}
+"""))
+    assert result["clone_newuser"] == [-1, "EPERM"]
+    assert result["clone3"] == [-1, "ENOSYS"]
+    # ordinary process creation still works (clone without namespace flags)
+    assert run(loop, agent.run("import subprocess; result = subprocess.run(['/usr/bin/true']).returncode")) == 0
+
+
+def test_siblings_of_one_zygote_share_nothing(loop, backend: ZygoteBackend, code: Path) -> None:
+    first = _spawn_agent(loop, backend, code)
+    second = _spawn_agent(loop, backend, code)
+    try:
+        assert run(loop, first.run("open('/tmp/mine', 'w').write('first'); open('/dev/shm/mine', 'w').write('x'); result = 1"))
+        seen = run(loop, second.run(
+            "import os; result = (os.listdir('/tmp'), os.listdir('/dev/shm'), sorted(int(p) for p in os.listdir('/proc') if p.isdigit()), os.uname().nodename)"
+        ))
+        assert seen[0] == [] and seen[1] == [] and seen[2] == [1, 2]
+        assert seen[3] != run(loop, first.run("import os; result = os.uname().nodename"))
+        uids = {os.stat(f"/proc/{sandbox_agent.sandbox.pid}").st_uid for sandbox_agent in (first, second)}
+        assert len(uids) == 2 and uids <= set(TEST_UIDS)
+    finally:
+        run(loop, first.close())
+        run(loop, second.close())
+
+
+def test_start_up_variables_get_their_own_zygote(loop, backend: ZygoteBackend, code: Path) -> None:
+    sandbox_agent = _spawn_agent(loop, backend, code, environment={"LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"})
+    try:
+        assert run(loop, sandbox_agent.run("import sys; result = sys.flags.dont_write_bytecode")) == 1
+    finally:
+        run(loop, sandbox_agent.close())
+    plain = _spawn_agent(loop, backend, code)
+    try:
+        assert run(loop, plain.run("import sys; result = sys.flags.dont_write_bytecode")) == 0
+    finally:
+        run(loop, plain.close())
+
+
+def test_a_dead_zygote_is_replaced_and_its_sandboxes_are_still_seen_to_exit(loop, backend: ZygoteBackend,
+                                                                             code: Path) -> None:
+    sandbox_agent = _spawn_agent(loop, backend, code)
+    zygote = next(z for z in backend._zygotes.values() if z.live_children)
+    assert zygote._proc is not None
+    zygote._proc.kill()
+    run(loop, zygote._proc.wait())
+    deadline = time.monotonic() + 10
+    while not zygote.dead:
+        assert time.monotonic() < deadline
+        run(loop, asyncio.sleep(0.01))
+    try:
+        assert run(loop, sandbox_agent.run("result = 42")) == 42  # the sandbox does not depend on it
+        sandbox_agent.sandbox.kill()
+        assert run(loop, asyncio.wait_for(sandbox_agent.sandbox.wait(), 10)) == -signal.SIGKILL
+    finally:
+        run(loop, sandbox_agent.close())
+    replacement = _spawn_agent(loop, backend, code)
+    run(loop, replacement.close())
+
+
+def test_a_zygote_whose_platform_is_gone_kills_its_sandboxes(loop, backend: ZygoteBackend, code: Path) -> None:
+    sandbox_agent = _spawn_agent(loop, backend, code)
+    uid = os.stat(f"/proc/{sandbox_agent.sandbox.pid}").st_uid
+    zygote = next(z for z in backend._zygotes.values() if z.live_children)
+    try:
+        assert zygote._sock is not None
+        zygote._sock.shutdown(socket.SHUT_RDWR)  # what the zygote sees when the platform dies
+        deadline = time.monotonic() + 10
+        while pids_of_uid(uid):
+            assert time.monotonic() < deadline, "the sandbox outlived its platform"
+            run(loop, asyncio.sleep(0.02))
+    finally:
+        backend._zygotes.pop(zygote.key, None)
+        run(loop, zygote.close())
+        run(loop, sandbox_agent.close())
+
+
+def test_choose_backend_prefers_zygotes(tmp_path: Path) -> None:
+    chosen = choose_backend(uid_range=TEST_UIDS)
+    try:
+        assert isinstance(chosen, ZygoteBackend) and chosen.zygote_problem is None
+        assert "zygotes" in chosen.reason
+    finally:
+        asyncio.run(chosen.close())
+    bubblewrap_only = choose_backend("isolated", uid_range=TEST_UIDS)
+    try:
+        assert not isinstance(bubblewrap_only, ZygoteBackend)
+    finally:
+        asyncio.run(bubblewrap_only.close())
