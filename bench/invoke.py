@@ -445,17 +445,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def sandbox_count(server_pid: int) -> int:
-    """Sandboxes alive now: descendants running a bootstrap from /var/runtime (one per sandbox)."""
-    count = 0
+    """Sandboxes alive now: the pid namespaces of the server's descendants other than its own
+    (one per sandbox whatever its process tree: bwrap and its init, or a runtime forked from a
+    zygote; zygotes themselves run in the server's)."""
+    own = os.readlink(f"/proc/{server_pid}/ns/pid")
+    namespaces = set()
     for pid in descendants(server_pid):
         try:
-            if os.readlink(f"/proc/{pid}/exe").endswith("bwrap"):
-                continue  # bwrap and its in-sandbox init carry the same command line
-            if b"/var/runtime/" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                count += 1
+            namespace = os.readlink(f"/proc/{pid}/ns/pid")
         except OSError:
             continue
-    return count
+        if namespace != own:
+            namespaces.add(namespace)
+    return len(namespaces)
 
 
 PARTS = (("runtime_init", "runtime init (Init Duration minus spawn)"),
