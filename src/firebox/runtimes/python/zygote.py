@@ -25,26 +25,26 @@ A spawn (one per sandbox)
 The platform sends a JSON request and fds (SCM_RIGHTS): the sandbox's network namespace (made by
 the platform, the Runtime API listener inside), its cgroup `tasks` files, its code directory as a
 detached read-only mount (open_tree: a bind from the platform's mount namespace could not reach
-the zygote's), the write ends of its stdout and stderr pipes. The zygote forks a MIDDLE process,
-which as root:
+the zygote's), the write ends of its stdout and stderr pipes. The zygote forks the SANDBOX
+process as pid 1 of a new pid namespace (`fork_into_new_pid_namespace`), tells the platform its
+pid, and goes back to waiting. The SANDBOX, as root:
 
 1. joins the network namespace and the cgroups (so everything below is charged to the sandbox);
    rewrites its command line and environment areas to the sandbox's (`show_as`);
-2. enters its own mount namespace: attaches the code directory on /var/task, mounts a
-   tmpfs of EphemeralStorage bytes on /tmp and a small one on /dev/shm;
-3. sets the rlimits, drops to the sandbox's host uid (no supplementary groups), then unshares
-   user, mount, pid, ipc, uts and cgroup namespaces with uid 993 / gid 990 mapped to that uid
-   (every mount made so far is now locked: nothing inside can undo it), sets the hostname;
-4. forks the SANDBOX, pid 1 of the new pid namespace, waits for it to say `ready` (or why
-   not), reports its host pid to the platform and exits. The zygote, a child subreaper,
-   inherits the sandbox's process and reports its exit status when it dies.
-
-The SANDBOX process mounts a new /proc, drops every capability (bounding set, effective,
-permitted, inheritable, ambient), sets no_new_privs, installs the platform's seccomp filter (the
-bubblewrap backend's deny-list plus refusing new user namespaces through clone and clone3), says
-`ready`, and becomes the runtime: it takes stdout/stderr, closes every other fd, starts a new
-session, replaces its environment with the function's and runs the command it was asked for,
-`bootstrap.py` or `stem.py [flavour]`, with the modules the zygote loaded.
+2. enters new mount, ipc and uts namespaces: attaches the code directory on /var/task, mounts a
+   tmpfs of EphemeralStorage bytes on /tmp, a small one on /dev/shm and a new /proc over the
+   host's; sets the hostname;
+3. sets the rlimits and drops to the sandbox's host uid (no supplementary groups: every
+   capability is gone), then unshares a user namespace (uid 993 / gid 990 mapped to that uid)
+   and a cgroup namespace. The mount, ipc and uts namespaces belong to the host's user
+   namespace, so nothing inside can change them, whatever it holds in its own;
+4. drops every capability of its user namespace (bounding set, effective, permitted,
+   inheritable, ambient), sets no_new_privs, installs the platform's seccomp filter (the
+   bubblewrap backend's deny-list plus refusing new user namespaces through clone and clone3);
+5. says `ready` (or why not) on the control socket, closes it, and becomes the runtime: takes
+   stdout/stderr, closes every other fd, starts a new session, replaces its environment with the
+   function's and runs the command it was asked for, `bootstrap.py` or `stem.py [flavour]`, with
+   the modules the zygote loaded. The zygote reaps it and reports its exit status.
 
 The runtime is pid 1 of its namespace, with no reaper above it (bubblewrap puts its own init
 there). A forked Python process dirties about 0.7 MB just by running, and an init forked before
@@ -104,7 +104,6 @@ MNT_DETACH = 2
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
-PR_SET_CHILD_SUBREAPER = 36
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 PR_SET_SECCOMP = 22
@@ -255,36 +254,35 @@ class Runtime:
 # --- a spawn ----------------------------------------------------------------------------------
 
 
-def spawn(runtime, request, fds, control):
-    """In the MIDDLE process (forked by the zygote, root): see the module docstring. Never
-    returns."""
-    status = 1
+def sandbox_child(runtime, request, fds, control):
+    """The SANDBOX process (pid 1 of its new pid namespace, root until step 3): see the module
+    docstring. Never returns."""
     try:
-        init_pid = start_sandbox(runtime, request, fds)
-        reply = {"id": request["id"], "pid": init_pid}
-        status = 0
+        stdout, stderr = isolate(runtime, request, fds)
     except BaseException as exc:  # noqa: BLE001 - reported to the platform, then exit
-        reply = {"id": request["id"], "error": "%s: %s" % (type(exc).__name__, exc)}
-    try:
-        control.send(json.dumps(reply).encode())
-    finally:
-        os._exit(status)
+        control.send(json.dumps({"id": request["id"], "error": "%s: %s" % (type(exc).__name__, exc)}).encode())
+        os._exit(1)
+    control.send(json.dumps({"id": request["id"], "started": True}).encode())
+    control.close()
+    run_runtime(runtime, request, stdout, stderr)
 
 
-def start_sandbox(runtime, request, fds):
+def isolate(runtime, request, fds):
     netns, code, stdout, stderr = fds[:4]
     cgroup_tasks = fds[4:]
     _check(_libc.setns(netns, CLONE_NEWNET), "setns(net)")
     for fd in cgroup_tasks:
         os.write(fd, b"0")
     show_as(request["cmdline"], request["environment"])
-    unshare(CLONE_NEWNS)
+    unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS)
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     # `code` is a detached, read-only copy of the code directory's mount (open_tree, made by the
     # platform in its own mount namespace): attached here, it is this sandbox's alone.
     _check(_libc.syscall(SYS_MOVE_MOUNT, code, b"", AT_FDCWD, b"/var/task", MOVE_MOUNT_F_EMPTY_PATH), "move_mount /var/task")
     mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=%d" % request["tmp_bytes"])
     mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=%d" % request["shm_bytes"])
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)  # covers the host's
+    socket.sethostname(request["hostname"])
     for fd in (netns, code, *cgroup_tasks):
         os.close(fd)
     resource.setrlimit(resource.RLIMIT_NOFILE, (request["max_open_files"],) * 2)
@@ -293,25 +291,15 @@ def start_sandbox(runtime, request, fds):
     uid = request["uid"]
     os.setgroups([])
     os.setresgid(uid, uid, uid)
-    os.setresuid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)  # every capability of the host's user namespace is gone here
     prctl(PR_SET_DUMPABLE, 1)  # the uid change cleared it; /proc/self/uid_map needs it
-    unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP)
+    unshare(CLONE_NEWUSER | CLONE_NEWCGROUP)
     for name, text in (("setgroups", "deny"), ("uid_map", "%d %d 1" % (SANDBOX_UID, uid)),
                        ("gid_map", "%d %d 1" % (SANDBOX_GID, uid))):
         with open("/proc/self/" + name, "w") as handle:
             handle.write(text)
-    socket.sethostname(request["hostname"])
-    ready_read, ready_write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(ready_read)
-        sandbox_main(runtime, request, ready_write, stdout, stderr)  # never returns
-    os.close(ready_write)
-    with os.fdopen(ready_read, "rb") as ready:
-        said = ready.read(65536)
-    if said != b"ready":
-        raise RuntimeError(said.decode(errors="replace") or "the sandbox died while starting")
-    return pid
+    drop_privileges(runtime.seccomp)
+    return stdout, stderr
 
 
 def show_as(argv, environment):
@@ -333,20 +321,6 @@ def show_as(argv, environment):
                 break
             data += entry
         ctypes.memmove(start, data.ljust(room, b"\0"), room)
-
-
-def sandbox_main(runtime, request, ready_write, stdout, stderr):
-    """pid 1 of the sandbox: finishes isolating itself, then becomes the runtime. Never
-    returns."""
-    try:
-        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        drop_privileges(runtime.seccomp)
-    except BaseException as exc:  # noqa: BLE001
-        os.write(ready_write, ("%s: %s" % (type(exc).__name__, exc)).encode())
-        os._exit(1)
-    os.write(ready_write, b"ready")
-    os.close(ready_write)
-    run_runtime(runtime, request, stdout, stderr)
 
 
 def drop_privileges(program):
@@ -413,7 +387,7 @@ def serve(runtime, control):
     wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_write)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    middles = {}
+    own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     while True:
         readable, _, _ = select.select([control, wake_read], [], [])
         if wake_read in readable:
@@ -423,7 +397,7 @@ def serve(runtime, control):
                         break
                 except BlockingIOError:
                     break
-            reap(control, middles)
+            reap(control)
         if control in readable:
             message, fds = receive(control)
             if message is None:
@@ -431,7 +405,7 @@ def serve(runtime, control):
                 return 0
             try:
                 request = json.loads(message)
-                pid = os.fork()
+                pid = fork_into_new_pid_namespace(own_pid_namespace)
             except BaseException as exc:  # noqa: BLE001
                 for fd in fds:
                     os.close(fd)
@@ -439,16 +413,28 @@ def serve(runtime, control):
                 continue
             if pid == 0:
                 signal.set_wakeup_fd(-1)
-                os.close(wake_read)
-                os.close(wake_write)
-                spawn(runtime, request, fds, control)
-            middles[pid] = request["id"]
+                for fd in (wake_read, wake_write, own_pid_namespace):
+                    os.close(fd)
+                sandbox_child(runtime, request, fds, control)
+            control.send(json.dumps({"id": request["id"], "pid": pid}).encode())
             for fd in fds:
                 os.close(fd)
 
 
+def fork_into_new_pid_namespace(own_pid_namespace):
+    """os.fork(), the child being pid 1 of a new pid namespace. unshare(CLONE_NEWPID) sets the
+    namespace of the caller's next children only; joining its own namespace again afterwards
+    (setns) is what lets the zygote do it once per sandbox."""
+    unshare(CLONE_NEWPID)
+    try:
+        return os.fork()
+    finally:
+        if os.getpid() != 1:  # the parent (the child is pid 1 of the new namespace)
+            _check(_libc.setns(own_pid_namespace, CLONE_NEWPID), "setns(own pid namespace)")
+
+
 def kill_children():
-    """SIGKILL every child (middles and the sandboxes' inits; /proc is the host's here)."""
+    """SIGKILL every child (the sandboxes; /proc is the host's here)."""
     me = str(os.getpid())
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -465,7 +451,7 @@ def kill_children():
                 pass
 
 
-def reap(control, middles):
+def reap(control):
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -473,11 +459,7 @@ def reap(control, middles):
             return
         if pid == 0:
             return
-        middle = middles.pop(pid, None)
-        if middle is not None:
-            control.send(json.dumps({"id": middle, "middle": os.waitstatus_to_exitcode(status)}).encode())
-        else:
-            control.send(json.dumps({"exited": pid, "status": os.waitstatus_to_exitcode(status)}).encode())
+        control.send(json.dumps({"exited": pid, "status": os.waitstatus_to_exitcode(status)}).encode())
 
 
 def receive(control):
@@ -501,7 +483,6 @@ def main():
     try:
         config = json.loads(control.recv(MAX_MESSAGE))
         build_root(config)
-        prctl(PR_SET_CHILD_SUBREAPER, 1)
         runtime = Runtime(config["flavour"], base64.b64decode(config["seccomp"]))
     except BaseException as exc:  # noqa: BLE001 - the platform reads it and gives up on this zygote
         control.send(json.dumps({"error": "%s: %s" % (type(exc).__name__, exc)}).encode())

@@ -159,7 +159,10 @@ class Zygote:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready: asyncio.Future[int] | None = None
         self._spawns: dict[str, asyncio.Future[int]] = {}
-        self._births: dict[int, int | None] = {}  # reported init pid -> exit status seen early
+        self._births: dict[int, int | None] = {}  # reported sandbox pid -> exit status seen early
+        self._starting_pids: dict[int, str] = {}  # pid -> spawn id, until the sandbox is ready
+        self._pids_of_spawns: dict[str, int] = {}
+        self._ready_spawns: set[str] = set()
         self._children: dict[int, tuple[_ChildExit, int | None]] = {}
         self._stderr_task: asyncio.Task[None] | None = None
         self.dead = False
@@ -221,6 +224,13 @@ class Zygote:
             pid, status = int(message["exited"]), int(message["status"])  # type: ignore[arg-type]
             if pid in self._children:
                 self._children.pop(pid)[0].set(status)
+            elif pid in self._starting_pids:  # died while starting, without saying why
+                spawn_id = self._starting_pids.pop(pid)
+                self._births.pop(pid, None)
+                self._pids_of_spawns.pop(spawn_id, None)
+                future = self._spawns.pop(spawn_id, None)
+                if future is not None and not future.done():
+                    future.set_exception(ServiceError(f"the sandbox did not start: it exited with status {status}"))
             elif pid in self._births:
                 self._births[pid] = status
         elif message.get("id") is None:
@@ -228,16 +238,34 @@ class Zygote:
             if not self._ready.done():
                 self._ready.set_exception(error)
         else:
-            future = self._spawns.pop(str(message["id"]), None)
-            if future is None or future.done():
-                return
-            if "pid" in message:
-                pid = int(message["pid"])  # type: ignore[arg-type]
-                self._births[pid] = None
-                future.set_result(pid)
-            else:
-                detail = message.get("error") or f"its launcher exited with status {message.get('middle')}"
-                future.set_exception(ServiceError(f"the sandbox did not start: {detail}"))
+            self._spawn_progress(str(message["id"]), message)
+
+    def _spawn_progress(self, spawn_id: str, message: dict[str, object]) -> None:
+        """The zygote's `pid` and the sandbox's `started` (in either order), or an `error`."""
+        future = self._spawns.get(spawn_id)
+        if future is None or future.done():
+            return
+        if "pid" in message:
+            pid = int(message["pid"])  # type: ignore[arg-type]
+            self._births[pid] = None
+            self._starting_pids[pid] = spawn_id
+            self._pids_of_spawns[spawn_id] = pid
+        if message.get("started"):
+            self._ready_spawns.add(spawn_id)
+        if "error" in message:
+            self._spawns.pop(spawn_id)
+            self._ready_spawns.discard(spawn_id)
+            failed = self._pids_of_spawns.pop(spawn_id, None)
+            if failed is not None:  # its exit, reported later, concerns no one
+                self._births.pop(failed, None)
+                self._starting_pids.pop(failed, None)
+            future.set_exception(ServiceError(f"the sandbox did not start: {message['error']}"))
+        elif spawn_id in self._ready_spawns and spawn_id in self._pids_of_spawns:
+            self._spawns.pop(spawn_id)
+            self._ready_spawns.discard(spawn_id)
+            pid = self._pids_of_spawns.pop(spawn_id)
+            self._starting_pids.pop(pid, None)
+            future.set_result(pid)
 
     def _died(self) -> None:
         if self.dead:
