@@ -1,15 +1,23 @@
 """The registry's read cache (control/registry.py): a read that was in flight while a write
 committed must not be cached, or the invoke path (and GetFunction) would see the state before
-that write until the next one, e.g. a function Pending forever."""
+that write until the next one, e.g. a function Pending forever. A write forgets the cached reads
+of its own function only, and the end of preparation leaves the Active function's details in
+the cache, so its first invoke reads nothing from the store."""
 
 from __future__ import annotations
 
 import asyncio
+import io
+import zipfile
+from pathlib import Path
 from typing import Any
 
-from firebox.arns import Scope
+from firebox.arns import FunctionRef, Scope
+from firebox.control.api import CodeInput, CreateFunction, State
 from firebox.control.registry import Registry
 from firebox.settings import Limits
+from firebox.store.blobs import LocalBlobStore
+from firebox.store.sqlite import SqliteMetadataStore
 
 
 class GatedStore:
@@ -43,17 +51,75 @@ def test_a_read_overlapping_a_write_is_not_cached() -> None:
         state = lambda tx: tx.value
 
         store.gate = asyncio.Event()
-        in_flight = asyncio.create_task(registry._cached(("f",), state))
+        in_flight = asyncio.create_task(registry._cached("f", ("f",), state))
         await asyncio.wait_for(store.read_done.wait(), 5)  # it has read "Pending"
 
         def activate(tx: GatedStore) -> None:
             tx.value = "Active"
 
-        await registry._write(activate)
+        await registry._write(activate, "g")  # even another function's write
         store.gate.set()
         assert await in_flight == "Pending"  # what it read, before the write: fine to answer
         store.gate = None
-        assert await registry._cached(("f",), state) == "Active"
-        assert await registry._cached(("f",), state) == "Active"
+        assert await registry._cached("f", ("f",), state) == "Active"
+        assert await registry._cached("f", ("f",), state) == "Active"
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_write_forgets_the_cached_reads_of_its_own_function_only() -> None:
+    async def scenario() -> None:
+        store = GatedStore()
+        registry = _registry(store)
+        state = lambda tx: tx.value
+        assert await registry._cached("f", ("details", "f", ""), state) == "Pending"
+        assert await registry._cached("g", ("details", "g", ""), state) == "Pending"
+
+        def activate(tx: GatedStore) -> None:
+            tx.value = "Active"
+
+        await registry._write(activate, "g")
+        assert await registry._cached("f", ("details", "f", ""), state) == "Pending"  # kept
+        assert await registry._cached("g", ("details", "g", ""), state) == "Active"  # forgotten, read again
+        await registry._write(lambda tx: None)  # no name: forget everything
+        assert await registry._cached("f", ("details", "f", ""), state) == "Active"
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+class CountingStore(SqliteMetadataStore):
+    reads = 0
+
+    async def read(self, work: Any) -> Any:
+        self.reads += 1
+        return await super().read(work)
+
+
+def test_an_active_function_is_read_from_the_cache_by_its_first_invoke(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("app.py", "def handler(event, context):\n    return 1\n")
+
+    async def scenario() -> None:
+        store = CountingStore(tmp_path / "firebox.db")
+        await store.open()
+        registry = Registry(store, LocalBlobStore(tmp_path / "blobs"), Scope("000000000000", "us-east-1"), Limits(),
+                            runtimes=frozenset({"python3.11"}), architecture="x86_64")
+        await registry.start()
+        try:
+            for name in ("first", "second"):  # the second's writes keep the first's entry
+                await registry.create_function(CreateFunction(
+                    name=name, role="arn:aws:iam::000000000000:role/r", code=CodeInput(zip_file=buffer.getvalue()),
+                    runtime="python3.11", handler="app.handler"))
+                while (await registry.get_configuration(FunctionRef(name)))[0].state is State.PENDING:
+                    await asyncio.sleep(0.005)  # polls the store (uncached), as GetFunction does
+            reads = store.reads
+            for name in ("first", "second"):
+                details = await registry.get_function(FunctionRef(name))  # what Invoke reads
+                assert details.config.state is State.ACTIVE
+            assert store.reads == reads
+        finally:
+            await registry.stop()
+            await store.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))

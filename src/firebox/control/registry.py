@@ -59,7 +59,8 @@ class Registry:
         self._runtimes = runtimes
         self._architecture = architecture
         self._on_change = on_change or (lambda name, version: None)
-        self._cache: dict[tuple[str, ...], object] = {}
+        self._cache: dict[str, dict[tuple[str, ...], object]] = {}  # function name -> its cached reads
+        self._cached_entries = 0
         self._writes = 0  # bumped by every write: a read that overlapped one is not cached
         self._preparer = Preparer(
             blobs, limits, self._finish_preparation, steps=prepare_steps, delay_s=activation_delay_s
@@ -85,32 +86,58 @@ class Registry:
         return self._preparer.statistics()
 
     async def _finish_preparation(self, name: str, revision_id: str, failure: PrepareFailure | None) -> bool:
-        return await self._write(lambda tx: functions.finish_preparation(tx, self._scope, name, revision_id, failure))
+        """Write the outcome; when it landed, the function's details as of that write go into the
+        read cache (the first invoke after Active would otherwise pay a store read: ~1 ms)."""
 
-    async def _write(self, work: Callable[[Tx], T]) -> T:
+        def work(tx: Tx) -> FunctionDetails | None:
+            if not functions.finish_preparation(tx, self._scope, name, revision_id, failure):
+                return None
+            return functions.details(tx, self._scope, FunctionRef(name))
+
+        details = await self._write(work, name)
+        if details is not None:
+            # The write's own result: a later write of this function forgets it, however its
+            # continuation interleaves with this one (they resume in commit order).
+            self._remember(name, ("details", name, ""), details)
+        return details is not None
+
+    async def _write(self, work: Callable[[Tx], T], name: str | None = None) -> T:
+        """Run `work` as one unit of work. Every write names the function it changes (None:
+        possibly any): cached reads of that function are forgotten, those of others kept (a
+        write of one function changes no other's details or aliases)."""
         try:
             return await self._store.atomically(work)
         finally:
-            # Any write may change what a cached read saw: forget them all (writes are rare
-            # next to invocations, which read the same few functions over and over).
             self._writes += 1
-            self._cache.clear()
+            if name is None:
+                self._cache.clear()
+                self._cached_entries = 0
+            else:
+                self._cached_entries -= len(self._cache.pop(name, ()))
 
-    async def _cached(self, key: tuple[str, ...], work: Callable[[Tx], T]) -> T:
-        """A read for the invoke path, served from memory until the next write.
+    def _remember(self, name: str, key: tuple[str, ...], value: object) -> None:
+        if self._cached_entries >= CACHE_ENTRIES:
+            self._cache.clear()
+            self._cached_entries = 0
+        entries = self._cache.setdefault(name, {})
+        self._cached_entries += key not in entries
+        entries[key] = value
+
+    async def _cached(self, name: str, key: tuple[str, ...], work: Callable[[Tx], T]) -> T:
+        """A read of function `name` for the invoke path, served from memory until the next
+        write of that function.
 
         Known caveat: valid while this process is the only writer (the single-machine
         topology). Cluster frontends will need the store to announce changes."""
-        if key in self._cache:
-            return self._cache[key]  # type: ignore[no-any-return]
-        if len(self._cache) >= CACHE_ENTRIES:
-            self._cache.clear()
+        entries = self._cache.get(name)
+        if entries is not None and key in entries:
+            return entries[key]  # type: ignore[return-value]
         writes = self._writes
         value = await self._store.read(work)
-        # Reads run on their own connection, beside writes: one that was in flight while a
+        # Reads run on their own connection, beside writes: one that was in flight while any
         # write committed may have seen the state before it, and must not outlive that write.
         if writes == self._writes:
-            self._cache[key] = value
+            self._remember(name, key, value)
         return value
 
     async def _read(self, work: Callable[[Tx], T]) -> T:
@@ -165,7 +192,7 @@ class Registry:
                 return self._publish_now(tx, latest)
             return latest
 
-        result = await self._write(work)
+        result = await self._write(work, cmd.name)
         await self._submit_latest(cmd.name)
         return result
 
@@ -183,7 +210,7 @@ class Registry:
 
     async def get_function(self, ref: FunctionRef) -> FunctionDetails:
         key = ("details", ref.name, ref.qualifier or "")
-        return await self._cached(key, lambda tx: functions.details(tx, self._scope, ref))
+        return await self._cached(ref.name, key, lambda tx: functions.details(tx, self._scope, ref))
 
     async def get_configuration(self, ref: FunctionRef) -> tuple[FunctionVersion, str | None]:
         return await self._read(lambda tx: functions.resolve(tx, self._scope, ref))
@@ -205,7 +232,7 @@ class Registry:
                 return self._publish_now(tx, latest)
             return latest
 
-        result = await self._write(work)
+        result = await self._write(work, cmd.ref.name)
         if not cmd.dry_run:
             self._on_change(cmd.ref.name, LATEST)
             await self._submit_latest(cmd.ref.name)
@@ -219,7 +246,7 @@ class Registry:
         validation.check_limits(timeout=changes.get("timeout"), memory_size=changes.get("memory_size"))  # type: ignore[arg-type]
         if "environment" in changes:
             validation.check_environment(changes["environment"], self._limits.max_environment_bytes)  # type: ignore[arg-type]
-        result = await self._write(lambda tx: functions.update_configuration(tx, self._scope, cmd))
+        result = await self._write(lambda tx: functions.update_configuration(tx, self._scope, cmd), cmd.ref.name)
         self._on_change(cmd.ref.name, LATEST)
         await self._submit_latest(cmd.ref.name)
         return result
@@ -227,7 +254,7 @@ class Registry:
     async def delete_function(self, ref: FunctionRef) -> None:
         # Code blobs are left in place: a concurrent create may be about to reference the same
         # content. Unreferenced blobs are collected by a later sweep (not yet implemented).
-        await self._write(lambda tx: functions.delete(tx, self._scope, ref))
+        await self._write(lambda tx: functions.delete(tx, self._scope, ref), ref.name)
         self._on_change(ref.name, ref.qualifier)
 
     # -- versions and aliases ------------------------------------------------------------------
@@ -238,7 +265,8 @@ class Registry:
         return await self._write(
             lambda tx: versions.publish(
                 tx, self._scope, ref, code_sha256=code_sha256, description=description, revision_id=revision_id
-            )
+            ),
+            ref.name,
         )
 
     async def list_versions(self, ref: FunctionRef, *, marker: str | None, max_items: int) -> Page:
@@ -247,11 +275,13 @@ class Registry:
     async def create_alias(
         self, ref: FunctionRef, name: str, version: str, description: str, weights: Mapping[str, float] | None
     ) -> Alias:
-        return await self._write(lambda tx: aliases.create(tx, self._scope, ref, name, version, description, weights or {}))
+        return await self._write(
+            lambda tx: aliases.create(tx, self._scope, ref, name, version, description, weights or {}), ref.name
+        )
 
     async def get_alias(self, ref: FunctionRef, name: str) -> Alias:
         key = ("alias", ref.name, ref.qualifier or "", name)
-        return await self._cached(key, lambda tx: aliases.get(tx, self._scope, ref, name))
+        return await self._cached(ref.name, key, lambda tx: aliases.get(tx, self._scope, ref, name))
 
     async def update_alias(
         self,
@@ -267,11 +297,12 @@ class Registry:
             lambda tx: aliases.update(
                 tx, self._scope, ref, name, version=version, description=description, weights=weights,
                 revision_id=revision_id,
-            )
+            ),
+            ref.name,
         )
 
     async def delete_alias(self, ref: FunctionRef, name: str) -> None:
-        await self._write(lambda tx: aliases.delete(tx, self._scope, ref, name))
+        await self._write(lambda tx: aliases.delete(tx, self._scope, ref, name), ref.name)
 
     async def list_aliases(self, ref: FunctionRef, *, version: str | None, marker: str | None, max_items: int) -> Page:
         return await self._read(
@@ -281,22 +312,22 @@ class Registry:
     # -- concurrency, account, tags ------------------------------------------------------------
 
     async def put_reserved_concurrency(self, ref: FunctionRef, value: int) -> int:
-        return await self._write(lambda tx: account.put_reserved(tx, self._scope, self._limits, ref, value))
+        return await self._write(lambda tx: account.put_reserved(tx, self._scope, self._limits, ref, value), ref.name)
 
     async def get_reserved_concurrency(self, ref: FunctionRef) -> int | None:
         return await self._read(lambda tx: account.get_reserved(tx, self._scope, ref))
 
     async def delete_reserved_concurrency(self, ref: FunctionRef) -> None:
-        await self._write(lambda tx: account.delete_reserved(tx, self._scope, ref))
+        await self._write(lambda tx: account.delete_reserved(tx, self._scope, ref), ref.name)
 
     async def account_settings(self) -> AccountSettings:
         return await self._read(lambda tx: account.settings(tx, self._scope, self._limits))
 
     async def tag(self, ref: FunctionRef, tags: Mapping[str, str]) -> None:
-        await self._write(lambda tx: account.tag(tx, self._scope, ref, tags))
+        await self._write(lambda tx: account.tag(tx, self._scope, ref, tags), ref.name)
 
     async def untag(self, ref: FunctionRef, keys: list[str]) -> None:
-        await self._write(lambda tx: account.untag(tx, self._scope, ref, keys))
+        await self._write(lambda tx: account.untag(tx, self._scope, ref, keys), ref.name)
 
     async def list_tags(self, ref: FunctionRef) -> Mapping[str, str]:
         return await self._read(lambda tx: account.list_tags(tx, self._scope, ref))
@@ -304,13 +335,13 @@ class Registry:
     # -- asynchronous invocation settings ------------------------------------------------------
 
     async def put_event_invoke_config(self, ref: FunctionRef, config: EventInvokeConfig, *, merge: bool) -> EventInvokeConfig:
-        return await self._write(lambda tx: eventconfig.put(tx, self._scope, ref, config, merge=merge))
+        return await self._write(lambda tx: eventconfig.put(tx, self._scope, ref, config, merge=merge), ref.name)
 
     async def get_event_invoke_config(self, ref: FunctionRef) -> EventInvokeConfig:
         return await self._read(lambda tx: eventconfig.get(tx, self._scope, ref))
 
     async def delete_event_invoke_config(self, ref: FunctionRef) -> None:
-        await self._write(lambda tx: eventconfig.delete(tx, self._scope, ref))
+        await self._write(lambda tx: eventconfig.delete(tx, self._scope, ref), ref.name)
 
     async def list_event_invoke_configs(self, ref: FunctionRef, *, marker: str | None, max_items: int) -> Page:
         return await self._read(lambda tx: eventconfig.listing(tx, self._scope, ref, marker=marker, max_items=max_items))
