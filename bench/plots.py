@@ -340,12 +340,34 @@ def logs(r: dict[str, Any], path: Path) -> Path:
 
 # -- files ---------------------------------------------------------------------------------------
 
+# -- bench/sandboxes.py --------------------------------------------------------------------------
+
+def sandboxes(data: dict[str, Any], path: Path) -> Path:
+    plt = _pyplot()
+    rows = data["backends"]
+    names = [r["backend"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    for ax, key, title, goal in ((axes[0], "created_per_s", "sandboxes created per second", 300),
+                                 (axes[1], "cpu_ms_per_sandbox", "machine CPU per sandbox (ms)", None),
+                                 (axes[2], "per_gb", "idle sandboxes per GB (PSS)", 500)):
+        ax.bar(names, [r[key] for r in rows], color=["#999999", "#d62728"][: len(rows)])
+        if goal is not None:
+            ax.axhline(goal, linestyle="--", color="k", linewidth=1, label=f"goal {goal}")
+            ax.legend()
+        ax.set_title(title)
+        ax.grid(True, axis="y", alpha=0.3)
+    settings = data.get("settings", {})
+    fig.suptitle(f"{settings.get('count')} idle Python sandboxes, {settings.get('concurrency')} starts in flight")
+    return _save(fig, path)
+
+
 PLOTS: dict[str, list[tuple[str, Callable[[dict[str, Any], Path], Path | None]]]] = {
     "invoke": [("latency", invoke_latency), ("throughput", invoke_throughput),
                ("cold-start", invoke_cold_start), ("scale-out", invoke_scale_out)],
     "async_invoke": [("", async_invoke)],
     "keepalive": [("", keepalive)],
     "logs": [("", logs)],
+    "sandboxes": [("", sandboxes)],
 }
 
 

@@ -1,9 +1,10 @@
 """Every benchmark in one run, with modest sizes: a few minutes on 2 cores. What `make bench` runs.
 
-    .venv/bin/python bench/run_all.py [--quick] [--only invoke,async_invoke,logs,keepalive]
+    .venv/bin/python bench/run_all.py [--quick] [--only invoke,async_invoke,logs,keepalive,sandboxes]
                                       [--out-dir DIR]
 
-Runs bench/invoke.py, async_invoke.py, logs.py and keepalive.py one after the other, each in its
+Runs bench/invoke.py, async_invoke.py, logs.py, keepalive.py and sandboxes.py (root only: it is
+skipped otherwise) one after the other, each in its
 own process with its output in <dir>/<name>.log, then prints their tables as one, and writes into
 <dir> (default bench/results/<time>/):
 - bench.json: every benchmark's results, with its command, wall time and exit status, the
@@ -49,9 +50,10 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "keepalive": ("keepalive.py",
                   ["--functions", "200", "--hours", "24"],
                   ["--functions", "40", "--hours", "6"]),
+    "sandboxes": ("sandboxes.py", ["--count", "200", "--concurrency", "16"], ["--count", "30", "--concurrency", "8"]),
 }
 TITLES = {"invoke": "synchronous invoke", "async_invoke": "asynchronous invoke", "logs": "logs",
-          "keepalive": "keep-alive policy (simulation)"}
+          "keepalive": "keep-alive policy (simulation)", "sandboxes": "sandbox creation and density (backends alone)"}
 
 
 def git_commit() -> str | None:
@@ -136,6 +138,9 @@ def main() -> None:
     started = time.perf_counter()
     print(f"Firebox benchmarks -> {shown(out_dir)}/ ({'quick' if args.quick else 'default'} sizes, "
           f"{os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f})")
+    if os.geteuid() != 0 and "sandboxes" in args.only:
+        print("sandboxes: skipped (the isolated backends need root)")
+        args.only = [name for name in args.only if name != "sandboxes"]
     for i, name in enumerate(args.only, 1):
         script, full, quick = BENCHMARKS[name]
         argv = quick if args.quick else full

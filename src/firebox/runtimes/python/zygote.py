@@ -74,6 +74,7 @@ import gc  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
+import runpy  # noqa: E402  (the `script` kind: imported once here, not in every child)
 import select  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
@@ -236,8 +237,6 @@ class Runtime:
         """The child's command, in process: `bootstrap`, `stem` or `script` (argv: the script
         and its arguments). Returns its exit status."""
         if kind == "script":
-            import runpy
-
             sys.argv = list(argv)
             sys.path[0:0] = [os.path.dirname(argv[0])]
             runpy.run_path(argv[0], run_name="__main__")

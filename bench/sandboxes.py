@@ -1,0 +1,214 @@
+"""Sandbox benchmark: how fast isolated sandboxes are created, and how many idle ones fit in
+1 GB, bubblewrap against zygote forks, in the same run (needs root, like the isolated backend).
+
+    .venv/bin/python bench/sandboxes.py [--count 200] [--concurrency 16]
+
+For each backend, `--count` sandboxes of Firebox's Python runtime (the real bootstrap command,
+a hello handler) are started with at most `--concurrency` starts in flight, each served ONE
+invocation by a minimal Runtime API responder here, and kept idle (their runtime waits on its
+next `GET /invocation/next`, as a warm sandbox does):
+- creation: sandboxes per second until the last one's first invocation was answered, the latency
+  of each (spawn() to its response), and the machine's CPU time per sandbox (all processes,
+  /proc/stat);
+- density: the PSS of every process of the sandboxes (and, for zygotes, of the zygote itself,
+  shared among them) divided by their number, and what fits in 1 GB at that.
+The bubblewrap backend is the baseline: the ratio is the figure. This measures the backends
+alone; bench/invoke.py's scale-out measures the whole platform creating sandboxes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import percentile, write_results
+
+from firebox.runtimes.api import RUNTIME_DIR, bootstrap_command
+from firebox.worker.backends import IsolatedBackend, ZygoteBackend
+from firebox.worker.sandbox_api import SandboxSpec
+
+PYTHON = "/usr/bin/python3.11"
+HANDLER = "def handler(event, context):\n    return {'hello': event.get('name')}\n"
+EVENT = b'{"name": "bench"}'
+
+
+async def serve_one_invocation(loop: asyncio.AbstractEventLoop, connection: socket.socket) -> None:
+    """Answer the runtime's first GET /next with EVENT, read its response (202), and return
+    with its next GET unanswered: the runtime is then idle, as between invocations."""
+    buffer = b""
+
+    async def request() -> tuple[bytes, bytes]:
+        nonlocal buffer
+        while b"\r\n\r\n" not in buffer:
+            chunk = await loop.sock_recv(connection, 65536)
+            if not chunk:
+                raise ConnectionError("the runtime closed its connection")
+            buffer += chunk
+        head, _, buffer = buffer.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        while len(buffer) < length:
+            buffer += await loop.sock_recv(connection, 65536)
+        body, buffer = buffer[:length], buffer[length:]
+        return head.split(b" ", 2)[1], body
+
+    path, _ = await request()
+    assert path.endswith(b"/invocation/next"), path
+    deadline = int(time.time() * 1000) + 60_000
+    await loop.sock_sendall(connection, (
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        "Lambda-Runtime-Aws-Request-Id: 8476a536-e9f4-11e8-9739-2dfe598c3fcd\r\n"
+        f"Lambda-Runtime-Deadline-Ms: {deadline}\r\n"
+        "Lambda-Runtime-Invoked-Function-Arn: arn:aws:lambda:us-east-1:000000000000:function:bench\r\n"
+        "Lambda-Runtime-Trace-Id: Root=1-5bef4de7-ad49b0e87f6ef6c87fc2e700;Parent=9a9197af755a6419;Sampled=1\r\n"
+        f"Content-Length: {len(EVENT)}\r\n\r\n").encode() + EVENT)
+    path, body = await request()
+    assert path.endswith(b"/response") and b"bench" in body, (path, body)
+    await loop.sock_sendall(connection, b"HTTP/1.1 202 Accepted\r\nContent-Length: 16\r\n\r\n{\"status\":\"OK\"}")
+UIDS = range(61000, 62900)
+ENVIRONMENT = {
+    "_HANDLER": "hello.handler", "AWS_LAMBDA_FUNCTION_NAME": "bench", "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128", "AWS_REGION": "us-east-1", "LAMBDA_TASK_ROOT": "/var/task",
+    "LAMBDA_RUNTIME_DIR": "/var/runtime", "TZ": ":UTC", "LANG": "en_US.UTF-8", "PATH": "/usr/local/bin:/usr/bin/:/bin",
+}
+
+
+def busy_seconds() -> float:
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def pss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def pids_of_uids(uids: range) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid in uids:
+                    found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+async def measure(kind: str, code: Path, count: int, concurrency: int) -> dict[str, Any]:
+    backend = ZygoteBackend(uid_range=UIDS) if kind == "zygote" else IsolatedBackend(uid_range=UIDS)
+    problem = backend.probe()
+    if problem is not None or getattr(backend, "zygote_problem", None):
+        raise SystemExit(f"{kind}: {problem or backend.zygote_problem}")  # type: ignore[attr-defined]
+    loop = asyncio.get_running_loop()
+    sandboxes: list[Any] = []
+    connections = []
+    latencies: list[float] = []
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        async with gate:
+            spec = SandboxSpec(
+                sandbox_id=os.urandom(16).hex(), function_name="bench", version="1", runtime="python3.11",
+                code_dir=code, runtime_dir=RUNTIME_DIR, command=tuple(bootstrap_command("python3.11", PYTHON)),
+                environment=ENVIRONMENT, memory_mb=128, ephemeral_storage_mb=16,
+            )
+            started = time.perf_counter()
+            sandbox = await backend.spawn(spec)
+            sandboxes.append(sandbox)
+            connection, _ = await asyncio.wait_for(loop.sock_accept(sandbox.runtime_api), 30)
+            connections.append(connection)
+            await asyncio.wait_for(serve_one_invocation(loop, connection), 30)
+            latencies.append(time.perf_counter() - started)
+
+    try:
+        await asyncio.gather(*(one() for _ in range(3)))  # warm-up: the zygote starts here
+        for connection in connections:
+            connection.close()
+        for sandbox in sandboxes:
+            await sandbox.cleanup()
+        sandboxes.clear()
+        connections.clear()
+        latencies.clear()
+        busy, began = busy_seconds(), time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(count)))
+        elapsed, cpu = time.perf_counter() - began, busy_seconds() - busy
+        await asyncio.sleep(0.5)  # idle
+        total_kb = sum(pss_kb(pid) for pid in pids_of_uids(UIDS))
+        zygotes_kb = sum(pss_kb(z._proc.pid) for z in getattr(backend, "_zygotes", {}).values() if z._proc)
+        per_sandbox_mb = (total_kb + zygotes_kb) / 1024 / count
+        return {
+            "backend": kind, "count": count, "concurrency": concurrency,
+            "created_per_s": count / elapsed, "seconds": elapsed, "cpu_ms_per_sandbox": 1000 * cpu / count,
+            "latency_p50_ms": 1000 * statistics.median(latencies), "latency_p99_ms": 1000 * percentile(latencies, 99),
+            "pss_per_sandbox_mb": per_sandbox_mb, "zygotes_pss_mb": zygotes_kb / 1024, "per_gb": 1024 / per_sandbox_mb,
+        }
+    finally:
+        for connection in connections:
+            connection.close()
+        for sandbox in sandboxes:
+            await sandbox.cleanup()
+        await backend.close()
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    code = Path(tempfile.mkdtemp(prefix="firebox-bench-sandboxes-", dir="/tmp"))
+    try:
+        os.chmod(code, 0o755)
+        (code / "hello.py").write_text(HANDLER)
+        (code / "hello.py").chmod(0o644)
+        results = {"benchmark": "sandboxes", "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()},
+                   "settings": vars(args), "backends": []}
+        for kind in ("bubblewrap", "zygote"):
+            results["backends"].append(await measure(kind, code, args.count, args.concurrency))
+        return results
+    finally:
+        shutil.rmtree(code, ignore_errors=True)
+
+
+def report(results: dict[str, Any]) -> None:
+    rows = {row["backend"]: row for row in results["backends"]}
+    base = rows.get("bubblewrap")
+    print(f"sandboxes: {results['settings']['count']} Python runtimes started, one invocation each, then idle; "
+          f"{results['settings']['concurrency']} starts in flight (baseline: bubblewrap)")
+    print(f"{'backend':12s} {'created/s':>10s} {'CPU/sandbox':>12s} {'start p50':>10s} {'start p99':>10s} "
+          f"{'PSS/sandbox':>12s} {'per GB':>7s} {'ratio created/s':>16s} {'ratio per GB':>13s}")
+    for name, row in rows.items():
+        ratio = (f"{row['created_per_s'] / base['created_per_s']:.1f}x", f"{row['per_gb'] / base['per_gb']:.1f}x") if base else ("", "")
+        print(f"{name:12s} {row['created_per_s']:10.0f} {row['cpu_ms_per_sandbox']:10.1f}ms {row['latency_p50_ms']:8.1f}ms "
+              f"{row['latency_p99_ms']:8.1f}ms {row['pss_per_sandbox_mb']:10.2f}MB {row['per_gb']:7.0f} {ratio[0]:>16s} {ratio[1]:>13s}")
+    zygote = rows.get("zygote")
+    if zygote:
+        print(f"goals: creation >= 300/s: {zygote['created_per_s']:.0f}/s; >= 500 idle per GB: {zygote['per_gb']:.0f} "
+              f"(zygotes themselves: {zygote['zygotes_pss_mb']:.1f} MB, included)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--out", help="the JSON file to write (default bench/results/sandboxes-<time>.json)")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench/sandboxes.py needs root (the isolated backends do)")
+    results = asyncio.run(run(args))
+    report(results)
+    print(f"wrote {write_results(results, args.out, 'sandboxes')}")
+
+
+if __name__ == "__main__":
+    main()
