@@ -24,7 +24,7 @@ from firebox.worker.codecache import PackageTraits, describe_package
 from firebox.worker.local import LocalWorker, boto3_compatible, stem_eligible
 from firebox.worker.runtimeapi import Invocation, RuntimeChannel
 from firebox.worker.sandbox import Sandbox
-from firebox.worker.stemcells import CellKey, StemCellPool
+from firebox.worker.stemcells import CellKey, StemCellPool, plan_population, populate
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the isolated backend needs root (netns, uid drop, cgroups)"),
@@ -362,6 +362,27 @@ def test_package_traits_skip_installed_dependencies(tmp_path: Path) -> None:
     traits = describe_package(tmp_path)
     assert traits.imports == {"requests", "os", "yaml"}
     assert traits.top_level == {"app", "requests"} and traits.complete and not traits.archives
+
+
+def test_a_planned_population_links_the_whole_tree(tmp_path: Path) -> None:
+    code, task = tmp_path / "code", tmp_path / "task"
+    (code / "pkg" / "sub").mkdir(parents=True)
+    (code / "app.py").write_text("x = 1\n")
+    (code / "pkg" / "sub" / "deep.py").write_text("y = 2\n")
+    (code / "run.sh").write_text("#!/bin/sh\n")
+    os.chmod(code / "run.sh", 0o755)
+    (code / "alias.py").symlink_to("app.py")
+    (code / "pkgdir").symlink_to("pkg")
+    plan = plan_population(code, 16)
+    assert plan is not None and plan_population(code, 3) is None  # over the bound: no plan
+    task.mkdir()
+    populate(code, task, plan)
+    assert sorted(str(p.relative_to(task)) for p in task.rglob("*")) == sorted(
+        str(p.relative_to(code)) for p in code.rglob("*"))
+    assert os.path.samefile(task / "pkg" / "sub" / "deep.py", code / "pkg" / "sub" / "deep.py")  # a link
+    assert os.readlink(task / "alias.py") == "app.py" and os.readlink(task / "pkgdir") == "pkg"
+    assert (task / "pkg" / "sub").stat().st_mode & 0o777 == 0o755
+    assert os.access(task / "run.sh", os.X_OK)
 
 
 def test_node_functions_whose_variables_act_at_start_take_no_cell() -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -47,8 +46,10 @@ from firebox.worker.sandbox_api import SandboxBackend, SandboxSpec
 from firebox.worker.stemcells import (
     CELL_MEMORY_MB,
     CellKey,
+    Population,
     StemCell,
     StemCellPool,
+    plan_population,
     populate,
     remove_task_dir,
 )
@@ -94,6 +95,13 @@ _STARTUP_NAMES = frozenset({"LANGUAGE", "TZ", "PATH", "LANG"})
 _BOTO3_STARTUP_PREFIXES = ("OPENSSL_", "SSL_CERT_")
 _BOTO3_IMPORTS = frozenset({"boto3", "botocore"})
 REFILL_DELAY_S = 1.0  # the latest a taken cell is replaced (`_refill_after_first_invocation`)
+
+
+def _family(runtime: str) -> str | None:
+    try:
+        return runtime_family(runtime)
+    except ValueError:
+        return None
 
 
 def stem_eligible(spec: FunctionSpec) -> bool:
@@ -187,7 +195,7 @@ class LocalWorker:
         self._stems: StemCellPool | None = None
         self._stem_cells = stem_cells
         self._preloads: dict[str, dict[str, list[str]]] = {}  # python runtime -> boto3 probe
-        self._small: dict[Path, bool] = {}  # unpacked package -> linked inline on specialising
+        self._small: dict[Path, Population | None] = {}  # unpacked package -> linked inline on specialising
         self._probing: asyncio.Task[None] | None = None
         self._owed_refills: dict[str, tuple[CellKey, asyncio.TimerHandle]] = {}  # sandbox id -> its cell's key
         if stem_cells > 0 and backend.isolated:
@@ -310,38 +318,42 @@ class LocalWorker:
         """Ready package `code_sha256_hex` for `runtime` before its first cold start: the
         registry's preparation step, run while the function is Pending (an update InProgress).
         Unpacks it into the code cache, precompiles it with the runtime's interpreter (Python),
-        and, where a stem cell could serve it, describes it (`CodeCache.traits`), so the first
-        invoke finds all of it done. `create_sandbox` still does whatever is missing (a cache
-        wiped or moved since). Raises InvalidParameterValue when the package fails the zip
-        checks, ServiceError for the host's own failures."""
+        and, where a stem cell could serve it, describes it (`CodeCache.traits`) and works out
+        how to link it into a cell (`_small_package`), so the first invoke finds all of it
+        done. `create_sandbox` still does whatever is missing (a cache wiped or moved since,
+        a restart: traits and plans live in memory). Raises InvalidParameterValue when the
+        package fails the zip checks, ServiceError for the host's own failures."""
         if runtime is None:
             return
         try:
-            await self._code_cache.ensure(code_sha256_hex, python=self._compiler(runtime))
-            if self._stems is not None and runtime.startswith("python"):
-                await self._code_cache.traits(code_sha256_hex)
+            code_dir = await self._code_cache.ensure(code_sha256_hex, python=self._compiler(runtime))
+            family = _family(runtime)
+            if self._stems is not None and family in STEM_FLAVOURS:
+                if family == "python":
+                    await self._code_cache.traits(code_sha256_hex)
+                if code_dir not in self._small:
+                    plan = await asyncio.to_thread(plan_population, code_dir, SMALL_PACKAGE_ENTRIES)
+                    self._remember_small(code_dir, plan)
         except KeyError as exc:
             raise ServiceError("The function's code package is missing from the worker's blob store.") from exc
         except OSError as exc:
             raise ServiceError(
                 f"The function's code package could not be unpacked on the worker: {exc.strerror or type(exc).__name__}") from exc
 
-    def _small_package(self, code_dir: Path) -> bool:
-        """True when `code_dir` holds at most SMALL_PACKAGE_ENTRIES files and folders: linking it
-        into a cell takes ~0.1 ms, where a hop to a thread and back costs ~0.5 ms on the cold
-        path. Found once per package, and the walk stops as soon as it is over the bound."""
-        small = self._small.get(code_dir)
-        if small is None:
-            if len(self._small) > 4096:
-                self._small.clear()
-            entries, small = 0, True
-            for _, subdirs, files in os.walk(code_dir):
-                entries += len(subdirs) + len(files)
-                if entries > SMALL_PACKAGE_ENTRIES:
-                    small = False
-                    break
-            self._small[code_dir] = small
-        return small
+    def _small_package(self, code_dir: Path) -> Population | None:
+        """The `Population` of `code_dir` when it holds at most SMALL_PACKAGE_ENTRIES files and
+        folders (None: more): linking it into a cell takes ~0.1 ms, where a hop to a thread and
+        back costs ~0.5 ms on the cold path. Worked out once per package (by `prepare_code`,
+        normally), and the walk stops as soon as it is over the bound."""
+        if code_dir in self._small:
+            return self._small[code_dir]
+        return self._remember_small(code_dir, plan_population(code_dir, SMALL_PACKAGE_ENTRIES))
+
+    def _remember_small(self, code_dir: Path, plan: Population | None) -> Population | None:
+        if len(self._small) > 4096:
+            self._small.clear()
+        self._small[code_dir] = plan
+        return plan
 
     async def create_sandbox(self, spec: FunctionSpec) -> Sandbox | FailedInit:
         """A new sandbox for `spec`, initialised. If init failed it is already dead and holds the
@@ -412,8 +424,8 @@ class LocalWorker:
             extra_ro_binds=cell.spec.extra_ro_binds,
         )
         try:
-            if self._small_package(code_dir):
-                populate(code_dir, cell.task_dir)  # a few links: less than a thread hop costs
+            if (plan := self._small_package(code_dir)) is not None:
+                populate(code_dir, cell.task_dir, plan)  # a few links: less than a thread hop costs
             else:
                 await asyncio.to_thread(populate, code_dir, cell.task_dir)
             cell.process.set_memory_limit(sandbox_spec.memory_bytes)  # type: ignore[attr-defined]
