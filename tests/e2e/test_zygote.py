@@ -1,0 +1,51 @@
+"""A function in a sandbox forked from a zygote sees what it would see in a sandbox started by
+bubblewrap: the same command line, environment, sys.path, logging set-up, working directory and
+identity, and nothing of the zygote's rehearsal (runtimes/python/zygote.py `rehearse`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .engine_fixtures import invoke, ok_json, python_function
+from .helpers import wait_for
+
+FINGERPRINT = """
+import builtins, logging, os, sys
+
+def handler(event, context):
+    root = logging.getLogger()
+    return {
+        "cmdline": open("/proc/self/cmdline", "rb").read().rstrip(b"\\0").decode().split("\\0"),
+        "environ": sorted(name for name in os.environ if name not in ("_X_AMZN_TRACE_ID",)),
+        "path": sys.path,
+        "cwd": os.getcwd(),
+        "uid": [os.getuid(), os.getgid()],
+        "handlers": [type(h).__name__ for h in root.handlers],
+        "level": root.level,
+        "converter": logging.Formatter.converter.__name__,
+        "builtins": [name for name in ("exit", "quit", "help") if hasattr(builtins, name)],
+        "rehearsal": [name for name in sys.modules if "rehearsal" in name] + [p for p in sys.path if p.startswith("/tmp")],
+        "tmp": os.listdir("/tmp"),
+        "argv": sys.argv,
+    }
+"""
+
+
+def _backend_line(server: Any) -> str:
+    return wait_for(lambda: next((ln for ln in server.stderr().splitlines() if "firebox.worker.backends" in ln), None),
+                    deadline_s=10, what="the server's sandbox-backend line")
+
+
+def test_a_forked_runtime_looks_like_a_bubblewrap_one(lam: Any, server: Any, server_factory: Any) -> None:
+    assert "forked from pre-imported zygotes" in _backend_line(server)
+    bubblewrap = server_factory(env={"FIREBOX_SANDBOX_BACKEND": "isolated"})
+    assert "zygotes" not in _backend_line(bubblewrap)
+    seen = []
+    for client in (lam, bubblewrap.client()):
+        name = python_function(client, FINGERPRINT, prefix="zyg", Environment={"Variables": {"MINE": "1"}})
+        seen.append(ok_json(invoke(client, name, {})))
+    forked, started = seen
+    assert forked["rehearsal"] == [] and forked["tmp"] == []
+    assert forked["handlers"] == ["LambdaLoggerHandler"]
+    for key in ("cmdline", "environ", "path", "cwd", "uid", "handlers", "level", "converter", "builtins", "argv"):
+        assert forked[key] == started[key], (key, forked[key], started[key])
