@@ -209,3 +209,42 @@ def test_choose_backend_prefers_zygotes(tmp_path: Path) -> None:
         assert not isinstance(bubblewrap_only, ZygoteBackend)
     finally:
         asyncio.run(bubblewrap_only.close())
+
+
+def test_a_sandbox_holds_nothing_of_the_environment_of_those_forked_before_it(loop, backend: ZygoteBackend,
+                                                                               code: Path) -> None:
+    """The zygote never reads a sandbox's environment (it goes to the child alone), so no trace
+    of one function's variables is in the memory a later sibling inherits. (The search runs
+    from here, as root, so the token never enters the second sandbox.)"""
+    token = os.urandom(12).hex().encode()
+    # values of many sizes (every allocator size class), so that no later allocation of the
+    # zygote could have overwritten them all by chance
+    secrets = {f"SECRET_{n}": token.decode() + "x" * (n * 37) for n in range(40)}
+    first = _spawn_agent(loop, backend, code, environment={"LANG": "C.UTF-8", "SECRET_OF_THE_FIRST": token.decode(),
+                                                           **secrets})
+    try:
+        assert run(loop, first.run("import os; result = os.environ['SECRET_OF_THE_FIRST']")) == token.decode()
+        assert _occurrences(first.sandbox.pid, token) > 0  # the search finds what is there
+        second = _spawn_agent(loop, backend, code)
+        try:
+            assert _occurrences(second.sandbox.pid, token) == 0
+        finally:
+            run(loop, second.close())
+    finally:
+        run(loop, first.close())
+
+
+def _occurrences(pid: int, needle: bytes) -> int:
+    found = 0
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            addresses, perms = line.split()[:2]
+            if "r" not in perms or line.rstrip().endswith(("[vvar]", "[vsyscall]", "[vvar_vclock]")):
+                continue
+            start, end = (int(x, 16) for x in addresses.split("-"))
+            try:
+                mem.seek(start)
+                found += mem.read(end - start).count(needle)
+            except OSError:
+                pass
+    return found

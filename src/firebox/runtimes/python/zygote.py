@@ -22,7 +22,10 @@ The zygote itself
 
 A spawn (one per sandbox)
 -------------------------
-The platform sends a JSON request and fds (SCM_RIGHTS): the sandbox's network namespace (made by
+The platform sends a JSON request and fds (SCM_RIGHTS): a socket on which the child alone reads
+the sandbox's private part (its environment and command: the zygote never reads it, so no trace
+of one function's variables can stay in the memory later children inherit), the sandbox's
+network namespace (made by
 the platform, the Runtime API listener inside), its cgroup `tasks` files, its code directory as a
 detached read-only mount (open_tree: a bind from the platform's mount namespace could not reach
 the zygote's), the write ends of its stdout and stderr pipes. The zygote forks the SANDBOX
@@ -406,6 +409,9 @@ def sandbox_child(runtime, request, fds, control):
     """The SANDBOX process (pid 1 of its new pid namespace, root until step 3): see the module
     docstring. Never returns."""
     try:
+        private = fds.pop(0)
+        with socket.socket(fileno=private) as channel:
+            request.update(json.loads(channel.recv(MAX_MESSAGE)))
         stdout, stderr = isolate(runtime, request, fds)
     except BaseException as exc:  # noqa: BLE001 - reported to the platform, then exit
         control.send(json.dumps({"id": request["id"], "error": "%s: %s" % (type(exc).__name__, exc)}).encode())

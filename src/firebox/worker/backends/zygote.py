@@ -518,18 +518,24 @@ class ZygoteBackend(IsolatedBackend):
             mine.append(err_read)
             theirs.append(err_write)
             theirs.insert(0, detached_readonly_tree(spec.code_dir))
-            fds = [net.netns_fd, *theirs]
+            # The environment and command go to the child alone, never through the zygote (whose
+            # memory every later child inherits): on a socket of their own.
+            private, private_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            theirs.insert(0, private_theirs.detach())
+            fds = [theirs[0], net.netns_fd, *theirs[1:]]
             if cgroup is not None:
                 for path in cgroup.self_paths:
                     theirs.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
                     fds.append(theirs[-1])
             environment = {**spec.environment, RUNTIME_API_VARIABLE: f"{netns.RUNTIME_API_HOST}:{self._port}"}
             request = {
-                "id": spec.sandbox_id, "kind": how.kind, "argv": list(how.argv), "cmdline": list(spec.command), "uid": uid,
-                "hostname": _hostname(spec.sandbox_id), "environment": environment,
+                "id": spec.sandbox_id, "uid": uid, "hostname": _hostname(spec.sandbox_id),
                 "tmp_bytes": spec.ephemeral_bytes, "shm_bytes": min(_SHM_BYTES, spec.memory_bytes),
                 "max_open_files": spec.max_open_files, "max_processes": spec.max_processes,
             }
+            with private:
+                private.send(json.dumps({"kind": how.kind, "argv": list(how.argv), "cmdline": list(spec.command),
+                                         "environment": environment}).encode())
             try:
                 pid = await zygote.spawn(request, fds)
             finally:
