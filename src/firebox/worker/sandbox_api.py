@@ -24,6 +24,10 @@ and a minimal `/etc`, a sized `/tmp`, a per-sandbox unprivileged host uid (uid 9
 Lambda's `sbx_user1051`), no capabilities, `no_new_privs`, a seccomp deny-list, rlimits and a
 cgroup memory limit.
 
+`zygote` (backends/zygote.py): the isolated backend, with the same isolation, that forks Python
+sandboxes from pre-imported interpreters (`runtimes/python/zygote.py`) instead of starting
+bubblewrap and a new interpreter for each; other commands go to bubblewrap.
+
 `process` (backends/process.py): the same contract with NO isolation, for hosts without
 namespaces; its `reason` says so loudly.
 
