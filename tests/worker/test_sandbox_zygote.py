@@ -248,3 +248,25 @@ def _occurrences(pid: int, needle: bytes) -> int:
             except OSError:
                 pass
     return found
+
+
+def test_a_failed_fork_starts_the_sandbox_in_bubblewrap(loop, backend: ZygoteBackend, code: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import firebox.worker.backends.zygote as zygote_module
+
+    # a hostname the kernel refuses (over 64 bytes): the fork fails inside its set-up
+    monkeypatch.setattr(zygote_module, "_hostname", lambda sandbox_id: "h" * 100)
+    spec = make_spec(code, environment={"LANG": "C.UTF-8", "PYTHONFAULTHANDLER": "1"})  # a zygote of its own
+    key = plan(spec).key  # type: ignore[union-attr]
+    before = backend.statistics()
+    try:
+        agent = run(loop, Agent.start(backend, spec))
+        try:
+            assert run(loop, agent.run("import os; result = os.getuid()")) == 993
+        finally:
+            run(loop, agent.close())
+        after = backend.statistics()
+        assert after["forked"] == before["forked"] and after["spawned"] == before["spawned"] + 1
+        assert "the sandbox did not start" in backend._broken[key]
+    finally:
+        backend._broken.pop(key, None)

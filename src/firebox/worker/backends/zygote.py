@@ -17,12 +17,16 @@ would have reached; a function whose start-up variables differ gets a zygote of 
 most `max_zygotes` live at once; beyond, bubblewrap).
 
 A spawn: the platform makes the network namespace (with the Runtime API listener inside), the
-cgroups, picks the uid, opens the code directory (O_PATH) and the output pipes, and sends them to
-the zygote; the zygote's fork does the rest (its docstring says what, in which order) and answers
-with the host pid of the sandbox's init, on which the backend opens a pidfd: `kill()` SIGKILLs
-it, which ends the whole pid namespace. The zygote, a child subreaper, reports each init's exit
-status. A zygote's address space holds nothing secret: it is started with `env` = the start-up
-variables only and knows nothing of the platform.
+cgroups, picks the uid, clones the code directory's mount (detached, read-only) and opens the
+output pipes, and sends them to the zygote with the request; the sandbox's environment and
+command go on a socket of their own that only the forked child reads (the zygote's memory is
+inherited by every later child, so it must never hold a function's variables). The zygote
+answers with the host pid of the forked sandbox, pid 1 of its own pid namespace and the
+runtime itself, on which the backend opens a pidfd: `kill()` SIGKILLs it, which ends the whole
+pid namespace; the zygote reaps it and reports its exit status. A zygote's address space holds
+nothing secret: it is started with `env` = the start-up variables only and knows nothing of the
+platform but the host paths of its root's parts. When a fork fails, the sandbox starts in
+bubblewrap (and so do the key's next ones, unless it was only the zygote dying).
 
 The zygote's life: started on first use (about 60 ms; for `boto3`, 300 ms), kept while it has
 live sandboxes or is among the `max_zygotes` most recently used. When the platform's end of its
@@ -136,8 +140,8 @@ def plan(spec: SandboxSpec) -> Plan | None:
 
 
 class _ChildExit:
-    """The exit status of one forked sandbox's init, from its zygote's report (or, if the zygote
-    died, from the init's pidfd: -9)."""
+    """The exit status of one forked sandbox, from its zygote's report (or, if the zygote died,
+    from its pidfd: -9)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.future: asyncio.Future[int] = loop.create_future()
@@ -284,7 +288,7 @@ class Zygote:
         self._children.clear()
 
     def claim(self, pid: int, pidfd: int | None) -> _ChildExit:
-        """The exit of the init `pid` (reported by `spawn`), watched from now on."""
+        """The exit of the sandbox `pid` (reported by `spawn`), watched from now on."""
         assert self._loop is not None
         child = _ChildExit(self._loop)
         early = self._births.pop(pid, None)
@@ -297,7 +301,7 @@ class Zygote:
         return child
 
     async def spawn(self, request: dict[str, object], fds: list[int]) -> int:
-        """Ask for one sandbox; the host pid of its init."""
+        """Ask for one sandbox; the host pid of its process (pid 1 of its namespace)."""
         if self.dead or self._sock is None or self._loop is None:
             raise ServiceError("the zygote is not running")
         self.last_used = time.monotonic()
@@ -371,7 +375,7 @@ def _watch_pidfd(loop: asyncio.AbstractEventLoop, pidfd: int | None, child: _Chi
 
 class _ForkedProcess:
     """What `RunningSandbox` needs of a process (`asyncio.subprocess.Process`'s shape) for a
-    sandbox forked by a zygote: its init's pid, the output pipes, the exit status."""
+    sandbox forked by a zygote: its pid, the output pipes, the exit status."""
 
     def __init__(self, pid: int, exit: _ChildExit, stdout: asyncio.StreamReader, stderr: asyncio.StreamReader,
                  transports: list[asyncio.BaseTransport], handle: _InitHandle) -> None:
@@ -491,7 +495,16 @@ class ZygoteBackend(IsolatedBackend):
         zygote = await self._zygote(how.key) if how is not None else None
         if zygote is None or how is None:
             return await super().spawn(spec)
-        return await self._fork(zygote, how, spec)
+        try:
+            return await self._fork(zygote, how, spec)
+        except ServiceError as exc:
+            # The fork failed (the zygote died, or something in its set-up does not work on
+            # this host): this sandbox starts in bubblewrap, and so do the key's next ones
+            # unless only the zygote died (it is restarted on next use).
+            if not zygote.dead:
+                self._broken[how.key] = str(exc)
+            log.warning("a zygote (%s) could not fork a sandbox, bubblewrap starts it: %s", how.key.flavour, exc)
+            return await super().spawn(spec)
 
     async def _fork(self, zygote: Zygote, how: Plan, spec: SandboxSpec) -> RunningSandbox:
         self._ledger.admit(spec)
@@ -705,7 +718,7 @@ def _isolation_problem(status_text: str) -> str | None:
 
 
 def _open_pidfd(pid: int, uid: int) -> int | None:
-    """A pidfd on the sandbox's init, checked to run under the sandbox's uid (not a recycled
+    """A pidfd on the sandbox's process, checked to run under the sandbox's uid (not a recycled
     pid); None when it is gone already."""
     try:
         pidfd = os.pidfd_open(pid)
