@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from sandbox_helpers import PYTHON, TEST_UIDS, Agent, make_spec, run
+
 # Fixtures and checks, run here against zygotes (pytest resolves their fixtures in this module).
 from test_sandbox_isolated import (  # noqa: F401, F811
     agent,
