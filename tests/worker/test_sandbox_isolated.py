@@ -156,6 +156,13 @@ result = {
     assert result["ssl"]
 
 
+def test_dev_is_minimal_with_ptys_of_its_own(loop, agent: Agent) -> None:
+    listing, tty = run(loop, agent.run("import os; m, s = os.openpty(); result = (sorted(os.listdir('/dev')), os.ttyname(s))"))
+    assert listing == ["core", "fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout",
+                       "tty", "urandom", "zero"]
+    assert tty == "/dev/pts/0"  # a devpts instance of its own: no other sandbox's ptys
+
+
 def test_unprivileged_identity_no_capabilities_no_new_privs_seccomp(loop, agent: Agent) -> None:
     status = run(loop, agent.run(
         "result = dict(l.split(':\\t', 1) for l in open('/proc/self/status').read().splitlines() if ':\\t' in l)"

@@ -25,6 +25,7 @@ from test_sandbox_isolated import (  # noqa: F401, F811
     test_cleanup_of_a_running_sandbox_kills_it,
     test_code_under_a_private_directory_is_bound_without_leaking_mounts,
     test_denied_syscalls_fail_with_eperm,
+    test_dev_is_minimal_with_ptys_of_its_own,
     test_exit_status_is_reported,
     test_filesystem_is_read_only_minimal_and_sized,
     test_fork_bomb_is_bounded_and_killed,

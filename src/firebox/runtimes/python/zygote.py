@@ -35,8 +35,8 @@ pid, and goes back to waiting. The SANDBOX, as root:
 1. joins the network namespace and the cgroups (so everything below is charged to the sandbox);
    rewrites its command line and environment areas to the sandbox's (`show_as`);
 2. enters new mount, ipc and uts namespaces: attaches the code directory on /var/task, mounts a
-   tmpfs of EphemeralStorage bytes on /tmp, a small one on /dev/shm and a new /proc over the
-   host's; sets the hostname;
+   tmpfs of EphemeralStorage bytes on /tmp, a small one on /dev/shm, a new devpts instance on
+   /dev/pts and a new /proc over the host's; sets the hostname;
 3. sets the rlimits and drops to the sandbox's host uid (no supplementary groups: every
    capability is gone), then unshares a user namespace (uid 993 / gid 990 mapped to that uid)
    and a cgroup namespace. The mount, ipc and uts namespaces belong to the host's user
@@ -435,6 +435,8 @@ def isolate(runtime, request, fds):
     _check(_libc.syscall(SYS_MOVE_MOUNT, code, b"", AT_FDCWD, b"/var/task", MOVE_MOUNT_F_EMPTY_PATH), "move_mount /var/task")
     mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=%d" % request["tmp_bytes"])
     mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=%d" % request["shm_bytes"])
+    # ptys of its own, as bubblewrap's /dev has (/dev/ptmx links to pts/ptmx)
+    mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620")
     mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)  # covers the host's
     socket.sethostname(request["hostname"])
     for fd in (netns, code, *cgroup_tasks):
