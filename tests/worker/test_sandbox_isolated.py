@@ -157,7 +157,8 @@ result = {
 
 
 def test_dev_is_minimal_with_ptys_of_its_own(loop, agent: Agent) -> None:
-    listing, tty = run(loop, agent.run("import os; m, s = os.openpty(); result = (sorted(os.listdir('/dev')), os.ttyname(s))"))
+    listing, tty = run(loop, agent.run(
+        "import os; m, s = os.openpty(); result = (sorted(os.listdir('/dev')), os.ttyname(s)); os.close(m); os.close(s)"))
     assert listing == ["core", "fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout",
                        "tty", "urandom", "zero"]
     assert tty == "/dev/pts/0"  # a devpts instance of its own: no other sandbox's ptys
