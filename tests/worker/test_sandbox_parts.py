@@ -10,13 +10,14 @@ import threading
 from pathlib import Path
 
 import pytest
+from sandbox_helpers import make_spec
 
+import firebox.worker.cgroups as cgroups_module
 from firebox.errors import ServiceError
 from firebox.worker import netns, seccomp
 from firebox.worker.backends._common import UidPool, decode_status
 from firebox.worker.cgroups import CgroupDriver, CgroupsUnavailable
 from firebox.worker.sandbox_api import SandboxBackend
-from sandbox_helpers import make_spec
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -91,7 +92,7 @@ def test_private_loopback_lives_in_its_own_namespace(method: str) -> None:
 
 
 @root_only
-def test_cgroup_driver_limits_and_removal() -> None:
+def test_cgroup_driver_limits_and_removal(monkeypatch: pytest.MonkeyPatch) -> None:
     try:
         driver = CgroupDriver.detect()
     except CgroupsUnavailable as exc:
@@ -106,6 +107,14 @@ def test_cgroup_driver_limits_and_removal() -> None:
         if "pids" in driver.controllers:
             assert (group.dirs[-1] / "pids.max").read_text().strip() == "7"
         assert group.oom_kills() == 0 and group.pids() == set()
+        limit_file = memory / ("memory.limit_in_bytes" if driver.version == 1 else "memory.max")
+        written: list[Path] = []
+        real_write = cgroups_module._write
+        monkeypatch.setattr(cgroups_module, "_write", lambda path, text: (written.append(path), real_write(path, text))[1])
+        group.set_memory_limit(64 * 1024 * 1024)  # the limit it has (a stem cell's): nothing written
+        assert written == []
+        group.set_memory_limit(96 * 1024 * 1024)
+        assert limit_file in written and int(limit_file.read_text().split()[0]) == 96 * 1024 * 1024
         assert asyncio.run(group.remove())
         assert not any(d.exists() for d in group.dirs)
         assert group.memory_peak() is None

@@ -157,6 +157,7 @@ class SandboxCgroup:
         self.procs_paths: tuple[str, ...] = tuple(str(d / "cgroup.procs") for d in dirs)
         self.self_paths: tuple[str, ...] = tuple(str(d / ("tasks" if self.version == 1 else "cgroup.procs")) for d in dirs)
         self.removed = False
+        self.memory_limit: int | None = None  # the limit this object last wrote (None: unknown)
 
     def attach(self, pid: int) -> None:
         """Move process `pid` into the sandbox's groups."""
@@ -265,14 +266,17 @@ class _V1Sandbox(SandboxCgroup):
             self._peak_fd = os.open(memory / "memory.max_usage_in_bytes", os.O_RDWR | os.O_CLOEXEC)
 
     def set_memory_limit(self, memory_bytes: int) -> None:
+        if memory_bytes == self.memory_limit:
+            return  # a stem cell specialised for the limit it has already: nothing to write
         # memory.memsw.limit_in_bytes must stay >= memory.limit_in_bytes at every step.
         memsw = self.memory / "memory.memsw.limit_in_bytes"
         files = ["memory.limit_in_bytes"]
         if memsw.exists():
-            current = _read_int(self.memory / "memory.limit_in_bytes")
+            current = self.memory_limit if self.memory_limit is not None else _read_int(self.memory / "memory.limit_in_bytes")
             files = ["memory.memsw.limit_in_bytes", *files] if memory_bytes > current else [*files, "memory.memsw.limit_in_bytes"]
         for name in files:
             _write(self.memory / name, str(memory_bytes))
+        self.memory_limit = memory_bytes
 
     def memory_peak(self) -> int | None:
         if self.removed or self._peak_fd is None:
@@ -313,7 +317,9 @@ class _V2Sandbox(SandboxCgroup):
             self._peak_fd = os.open(directory / "memory.peak", os.O_RDWR | os.O_CLOEXEC)
 
     def set_memory_limit(self, memory_bytes: int) -> None:
-        _write(self.directory / "memory.max", str(memory_bytes))
+        if memory_bytes != self.memory_limit:
+            _write(self.directory / "memory.max", str(memory_bytes))
+            self.memory_limit = memory_bytes
 
     def memory_peak(self) -> int | None:
         if self.removed or self._peak_fd is None:
@@ -457,7 +463,9 @@ class CgroupDriver:
                 pids_dir = dirs[1] if len(dirs) > 1 else None
                 if pids_dir is not None and max_pids is not None:
                     _write(pids_dir / "pids.max", str(max_pids))
-                return _V1Sandbox(memory, pids_dir)
+                made_v1 = _V1Sandbox(memory, pids_dir)
+                made_v1.memory_limit = memory_bytes
+                return made_v1
             directory = dirs[0]
             _write(directory / "memory.max", str(memory_bytes))
             for file, value in (("memory.swap.max", "0"), ("memory.oom.group", "1")):
@@ -465,7 +473,9 @@ class CgroupDriver:
                     _write(directory / file, value)
             if max_pids is not None and (directory / "pids.max").exists():
                 _write(directory / "pids.max", str(max_pids))
-            return _V2Sandbox(directory)
+            made_v2 = _V2Sandbox(directory)
+            made_v2.memory_limit = memory_bytes
+            return made_v2
         except BaseException:
             for directory in reversed(made):
                 _kill_all(directory)
