@@ -235,6 +235,9 @@ class Runtime:
             self.stem = load("_firebox_stem", "/var/runtime/python/stem.py")
             self.bootstrap = self.stem.load_bootstrap()
             self.stem.preload(self.bootstrap, flavour)
+            # From here on the stem uses what is loaded (in the rehearsal and in every child).
+            self.stem.load_bootstrap = lambda: self.bootstrap
+            self.stem.preload = lambda bootstrap, flavour: None
 
     def run(self, kind, argv):
         """The child's command, in process: `bootstrap`, `stem` or `script` (argv: the script
@@ -245,8 +248,6 @@ class Runtime:
             runpy.run_path(argv[0], run_name="__main__")
             return 0
         if kind == "stem":
-            self.stem.load_bootstrap = lambda: self.bootstrap
-            self.stem.preload = lambda bootstrap, flavour: None  # done in the zygote
             sys.argv = ["-c", self.stem.__file__] + ([] if self.flavour == "plain" else [self.flavour])
             return self.stem.main()
         sys.argv = ["-c", self.bootstrap.__file__]
@@ -262,9 +263,10 @@ REHEARSAL_EVENT = b'{"rehearsal": [1, 2.5, "three", null, true]}'
 
 
 def rehearse(runtime):
-    """Run the runtime once, here, before any child is forked: `bootstrap.main()` with a small
-    handler against a Runtime API played by a forked helper, for REHEARSAL_INVOCATIONS
-    invocations, then put back every piece of state it changed (see `_RehearsalState`).
+    """Run the runtime once, here, before any child is forked: a stem cell's whole life
+    (`stem.main()`: the specialisation long poll, then `bootstrap.main()`) with a small handler
+    against a Runtime API played by a forked helper, for REHEARSAL_INVOCATIONS invocations,
+    then put back every piece of state it changed (see `_RehearsalState`).
 
     Why: CPython 3.11 writes into a function's code object the first times it runs (warm-up
     counters, then its specialised instructions), and builds caches lazily (import machinery,
@@ -287,13 +289,10 @@ def rehearse(runtime):
             finally:
                 os._exit(0)
         listener.close()
-        os.environ.update({
-            "AWS_LAMBDA_RUNTIME_API": "127.0.0.1:%d" % _REHEARSAL_PORT, "_HANDLER": REHEARSAL_MODULE + ".handler",
-            "LAMBDA_TASK_ROOT": "/tmp", "AWS_LAMBDA_FUNCTION_NAME": "rehearsal", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128",
-            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
-        })
+        os.environ["AWS_LAMBDA_RUNTIME_API"] = "127.0.0.1:%d" % _REHEARSAL_PORT
+        sys.argv = ["-c", runtime.stem.__file__, runtime.flavour]
         try:
-            runtime.bootstrap.main()
+            runtime.stem.main()
         finally:
             os.waitpid(helper, 0)
     finally:
@@ -310,6 +309,7 @@ class _RehearsalState:
         import logging
 
         self.environ = dict(os.environ)
+        self.argv = list(sys.argv)
         self.path = list(sys.path)
         self.modules = set(sys.modules)
         self.importer_cache = set(sys.path_importer_cache)
@@ -325,6 +325,7 @@ class _RehearsalState:
 
         os.environ.clear()
         os.environ.update(self.environ)
+        sys.argv[:] = self.argv
         sys.path[:] = self.path
         for name in set(sys.modules) - self.modules:
             if name == REHEARSAL_MODULE or name.startswith(REHEARSAL_MODULE + "."):
@@ -368,8 +369,16 @@ def _rehearsal_listener():
     return listener
 
 
+REHEARSAL_ENVIRONMENT = {
+    "_HANDLER": REHEARSAL_MODULE + ".handler", "LAMBDA_TASK_ROOT": "/tmp", "LAMBDA_RUNTIME_DIR": "/var/runtime",
+    "AWS_LAMBDA_FUNCTION_NAME": "rehearsal", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128",
+    "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST", "AWS_REGION": "us-east-1", "TZ": ":UTC",
+}
+
+
 def _play_runtime_api(listener):
-    """The helper: REHEARSAL_INVOCATIONS events, each response acknowledged, then hang up."""
+    """The helper: the specialisation (the rehearsal environment), REHEARSAL_INVOCATIONS
+    events, each response acknowledged, then hang up."""
     connection, _ = listener.accept()
     reader = connection.makefile("rb")
 
@@ -386,6 +395,10 @@ def _play_runtime_api(listener):
         reader.read(length)
         return request_line
 
+    read_request()  # GET /firebox/specialize
+    environment = json.dumps(REHEARSAL_ENVIRONMENT).encode()
+    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                       % len(environment) + environment)
     for number in range(REHEARSAL_INVOCATIONS):
         read_request()  # GET /invocation/next
         deadline = int(time.time() * 1000) + 60000
