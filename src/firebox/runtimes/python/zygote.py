@@ -230,7 +230,7 @@ class Runtime:
 
     def __init__(self, flavour, seccomp):
         self.flavour = flavour
-        self.seccomp = seccomp
+        self.privileges = Privileges(seccomp)
         if flavour != "script":
             self.stem = load("_firebox_stem", "/var/runtime/python/stem.py")
             self.bootstrap = self.stem.load_bootstrap()
@@ -463,11 +463,14 @@ def isolate(runtime, request, fds):
     os.setresuid(uid, uid, uid)  # every capability of the host's user namespace is gone here
     prctl(PR_SET_DUMPABLE, 1)  # the uid change cleared it; /proc/self/uid_map needs it
     unshare(CLONE_NEWUSER | CLONE_NEWCGROUP)
-    for name, text in (("setgroups", "deny"), ("uid_map", "%d %d 1" % (SANDBOX_UID, uid)),
-                       ("gid_map", "%d %d 1" % (SANDBOX_GID, uid))):
-        with open("/proc/self/" + name, "w") as handle:
-            handle.write(text)
-    drop_privileges(runtime.seccomp)
+    for name, text in ((b"/proc/self/setgroups", b"deny"), (b"/proc/self/uid_map", b"%d %d 1" % (SANDBOX_UID, uid)),
+                       (b"/proc/self/gid_map", b"%d %d 1" % (SANDBOX_GID, uid))):
+        fd = os.open(name, os.O_WRONLY)
+        try:
+            os.write(fd, text)
+        finally:
+            os.close(fd)
+    runtime.privileges.drop()
     return stdout, stderr
 
 
@@ -478,9 +481,7 @@ def show_as(argv, environment):
     platform starts the zygote with room in both (a padding argument and variable), because the
     kernel's way of moving them (PR_SET_MM) needs CAP_SYS_RESOURCE, which a host may withhold
     even from root."""
-    with open("/proc/self/stat", "rb") as stat:
-        fields = stat.read().rpartition(b")")[2].split()
-    arg_start, arg_end, env_start, env_end = (int(fields[i]) for i in (45, 46, 47, 48))
+    (arg_start, arg_end), (env_start, env_end) = _AREAS
     cmdline = [arg.encode() + b"\0" for arg in argv]
     environ = [("%s=%s" % item).encode() + b"\0" for item in environment.items()]
     for start, end, entries in ((arg_start, arg_end, cmdline), (env_start, env_end, environ)):
@@ -492,21 +493,41 @@ def show_as(argv, environment):
         ctypes.memmove(start, data.ljust(room, b"\0"), room)
 
 
-def drop_privileges(program):
-    """Every capability gone for good, no_new_privs, then the seccomp filter (BPF bytes)."""
-    with open("/proc/sys/kernel/cap_last_cap") as handle:
-        last = int(handle.read())
-    for cap in range(last + 1):
-        prctl(PR_CAPBSET_DROP, cap)
-    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
-    header = struct.pack("Ii", LINUX_CAPABILITY_VERSION_3, 0)
-    data = bytes(24)  # two (effective, permitted, inheritable) u32 triples, all zero
-    _check(_libc.syscall(SYS_CAPSET, header, data), "capset")
-    prctl(PR_SET_NO_NEW_PRIVS, 1)
-    filters = ctypes.create_string_buffer(program, len(program))
-    # struct sock_fprog {unsigned short len; struct sock_filter *filter;}, 16 bytes on x86_64
-    fprog = ctypes.create_string_buffer(struct.pack("HxxxxxxQ", len(program) // 8, ctypes.addressof(filters)), 16)
-    prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog))
+class Privileges:
+    """What dropping privileges needs, worked out once in the zygote (every child has the same
+    kernel and the same address space): the last capability number, the capset arguments, and
+    the seccomp program as a `struct sock_fprog` in memory. A child then only makes the system
+    calls, writing to as few of the pages it shares with the zygote as it can."""
+
+    def __init__(self, program):
+        with open("/proc/sys/kernel/cap_last_cap") as handle:
+            self.capabilities = range(int(handle.read()) + 1)
+        self.cap_header = struct.pack("Ii", LINUX_CAPABILITY_VERSION_3, 0)
+        self.cap_data = bytes(24)  # two (effective, permitted, inheritable) u32 triples, all zero
+        self._filters = ctypes.create_string_buffer(program, len(program))
+        # struct sock_fprog {unsigned short len; struct sock_filter *filter;}, 16 bytes on x86_64
+        self._fprog = ctypes.create_string_buffer(
+            struct.pack("HxxxxxxQ", len(program) // 8, ctypes.addressof(self._filters)), 16)
+        self.fprog_address = ctypes.addressof(self._fprog)
+
+    def drop(self):
+        """Every capability gone for good, no_new_privs, then the seccomp filter."""
+        for cap in self.capabilities:
+            prctl(PR_CAPBSET_DROP, cap)
+        prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+        _check(_libc.syscall(SYS_CAPSET, self.cap_header, self.cap_data), "capset")
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
+        prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, self.fprog_address)
+
+
+def _argv_and_environ_areas():
+    """(start, end) of this process's argv and environment areas, as /proc/<pid>/stat says."""
+    with open("/proc/self/stat", "rb") as stat:
+        fields = stat.read().rpartition(b")")[2].split()
+    return (int(fields[45]), int(fields[46])), (int(fields[47]), int(fields[48]))
+
+
+_AREAS = None  # set in the zygote by main(); its children inherit it
 
 
 def run_runtime(runtime, request, stdout, stderr):
@@ -652,6 +673,8 @@ def main():
     try:
         config = json.loads(control.recv(MAX_MESSAGE))
         build_root(config)
+        global _AREAS
+        _AREAS = _argv_and_environ_areas()
         runtime = Runtime(config["flavour"], base64.b64decode(config["seccomp"]))
         if config.get("rehearse", True):
             rehearse(runtime)
