@@ -272,3 +272,25 @@ def test_a_failed_fork_starts_the_sandbox_in_bubblewrap(loop, backend: ZygoteBac
         assert "the sandbox did not start" in backend._broken[key]
     finally:
         backend._broken.pop(key, None)
+
+
+def test_a_zygote_start_cancelled_half_way_leaves_the_others_to_bubblewrap(loop, backend: ZygoteBackend,
+                                                                            code: Path) -> None:
+    spec = make_spec(code, environment={"LANG": "C.UTF-8", "PYTHONOPTIMIZE": "1"})  # a zygote of its own
+    key = plan(spec).key  # type: ignore[union-attr]
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(backend._zygote(key))
+        await asyncio.sleep(0)  # it is starting the zygote now
+        assert key in backend._starting
+        second = asyncio.ensure_future(backend._zygote(key))
+        await asyncio.sleep(0)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert await second is None  # bubblewrap for this one, no CancelledError leaking into it
+        assert key not in backend._broken and key not in backend._starting
+        again = await backend._zygote(key)  # the next one starts it
+        assert again is not None and not again.dead
+
+    run(loop, scenario())

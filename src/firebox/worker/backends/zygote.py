@@ -459,8 +459,11 @@ class ZygoteBackend(IsolatedBackend):
             self._zygotes[key] = zygote
             future.set_result(zygote)
             return zygote
-        except BaseException as exc:
-            future.done() or future.set_exception(exc)
+        except BaseException:
+            # Cancelled (or worse) while starting: whoever waits on this start uses bubblewrap
+            # this time (None), and the next spawn of the key tries again.
+            if not future.done():
+                future.set_result(None)
             raise
         finally:
             del self._starting[key]
