@@ -39,7 +39,7 @@ from test_sandbox_isolated import (  # noqa: F401, F811
     test_unprivileged_identity_no_capabilities_no_new_privs_seccomp,
 )
 
-from firebox.runtimes.api import bootstrap_command, stem_command
+from firebox.runtimes.api import RUNTIME_DIR, bootstrap_command, stem_command
 from firebox.worker.backends import ZygoteBackend, choose_backend
 from firebox.worker.backends._common import pids_of_uid
 from firebox.worker.backends.zygote import plan
@@ -294,3 +294,11 @@ def test_a_zygote_start_cancelled_half_way_leaves_the_others_to_bubblewrap(loop,
         assert again is not None and not again.dead
 
     run(loop, scenario())
+
+
+def test_a_runtime_zygote_learns_its_stem_cells_working_set(loop, backend: ZygoteBackend, code: Path) -> None:
+    """A zygote of the real runtime rehearses, then learns which pages a stem cell writes on its
+    way to its first invocation (its cells write them while idle: zygote.py `prefault`)."""
+    spec = make_spec(code, runtime_dir=RUNTIME_DIR, command=tuple(stem_command("python3.11", PYTHON)))
+    zygote = run(loop, backend._zygote(plan(spec).key))  # type: ignore[union-attr]
+    assert zygote is not None and 50 < zygote.working_set_pages < 5000, zygote.working_set_pages

@@ -171,6 +171,7 @@ class Zygote:
         self._stderr_task: asyncio.Task[None] | None = None
         self.dead = False
         self.last_used = time.monotonic()
+        self.working_set_pages = 0  # what its stem cells write while idle (zygote.py `prefault`)
 
     @property
     def live_children(self) -> int:
@@ -223,6 +224,7 @@ class Zygote:
     def _handle(self, message: dict[str, object]) -> None:
         assert self._ready is not None
         if "ready" in message:
+            self.working_set_pages = int(message.get("working_set_pages") or 0)  # type: ignore[arg-type]
             self._ready.done() or self._ready.set_result(int(message["ready"]))  # type: ignore[arg-type]
         elif "exited" in message:
             pid, status = int(message["exited"]), int(message["status"])  # type: ignore[arg-type]
@@ -659,8 +661,8 @@ class ZygoteBackend(IsolatedBackend):
         return {
             **super().statistics(),
             "forked": self._forked,
-            "zygotes": [{"flavour": z.key.flavour, "live_children": z.live_children, "dead": z.dead}
-                        for z in self._zygotes.values()],
+            "zygotes": [{"flavour": z.key.flavour, "live_children": z.live_children, "dead": z.dead,
+                         "working_set_pages": z.working_set_pages} for z in self._zygotes.values()],
             "zygotes_broken": len(self._broken),
         }
 
