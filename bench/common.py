@@ -115,3 +115,14 @@ def start_firebox(data_dir: str, env: dict[str, str]) -> tuple[subprocess.Popen[
         if line.startswith(READY_PREFIX):
             return proc, int(line.rstrip().rsplit(":", 1)[1].split()[0].strip("/"))
     raise SystemExit("firebox did not become ready in 60 s")
+
+
+def pss_kb(pid: int) -> int:
+    """A process's proportional set size (shared pages divided among their sharers), 0 when gone."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0

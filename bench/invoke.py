@@ -56,6 +56,7 @@ from common import (
     Connection,
     cdf,
     percentile,
+    pss_kb,
     samples,
     shown,
     start_firebox,
@@ -359,16 +360,6 @@ def descendants(pid: int) -> list[int]:
             found.append(child)
             stack.append(child)
     return found
-
-
-def pss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def density(server_pid: int, sandboxes: int) -> dict[str, float]:

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import percentile, write_results
+from common import percentile, pss_kb, write_results
 
 from firebox.runtimes.api import RUNTIME_DIR, bootstrap_command
 from firebox.worker.backends import IsolatedBackend, ZygoteBackend
@@ -85,16 +85,6 @@ ENVIRONMENT = {
 def busy_seconds() -> float:
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def pss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def pids_of_uids(uids: range) -> list[int]:
