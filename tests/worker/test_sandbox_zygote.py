@@ -302,3 +302,32 @@ def test_a_runtime_zygote_learns_its_stem_cells_working_set(loop, backend: Zygot
     spec = make_spec(code, runtime_dir=RUNTIME_DIR, command=tuple(stem_command("python3.11", PYTHON)))
     zygote = run(loop, backend._zygote(plan(spec).key))  # type: ignore[union-attr]
     assert zygote is not None and 50 < zygote.working_set_pages < 5000, zygote.working_set_pages
+
+
+def test_cancelled_spawns_leave_no_bookkeeping_in_the_zygote(loop, backend: ZygoteBackend, code: Path) -> None:
+    async def scenario() -> None:
+        zygote = await backend._zygote(plan(make_spec(code, "exit3.py")).key)  # type: ignore[union-attr]
+        assert zygote is not None
+        for attempt in range(40):  # cancelled at every point up to the zygote's answer
+            spawning = asyncio.ensure_future(backend.spawn(make_spec(code, "exit3.py")))
+            while not zygote._spawns and not spawning.done():
+                await asyncio.sleep(0)
+            for _ in range(attempt % 8):
+                await asyncio.sleep(0.0005)
+            spawning.cancel()
+            await asyncio.wait({spawning}, timeout=20)
+            if not spawning.cancelled() and spawning.exception() is None:
+                sandbox = spawning.result()
+                await sandbox.wait()
+                await sandbox.cleanup()
+        deadline = time.monotonic() + 10
+        while True:
+            zygotes = [z for z in backend._zygotes.values() if z.key.flavour == "script"]
+            left = [(z._spawns, z._starting_pids, z._pids_of_spawns, z._ready_spawns, z._births) for z in zygotes
+                    if z._spawns or z._starting_pids or z._pids_of_spawns or z._ready_spawns or z._births]
+            if not left:
+                break
+            assert time.monotonic() < deadline, left
+            await asyncio.sleep(0.02)
+
+    run(loop, scenario())

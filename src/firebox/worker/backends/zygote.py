@@ -231,10 +231,9 @@ class Zygote:
             if pid in self._children:
                 self._children.pop(pid)[0].set(status)
             elif pid in self._starting_pids:  # died while starting, without saying why
-                spawn_id = self._starting_pids.pop(pid)
-                self._births.pop(pid, None)
-                self._pids_of_spawns.pop(spawn_id, None)
-                future = self._spawns.pop(spawn_id, None)
+                spawn_id = self._starting_pids[pid]
+                future = self._spawns.get(spawn_id)
+                self._forget_spawn(spawn_id)
                 if future is not None and not future.done():
                     future.set_exception(ServiceError(f"the sandbox did not start: it exited with status {status}"))
             elif pid in self._births:
@@ -259,12 +258,7 @@ class Zygote:
         if message.get("started"):
             self._ready_spawns.add(spawn_id)
         if "error" in message:
-            self._spawns.pop(spawn_id)
-            self._ready_spawns.discard(spawn_id)
-            failed = self._pids_of_spawns.pop(spawn_id, None)
-            if failed is not None:  # its exit, reported later, concerns no one
-                self._births.pop(failed, None)
-                self._starting_pids.pop(failed, None)
+            self._forget_spawn(spawn_id)  # its exit, reported later, concerns no one
             future.set_exception(ServiceError(f"the sandbox did not start: {message['error']}"))
         elif spawn_id in self._ready_spawns and spawn_id in self._pids_of_spawns:
             self._spawns.pop(spawn_id)
@@ -328,8 +322,21 @@ class Zygote:
         try:
             return await asyncio.wait_for(asyncio.shield(future), _SPAWN_TIMEOUT_S)
         except TimeoutError:
-            self._spawns.pop(str(request["id"]), None)
+            self._forget_spawn(str(request["id"]))
             raise ServiceError("the zygote did not answer in time") from None
+        except BaseException:  # cancelled: what the zygote says of it later concerns no one
+            self._forget_spawn(str(request["id"]))
+            raise
+
+    def _forget_spawn(self, spawn_id: str) -> None:
+        """Drop what is known of a spawn no one waits for any more (failed, timed out,
+        cancelled); later messages about it find nothing and are ignored."""
+        self._spawns.pop(spawn_id, None)
+        self._ready_spawns.discard(spawn_id)
+        pid = self._pids_of_spawns.pop(spawn_id, None)
+        if pid is not None:
+            self._births.pop(pid, None)
+            self._starting_pids.pop(pid, None)
 
     async def close(self) -> None:
         """Stop the zygote: it kills the sandboxes it still has (none, when the backend calls)."""
