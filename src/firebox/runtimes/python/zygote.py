@@ -689,19 +689,23 @@ def serve(runtime, control):
             if message is None:
                 kill_children()  # the platform is gone: so are the sandboxes it started
                 return 0
+            request = {}
             try:
                 request = json.loads(message)
                 pid = fork_into_new_pid_namespace(own_pid_namespace)
-            except BaseException as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - that spawn fails, the zygote goes on
                 for fd in fds:
                     os.close(fd)
-                control.send(json.dumps({"id": None, "error": repr(exc)}).encode())
+                control.send(json.dumps({"id": request.get("id"), "error": repr(exc)}).encode())
                 continue
             if pid == 0:
-                signal.set_wakeup_fd(-1)
-                for fd in (wake_read, wake_write, own_pid_namespace):
-                    os.close(fd)
-                sandbox_child(runtime, request, fds, control)
+                try:
+                    signal.set_wakeup_fd(-1)
+                    for fd in (wake_read, wake_write, own_pid_namespace):
+                        os.close(fd)
+                    sandbox_child(runtime, request, fds, control)
+                finally:
+                    os._exit(1)  # never back into this loop: a child must not serve as a zygote
             control.send(json.dumps({"id": request["id"], "pid": pid}).encode())
             for fd in fds:
                 os.close(fd)
