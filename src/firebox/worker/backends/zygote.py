@@ -326,6 +326,8 @@ class Zygote:
             raise ServiceError("the zygote did not answer in time") from None
         except BaseException:  # cancelled: what the zygote says of it later concerns no one
             self._forget_spawn(str(request["id"]))
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self._births.pop(future.result(), None)  # it had answered: the exit is no one's
             raise
 
     def _forget_spawn(self, spawn_id: str) -> None:
