@@ -4,9 +4,9 @@
                                       [--out-dir DIR]
 
 Runs bench/invoke.py, async_invoke.py, logs.py, keepalive.py and sandboxes.py (root only: it is
-skipped otherwise) one after the other, each in its
-own process with its output in <dir>/<name>.log, then prints their tables as one, and writes into
-<dir> (default bench/results/<time>/):
+skipped otherwise) one after the other, each in its own process with its output in
+<dir>/<name>.log, then prints their tables as one, and writes into <dir> (default
+bench/results/<time>/):
 - bench.json: every benchmark's results, with its command, wall time and exit status, the
   machine and the commit measured (`bench/plots.py bench.json` re-plots it);
 - the PNGs of bench/plots.py (when matplotlib is installed: `make bench` installs it).

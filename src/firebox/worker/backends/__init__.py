@@ -4,9 +4,9 @@
 root, libseccomp loads, and a probe sandbox started with the real flags runs and reports uid 993,
 no capabilities, no_new_privs and seccomp mode 2: by default its `ZygoteBackend` form, which forks
 Python sandboxes from pre-imported zygotes (with the same isolation, checked by a second probe
-that turns zygotes off, loudly, when it fails); `prefer="isolated"` gives bubblewrap alone. Otherwise it returns the process
-backend, whose `reason` starts with a loud WARNING (also logged at WARNING level). Print
-`backend.reason` at start-up either way.
+that turns zygotes off, loudly, when it fails); `prefer="isolated"` gives bubblewrap alone.
+Otherwise it returns the process backend, whose `reason` starts with a loud WARNING (also logged
+at WARNING level). Print `backend.reason` at start-up either way.
 
 `prefer="process"` forces the fallback; `prefer="isolated"` and `prefer="zygote"` refuse to fall
 back (RuntimeError with the reason). The probe costs one sandbox start (~20 ms).
