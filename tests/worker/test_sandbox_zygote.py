@@ -211,6 +211,11 @@ def test_choose_backend_prefers_zygotes(tmp_path: Path) -> None:
         assert not isinstance(bubblewrap_only, ZygoteBackend)
     finally:
         asyncio.run(bubblewrap_only.close())
+    required = choose_backend("zygote", uid_range=TEST_UIDS)
+    try:
+        assert isinstance(required, ZygoteBackend) and required.zygote_problem is None
+    finally:
+        asyncio.run(required.close())
 
 
 def test_a_sandbox_holds_nothing_of_the_environment_of_those_forked_before_it(loop, backend: ZygoteBackend,
