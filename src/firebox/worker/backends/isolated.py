@@ -127,6 +127,15 @@ class _Launch:
         self.close_after_start.clear()
 
 
+@dataclass
+class Held:
+    """What `IsolatedBackend._take` has taken so far for one sandbox."""
+
+    net: netns.PrivateLoopback | None = None
+    uid: int | None = None
+    cgroup: SandboxCgroup | None = None
+
+
 class IsolatedBackend:
     """`SandboxBackend` on bubblewrap. See the module docstring. Construct, then (optionally)
     `probe()`; `choose_backend` does both."""
@@ -307,17 +316,11 @@ class IsolatedBackend:
         self._ledger.admit(spec)
         check_host_dirs(spec)
         started = time.monotonic()
-        net: netns.PrivateLoopback | None = None
-        uid: int | None = None
-        cgroup: SandboxCgroup | None = None
+        held = Held()
         launch: _Launch | None = None
         proc: asyncio.subprocess.Process | None = None
         try:
-            net = await asyncio.to_thread(netns.create_private_loopback, self._port)
-            uid = self._uids.allocate()
-            if self._cgroups is not None:
-                cgroup = self._cgroups.create(spec.sandbox_id, memory_bytes=spec.memory_bytes,
-                                              max_pids=spec.max_processes)
+            net, uid, cgroup = await self._take(spec, held)
             launch = self._prepare(spec, net, uid, cgroup)
             # Shielded: cancelled half-way, asyncio would have forked bwrap without handing us
             # the process, and nothing would kill the sandbox it starts (whose processes hold
@@ -350,8 +353,8 @@ class IsolatedBackend:
                 with contextlib.suppress(OSError):
                     os.close(launch.info_read)
             if proc is not None:
-                if cgroup is not None:
-                    cgroup.kill()  # the sandbox's own processes too: they hold the pipes
+                if held.cgroup is not None:
+                    held.cgroup.kill()  # the sandbox's own processes too: they hold the pipes
                 if proc.returncode is None:
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()
@@ -359,12 +362,7 @@ class IsolatedBackend:
                     await asyncio.wait_for(asyncio.shield(proc.wait()), _INFO_TIMEOUT_S)
                 if (transport := getattr(proc, "_transport", None)) is not None:
                     transport.close()
-            if net is not None:
-                net.close()
-            if cgroup is not None:
-                await cgroup.remove()
-            if uid is not None:
-                self._uids.release(uid)
+            await self._give_back(held)
             raise
         os.close(launch.info_read)
 
@@ -376,6 +374,27 @@ class IsolatedBackend:
         )
         self._ledger.spawned(sandbox, started)
         return sandbox
+
+    async def _take(self, spec: SandboxSpec, held: Held) -> tuple[netns.PrivateLoopback, int, SandboxCgroup | None]:
+        """What every sandbox of this backend gets, whoever starts it (bubblewrap or a zygote):
+        a private network namespace, a host uid, its cgroups. Recorded in `held` as they are
+        taken, so that `_give_back` returns exactly those after a failure half-way."""
+        held.net = await asyncio.to_thread(netns.create_private_loopback, self._port)
+        held.uid = self._uids.allocate()
+        if self._cgroups is not None:
+            held.cgroup = self._cgroups.create(spec.sandbox_id, memory_bytes=spec.memory_bytes,
+                                               max_pids=spec.max_processes)
+        return held.net, held.uid, held.cgroup
+
+    async def _give_back(self, held: Held) -> None:
+        """Release what `_take` took for a sandbox that did not start (its cgroup's leftover
+        processes are killed by the removal)."""
+        if held.net is not None:
+            held.net.close()
+        if held.cgroup is not None:
+            await held.cgroup.remove()
+        if held.uid is not None:
+            self._uids.release(held.uid)
 
     # --- the start-up probe ---------------------------------------------------------------
 
@@ -417,17 +436,7 @@ class IsolatedBackend:
             self._uids.release(uid)
         if result.returncode != 0:
             return f"the probe sandbox exited {result.returncode}: {result.stderr.decode(errors='replace').strip()[-300:]}"
-        status = dict(
-            (key, value.strip()) for key, _, value in
-            (line.partition(":") for line in result.stdout.decode(errors="replace").splitlines())
-        )
-        expected = {"CapEff": "0000000000000000", "NoNewPrivs": "1", "Seccomp": "2"}
-        wrong = {k: status.get(k) for k, v in expected.items() if status.get(k) != v}
-        if status.get("Uid", "").split()[:1] != [str(SANDBOX_UID)]:
-            wrong["Uid"] = status.get("Uid")
-        if wrong:
-            return f"the probe sandbox is not isolated as designed: {wrong}"
-        return None
+        return isolation_problem(result.stdout.decode(errors="replace"))
 
     # --- the rest of the contract ---------------------------------------------------------
 
@@ -488,6 +497,17 @@ class _InitHandle:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
+
+
+def isolation_problem(status_text: str) -> str | None:
+    """What a probe sandbox's /proc/self/status shows wrong (None: uid 993, no capabilities,
+    not even in the bounding set, no_new_privs, a seccomp filter)."""
+    status = {key: value.strip() for key, _, value in (line.partition(":") for line in status_text.splitlines())}
+    expected = {"CapEff": "0000000000000000", "CapBnd": "0000000000000000", "NoNewPrivs": "1", "Seccomp": "2"}
+    wrong = {k: status.get(k) for k, v in expected.items() if status.get(k) != v}
+    if status.get("Uid", "").split()[:1] != [str(SANDBOX_UID)]:
+        wrong["Uid"] = status.get("Uid")
+    return f"the probe sandbox is not isolated as designed: {wrong}" if wrong else None
 
 
 def _hostname(sandbox_id: str) -> str:
