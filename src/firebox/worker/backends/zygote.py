@@ -36,49 +36,48 @@ exits. If it dies, its sandboxes' exits are still seen through their pidfds (rep
 
 from __future__ import annotations
 
-import array
 import asyncio
 import base64
 import contextlib
-import ctypes
 import json
 import logging
 import os
 import re
 import signal
 import socket
-import struct
-import subprocess
 import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import NamedTuple
 
 from firebox.errors import ServiceError
-from firebox.runtimes.api import PYTHON_FLAGS, PYTHON_LOADER, RUNTIME_DIR
+from firebox.runtimes.api import PYTHON_FLAGS, PYTHON_LOADER
 from firebox.worker import netns, seccomp
 from firebox.worker.backends._common import RunningSandbox, check_host_dirs
 from firebox.worker.backends.isolated import (
     _ETC_BINDS,
+    Held,
     IsolatedBackend,
     _hostname,
     _InitHandle,
+    isolation_problem,
 )
-from firebox.worker.cgroups import SandboxCgroup
+from firebox.worker.backends.zygote_process import (
+    ForkedProcess,
+    Zygote,
+    ZygoteKey,
+    detached_readonly_tree,
+    open_pidfd,
+    read_pipe,
+)
 from firebox.worker.sandbox_api import RUNTIME_API_VARIABLE, SandboxSpec
+
+__all__ = ["Plan", "ZygoteBackend", "ZygoteKey", "plan", "startup_environment"]
 
 log = logging.getLogger(__name__)
 
-ZYGOTE_SCRIPT = RUNTIME_DIR / "python" / "zygote.py"
 MAX_ZYGOTES = 4
-_START_TIMEOUT_S = 30.0
-_SPAWN_TIMEOUT_S = 10.0
 _SHM_BYTES = 64 * 1024 * 1024
-# Room in the zygote's argv and environment areas, which its children overwrite with their own
-# command and environment (what /proc/<pid>/cmdline and environ show; see zygote.py `show_as`).
-# Lambda caps a function's variables at 4 KB; the platform adds about 1 KB.
-_ARGV_ROOM = 4096
-_ENVIRON_ROOM = 16384
 _PYTHON = re.compile(r"python3(\.\d+)?")
 _STARTUP_PREFIXES = ("PYTHON", "LD_", "LC_", "MALLOC_", "GLIBC_")
 _STARTUP_NAMES = frozenset({"TZ", "LANG", "LANGUAGE", "PATH"})
@@ -86,15 +85,6 @@ _STARTUP_NAMES = frozenset({"TZ", "LANG", "LANGUAGE", "PATH"})
 _PRELOAD_NAMES = frozenset({"LAMBDA_TASK_ROOT", "FIREBOX_RUNTIME_LIBS"})
 _BOOTSTRAP = "python/bootstrap.py"
 _STEM = "python/stem.py"
-
-
-class ZygoteKey(NamedTuple):
-    interpreter: str
-    flags: tuple[str, ...]
-    runtime_dir: str
-    extra_binds: tuple[tuple[str, str], ...]
-    flavour: str  # plain | boto3 | script
-    startup_env: tuple[tuple[str, str], ...]
 
 
 class Plan(NamedTuple):
@@ -137,289 +127,6 @@ def plan(spec: SandboxSpec) -> Plan | None:
     if rest and rest[0].endswith(".py") and rest[0].startswith("/") and not rest[0].startswith("-"):
         return Plan(key("script"), "script", tuple(rest))
     return None
-
-
-class _ChildExit:
-    """The exit status of one forked sandbox, from its zygote's report (or, if the zygote died,
-    from its pidfd: -9)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.future: asyncio.Future[int] = loop.create_future()
-
-    def set(self, status: int) -> None:
-        if not self.future.done():
-            self.future.set_result(status)
-
-
-class Zygote:
-    """One running zygote process and the platform's end of its control socket."""
-
-    def __init__(self, key: ZygoteKey, root: Path, config: dict[str, object]) -> None:
-        self.key = key
-        self.root = root
-        self._config = config
-        self._proc: asyncio.subprocess.Process | None = None
-        self._sock: socket.socket | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready: asyncio.Future[int] | None = None
-        self._spawns: dict[str, asyncio.Future[int]] = {}
-        self._births: dict[int, int | None] = {}  # reported sandbox pid -> exit status seen early
-        self._starting_pids: dict[int, str] = {}  # pid -> spawn id, until the sandbox is ready
-        self._pids_of_spawns: dict[str, int] = {}
-        self._ready_spawns: set[str] = set()
-        self._children: dict[int, tuple[_ChildExit, int | None]] = {}
-        self._stderr_task: asyncio.Task[None] | None = None
-        self.dead = False
-        self.last_used = time.monotonic()
-        self.working_set_pages = 0  # what its stem cells write while idle (zygote.py `prefault`)
-
-    @property
-    def live_children(self) -> int:
-        return len(self._children)
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        mine.setblocking(False)
-        self._sock = mine
-        self._ready = loop.create_future()
-        try:
-            self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
-            mine.send(json.dumps(self._config).encode())
-            self._proc = await asyncio.create_subprocess_exec(
-                self.key.interpreter, *self.key.flags, str(ZYGOTE_SCRIPT), str(theirs.fileno()), " " * _ARGV_ROOM,
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                env={**dict(self.key.startup_env), "FIREBOX_ZYGOTE_ROOM": " " * _ENVIRON_ROOM}, cwd="/", pass_fds=(theirs.fileno(),), start_new_session=True,
-            )
-        finally:
-            theirs.close()
-        loop.add_reader(mine.fileno(), self._on_readable)
-        self._stderr_task = asyncio.ensure_future(self._log_stderr())
-        try:
-            await asyncio.wait_for(asyncio.shield(self._ready), _START_TIMEOUT_S)
-        except BaseException:
-            await self.close()
-            raise
-
-    async def _log_stderr(self) -> None:
-        assert self._proc is not None and self._proc.stderr is not None
-        async for line in self._proc.stderr:
-            log.warning("zygote %s: %s", self.key.flavour, line.decode(errors="replace").rstrip())
-
-    def _on_readable(self) -> None:
-        assert self._sock is not None
-        while True:
-            try:
-                data = self._sock.recv(65536)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data:
-                self._died()
-                return
-            self._handle(json.loads(data))
-
-    def _handle(self, message: dict[str, object]) -> None:
-        assert self._ready is not None
-        if "ready" in message:
-            self.working_set_pages = int(message.get("working_set_pages") or 0)  # type: ignore[arg-type]
-            self._ready.done() or self._ready.set_result(int(message["ready"]))  # type: ignore[arg-type]
-        elif "exited" in message:
-            pid, status = int(message["exited"]), int(message["status"])  # type: ignore[arg-type]
-            if pid in self._children:
-                self._children.pop(pid)[0].set(status)
-            elif pid in self._starting_pids:  # died while starting, without saying why
-                spawn_id = self._starting_pids[pid]
-                future = self._spawns.get(spawn_id)
-                self._forget_spawn(spawn_id)
-                if future is not None and not future.done():
-                    future.set_exception(ServiceError(f"the sandbox did not start: it exited with status {status}"))
-            elif pid in self._births:
-                self._births[pid] = status
-        elif message.get("id") is None:
-            error = ServiceError(f"the zygote failed: {message.get('error')}")
-            if not self._ready.done():
-                self._ready.set_exception(error)
-        else:
-            self._spawn_progress(str(message["id"]), message)
-
-    def _spawn_progress(self, spawn_id: str, message: dict[str, object]) -> None:
-        """The zygote's `pid` and the sandbox's `started` (in either order), or an `error`."""
-        future = self._spawns.get(spawn_id)
-        if future is None or future.done():
-            return
-        if "pid" in message:
-            pid = int(message["pid"])  # type: ignore[arg-type]
-            self._births[pid] = None
-            self._starting_pids[pid] = spawn_id
-            self._pids_of_spawns[spawn_id] = pid
-        if message.get("started"):
-            self._ready_spawns.add(spawn_id)
-        if "error" in message:
-            self._forget_spawn(spawn_id)  # its exit, reported later, concerns no one
-            future.set_exception(ServiceError(f"the sandbox did not start: {message['error']}"))
-        elif spawn_id in self._ready_spawns and spawn_id in self._pids_of_spawns:
-            self._spawns.pop(spawn_id)
-            self._ready_spawns.discard(spawn_id)
-            pid = self._pids_of_spawns.pop(spawn_id)
-            self._starting_pids.pop(pid, None)
-            future.set_result(pid)
-
-    def _died(self) -> None:
-        if self.dead:
-            return
-        self.dead = True
-        assert self._loop is not None and self._sock is not None
-        self._loop.remove_reader(self._sock.fileno())
-        error = ServiceError("the zygote exited")
-        if self._ready is not None and not self._ready.done():
-            self._ready.set_exception(error)
-        for future in self._spawns.values():
-            future.done() or future.set_exception(error)
-        self._spawns.clear()
-        for child, pidfd in self._children.values():  # their exits now come from their pidfds
-            _watch_pidfd(self._loop, pidfd, child)
-        self._children.clear()
-
-    def claim(self, pid: int, pidfd: int | None) -> _ChildExit:
-        """The exit of the sandbox `pid` (reported by `spawn`), watched from now on."""
-        assert self._loop is not None
-        child = _ChildExit(self._loop)
-        early = self._births.pop(pid, None)
-        if early is not None:
-            child.set(early)
-        elif self.dead or pidfd is None:
-            _watch_pidfd(self._loop, pidfd, child)
-        else:
-            self._children[pid] = (child, pidfd)
-        return child
-
-    async def spawn(self, request: dict[str, object], fds: list[int]) -> int:
-        """Ask for one sandbox; the host pid of its process (pid 1 of its namespace)."""
-        if self.dead or self._sock is None or self._loop is None:
-            raise ServiceError("the zygote is not running")
-        self.last_used = time.monotonic()
-        future = self._loop.create_future()
-        self._spawns[str(request["id"])] = future
-        payload = json.dumps(request).encode()
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-        while True:
-            try:
-                self._sock.sendmsg([payload], ancillary)
-                break
-            except BlockingIOError:
-                writable: asyncio.Future[None] = self._loop.create_future()
-                self._loop.add_writer(self._sock.fileno(), _set_once, writable)
-                try:
-                    await writable
-                finally:
-                    self._loop.remove_writer(self._sock.fileno())
-            except OSError as exc:
-                self._spawns.pop(str(request["id"]), None)
-                raise ServiceError(f"the zygote is not reachable: {exc}") from exc
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), _SPAWN_TIMEOUT_S)
-        except TimeoutError:
-            self._forget_spawn(str(request["id"]))
-            raise ServiceError("the zygote did not answer in time") from None
-        except BaseException:  # cancelled: what the zygote says of it later concerns no one
-            self._forget_spawn(str(request["id"]))
-            if future.done() and not future.cancelled() and future.exception() is None:
-                self._births.pop(future.result(), None)  # it had answered: the exit is no one's
-            raise
-
-    def _forget_spawn(self, spawn_id: str) -> None:
-        """Drop what is known of a spawn no one waits for any more (failed, timed out,
-        cancelled); later messages about it find nothing and are ignored."""
-        self._spawns.pop(spawn_id, None)
-        self._ready_spawns.discard(spawn_id)
-        pid = self._pids_of_spawns.pop(spawn_id, None)
-        if pid is not None:
-            self._births.pop(pid, None)
-            self._starting_pids.pop(pid, None)
-
-    async def close(self) -> None:
-        """Stop the zygote: it kills the sandboxes it still has (none, when the backend calls)."""
-        if self._sock is not None:
-            if not self.dead and self._loop is not None:
-                self._loop.remove_reader(self._sock.fileno())
-            self.dead = True
-            self._sock.close()
-        if self._proc is not None and self._proc.returncode is None:
-            try:
-                await asyncio.wait_for(self._proc.wait(), 5)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self._proc.kill()
-                await self._proc.wait()
-        if self._stderr_task is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._stderr_task, 1)
-        for child, _ in self._children.values():
-            child.set(-signal.SIGKILL)
-        self._children.clear()
-        if self.root.is_dir():
-            with contextlib.suppress(OSError):
-                self.root.rmdir()
-
-
-def _set_once(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-def _watch_pidfd(loop: asyncio.AbstractEventLoop, pidfd: int | None, child: _ChildExit) -> None:
-    """Resolve `child` with -9 once the process behind `pidfd` has exited."""
-    if pidfd is None:
-        child.set(-signal.SIGKILL)
-        return
-
-    def exited() -> None:
-        loop.remove_reader(pidfd)
-        child.set(-signal.SIGKILL)
-
-    loop.add_reader(pidfd, exited)
-    child.future.add_done_callback(lambda _: loop.remove_reader(pidfd))
-
-
-class _ForkedProcess:
-    """What `RunningSandbox` needs of a process (`asyncio.subprocess.Process`'s shape) for a
-    sandbox forked by a zygote: its pid, the output pipes, the exit status."""
-
-    def __init__(self, pid: int, exit: _ChildExit, stdout: asyncio.StreamReader, stderr: asyncio.StreamReader,
-                 transports: list[asyncio.BaseTransport], handle: _InitHandle) -> None:
-        self.pid = pid
-        self.stdout = stdout
-        self.stderr = stderr
-        self.returncode: int | None = None
-        self._exit = exit
-        self._transport = _Transports(transports)
-        self._handle = handle
-
-    async def wait(self) -> int:
-        self.returncode = await asyncio.shield(self._exit.future)
-        return self.returncode
-
-    def kill(self) -> None:
-        self._handle.kill()
-
-
-class _Transports:
-    def __init__(self, transports: list[asyncio.BaseTransport]) -> None:
-        self._transports = transports
-
-    def close(self) -> None:
-        for transport in self._transports:
-            transport.close()
-
-
-async def _read_pipe(loop: asyncio.AbstractEventLoop, fd: int) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
-    reader = asyncio.StreamReader(loop=loop)
-    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop),
-                                                os.fdopen(fd, "rb", buffering=0))
-    return reader, transport
 
 
 class ZygoteBackend(IsolatedBackend):
@@ -525,19 +232,13 @@ class ZygoteBackend(IsolatedBackend):
         check_host_dirs(spec)
         loop = asyncio.get_running_loop()
         started = time.monotonic()
-        net: netns.PrivateLoopback | None = None
-        uid: int | None = None
-        cgroup: SandboxCgroup | None = None
+        held = Held()
         mine: list[int] = []  # read ends and the pidfd: ours to keep or close on failure
         theirs: list[int] = []  # what the zygote's child gets: closed here once it is sent
         transports: list[asyncio.BaseTransport] = []
         pidfd: int | None = None
         try:
-            net = await asyncio.to_thread(netns.create_private_loopback, self._port)
-            uid = self._uids.allocate()
-            if self._cgroups is not None:
-                cgroup = self._cgroups.create(spec.sandbox_id, memory_bytes=spec.memory_bytes,
-                                              max_pids=spec.max_processes)
+            net, uid, cgroup = await self._take(spec, held)
             out_read, out_write = os.pipe2(os.O_CLOEXEC)
             mine.append(out_read)
             theirs.append(out_write)
@@ -570,11 +271,11 @@ class ZygoteBackend(IsolatedBackend):
                     os.close(fd)
                 theirs.clear()
                 net.close_netns_fd()
-            pidfd = _open_pidfd(pid, uid)
+            pidfd = open_pidfd(pid, uid)
             exit = zygote.claim(pid, pidfd)
-            stdout, out_transport = await _read_pipe(loop, mine.pop(0))
+            stdout, out_transport = await read_pipe(loop, mine.pop(0))
             transports.append(out_transport)
-            stderr, err_transport = await _read_pipe(loop, mine.pop(0))
+            stderr, err_transport = await read_pipe(loop, mine.pop(0))
             transports.append(err_transport)
         except BaseException:
             self._ledger.failed()
@@ -587,16 +288,10 @@ class ZygoteBackend(IsolatedBackend):
                 with contextlib.suppress(OSError):
                     signal.pidfd_send_signal(pidfd, signal.SIGKILL)
                 os.close(pidfd)
-            if cgroup is not None:
-                cgroup.kill()
-                await cgroup.remove()
-            if net is not None:
-                net.close()
-            if uid is not None:
-                self._uids.release(uid)
+            await self._give_back(held)
             raise
         handle = _InitHandle(pidfd)
-        process = _ForkedProcess(pid, exit, stdout, stderr, transports, handle)
+        process = ForkedProcess(pid, exit, stdout, stderr, transports, handle)
         sandbox = RunningSandbox(
             spec=spec, proc=process, listener=net.listener, address=net.address,  # type: ignore[arg-type]
             cgroup=cgroup, uid=uid, bwrap=True, extra_kill=handle.kill, release_uid=self._uids.release,
@@ -621,7 +316,7 @@ class ZygoteBackend(IsolatedBackend):
         else:
             try:
                 status = _in_new_loop(self._probe_zygote(interpreter), timeout_s)
-                self.zygote_problem = _isolation_problem(status)
+                self.zygote_problem = isolation_problem(status)
             except Exception as exc:  # noqa: BLE001 - any failure turns zygotes off, loudly
                 self.zygote_problem = f"the probe sandbox failed: {type(exc).__name__}: {exc}"
         if self.zygote_problem is not None:
@@ -684,34 +379,6 @@ class ZygoteBackend(IsolatedBackend):
         self.close_sync()
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-SYS_OPEN_TREE = 428
-SYS_MOUNT_SETATTR = 442
-OPEN_TREE_CLONE = 1
-AT_RECURSIVE = 0x8000
-AT_EMPTY_PATH = 0x1000
-MOUNT_ATTR_RDONLY = 0x1
-MOUNT_ATTR_NOSUID = 0x2
-MOUNT_ATTR_NODEV = 0x4
-
-
-def detached_readonly_tree(directory: Path) -> int:
-    """An fd holding a detached copy of the mount tree at `directory` (open_tree
-    OPEN_TREE_CLONE), read-only, nosuid, nodev: a zygote's child attaches it (move_mount) in its
-    own mount namespace, which a plain bind from this namespace could not reach."""
-    fd = _libc.syscall(SYS_OPEN_TREE, -100, os.fsencode(directory), OPEN_TREE_CLONE | AT_RECURSIVE | os.O_CLOEXEC)
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"open_tree({directory}): {os.strerror(err)}")
-    attr = struct.pack("QQQQ", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, 0, 0)
-    if _libc.syscall(SYS_MOUNT_SETATTR, fd, b"", AT_EMPTY_PATH | AT_RECURSIVE, attr, len(attr)) != 0:
-        err = ctypes.get_errno()
-        os.close(fd)
-        raise OSError(err, f"mount_setattr({directory}): {os.strerror(err)}")
-    return fd
-
-
 def _in_new_loop(coro: object, timeout_s: float) -> str:
     """Run `coro` to completion on a new event loop in a new thread (the caller may be inside
     a running loop)."""
@@ -719,30 +386,3 @@ def _in_new_loop(coro: object, timeout_s: float) -> str:
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, asyncio.wait_for(coro, timeout_s)).result()  # type: ignore[arg-type]
-
-
-def _isolation_problem(status_text: str) -> str | None:
-    """What a sandbox's /proc/self/status shows wrong, or None."""
-    status = {key: value.strip() for key, _, value in (line.partition(":") for line in status_text.splitlines())}
-    expected = {"CapEff": "0000000000000000", "CapBnd": "0000000000000000", "NoNewPrivs": "1", "Seccomp": "2"}
-    wrong = {k: status.get(k) for k, v in expected.items() if status.get(k) != v}
-    if status.get("Uid", "").split()[:1] != ["993"]:
-        wrong["Uid"] = status.get("Uid")
-    return f"the probe sandbox is not isolated as designed: {wrong}" if wrong else None
-
-
-def _open_pidfd(pid: int, uid: int) -> int | None:
-    """A pidfd on the sandbox's process, checked to run under the sandbox's uid (not a recycled
-    pid); None when it is gone already."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        return None
-    try:
-        owner = os.stat(f"/proc/{pid}").st_uid
-    except OSError:
-        owner = -1
-    if owner != uid:
-        os.close(pidfd)
-        return None
-    return pidfd
