@@ -60,6 +60,13 @@ from inside its namespace unless a handler is installed (a self-sent SIGTERM wit
 action does nothing; SIGKILL from the platform, the OOM killer and faults work as usual), and an
 orphaned grandchild is not reaped (a zombie, counted by pids.max, until the sandbox ends).
 
+Why one file of about 800 lines: every module the zygote imports is in the `sys.modules` of
+every sandbox forked from it, that is, visible to every function (a runtime exec'd by bubblewrap
+has only the bootstrap's). Its parts (the root, the runtime, the rehearsal and working set, a
+spawn, the serving loop) stay here so that the zygote adds no module of its own beyond what it
+runs as (`__main__`) and the standard library it needs; they come in that order, one banner
+each.
+
 What else differs from an exec'd runtime: /proc/self/cmdline and environ end in padding NULs;
 modules the zygote needed for itself (ctypes, select, gc) are imported already; every child
 shares the zygote's address-space layout (ASLR is per zygote, not per sandbox, as in Android's
