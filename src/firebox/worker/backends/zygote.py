@@ -233,35 +233,33 @@ class ZygoteBackend(IsolatedBackend):
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         held = Held()
-        mine: list[int] = []  # read ends and the pidfd: ours to keep or close on failure
+        mine: list[int] = []  # our ends (the private socket, the pipes' read ends): closed on failure
         theirs: list[int] = []  # what the zygote's child gets: closed here once it is sent
         transports: list[asyncio.BaseTransport] = []
         pidfd: int | None = None
         try:
             net, uid, cgroup = await self._take(spec, held)
-            out_read, out_write = os.pipe2(os.O_CLOEXEC)
-            mine.append(out_read)
-            theirs.append(out_write)
-            err_read, err_write = os.pipe2(os.O_CLOEXEC)
-            mine.append(err_read)
-            theirs.append(err_write)
-            theirs.insert(0, detached_readonly_tree(spec.code_dir))
             # The environment and command go to the child alone, never through the zygote (whose
             # memory every later child inherits): on a socket of their own.
             private, private_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            theirs.insert(0, private_theirs.detach())
+            mine.append(private.detach())
+            theirs.append(private_theirs.detach())
+            theirs.append(detached_readonly_tree(spec.code_dir))
+            for _ in ("stdout", "stderr"):
+                read_end, write_end = os.pipe2(os.O_CLOEXEC)
+                mine.append(read_end)
+                theirs.append(write_end)
+            for path in cgroup.self_paths if cgroup is not None else ():
+                theirs.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+            # In the order the child takes them: its socket, netns, code, stdout, stderr, cgroups.
             fds = [theirs[0], net.netns_fd, *theirs[1:]]
-            if cgroup is not None:
-                for path in cgroup.self_paths:
-                    theirs.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
-                    fds.append(theirs[-1])
             environment = {**spec.environment, RUNTIME_API_VARIABLE: f"{netns.RUNTIME_API_HOST}:{self._port}"}
             request = {
                 "id": spec.sandbox_id, "uid": uid, "hostname": _hostname(spec.sandbox_id),
                 "tmp_bytes": spec.ephemeral_bytes, "shm_bytes": min(_SHM_BYTES, spec.memory_bytes),
                 "max_open_files": spec.max_open_files, "max_processes": spec.max_processes,
             }
-            with private:
+            with socket.socket(fileno=mine.pop(0)) as private:
                 private.send(json.dumps({"kind": how.kind, "argv": list(how.argv), "cmdline": list(spec.command),
                                          "environment": environment}).encode())
             try:
