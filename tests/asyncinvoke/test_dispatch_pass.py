@@ -1,11 +1,17 @@
 """The dispatcher in process (dispatcher.py), over fake queues: what a pass reads and how long
 the loop then sleeps (a pass with no room must not touch the store; due events that lack room
-must not make the loop spin: a finishing run wakes it), and admission (an event accepted with
-room runs without a pass or a claim, never ahead of events waiting for room)."""
+must not make the loop spin: a finishing run wakes it; a pass woken only by finished runs claims
+for the functions left waiting without listing the queue again), admission (an event accepted
+with room runs without a pass or a claim, never ahead of events waiting for room), and
+completions (a run gives its slot back before its removal from the queue commits; `stop` waits
+for such removals)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
+from collections.abc import Callable
 from typing import Any
 
 from firebox.arns import Scope
@@ -183,3 +189,134 @@ def test_reserved_concurrency_bounds_admission() -> None:
         await dispatcher.stop()
 
     asyncio.run(main())
+
+
+async def _until(probe: Callable[[], bool], what: str, deadline_s: float = 5.0) -> None:
+    end = time.monotonic() + deadline_s
+    while not probe():
+        assert time.monotonic() < end, f"timed out after {deadline_s} s waiting for {what}"
+        await asyncio.sleep(0)
+
+
+# -- a backlog drained by finished runs --------------------------------------------------------
+
+
+class BacklogQueue(RunningQueue):
+    """`n` due events of f, handed out by claims `limit` at a time (f stays listed as due)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(["f"])
+        self.events = [_accepted(i) for i in range(n)]
+
+    async def claim(self, function_name: str, now_ms: int, limit: int, lease_ms: int) -> list[QueuedEvent]:
+        self.claims.append((function_name, limit))
+        taken, self.events = self.events[:limit], self.events[limit:]
+        return [dataclasses.replace(e, due_ms=now_ms + lease_ms, claimed_by=self.run_id) for e in taken]
+
+
+class HeldInvoker(RecordingInvoker):
+    """Each invocation waits until the test releases it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: list[str] = []
+        self.gates: dict[str, asyncio.Future[None]] = {}
+
+    def _gate(self, request_id: str) -> asyncio.Future[None]:
+        return self.gates.setdefault(request_id, asyncio.get_running_loop().create_future())
+
+    def release(self, request_id: str) -> None:
+        self._gate(request_id).set_result(None)
+
+    async def invoke(self, request: Any) -> Any:
+        self.started.append(request.request_id)
+        await self._gate(request.request_id)
+        return await super().invoke(request)
+
+
+def test_a_pass_woken_by_finished_runs_claims_for_the_waiting_functions_without_a_read() -> None:
+    async def main() -> None:
+        # f has 4 due events and room for one at a time; the idle poll is long, so no timer
+        # expires: only finished runs (and the one notify) wake the loop.
+        queue, invoker = BacklogQueue(4), HeldInvoker()
+        dispatcher = await _started(queue, invoker, per_function=1, idle_poll_s=60.0)
+        await _until(lambda: invoker.started == ["req-0"], "the first claimed event to start")
+        assert (queue.reads, queue.claims) == (1, [("f", 1)])  # the first pass lists the queue
+
+        invoker.release("req-0")
+        await _until(lambda: invoker.started == ["req-0", "req-1"], "the next event to start")
+        # Woken by the finished run alone: it claims for f straight away, listing nothing.
+        assert (queue.reads, queue.claims) == (1, [("f", 1), ("f", 1)])
+        await _until(lambda: queue.finished == ["req-0"], "the first completion")
+
+        # Something was accepted: the next pass lists the queue again (f has no room yet).
+        dispatcher.notify()
+        await _until(lambda: queue.reads == 2, "a pass that lists the queue after notify")
+        assert len(queue.claims) == 2
+
+        invoker.release("req-1")
+        await _until(lambda: invoker.started == ["req-0", "req-1", "req-2"], "the third event to start")
+        assert (queue.reads, len(queue.claims)) == (2, 3)  # again no read
+        invoker.release("req-2")
+        await _until(lambda: invoker.started[-1:] == ["req-3"], "the last event to start")
+        invoker.release("req-3")
+        # The pass woken by the last run claims for f once more, finds nothing and leaves the
+        # loop idle (stopped only then: a wake racing the stop would delay it).
+        await _until(lambda: len(queue.claims) == 5 and len(queue.finished) == 4, "the pass after the last run")
+        assert (queue.reads, queue.finished, dispatcher.in_flight) == (2, ["req-0", "req-1", "req-2", "req-3"], 0)
+        await dispatcher.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+# -- completions that commit after the slot is given back ----------------------------------------
+
+
+class HeldFinishQueue(RunningQueue):
+    """A queue whose completions wait until the test resolves `committed`."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.finishing: list[str] = []
+        self.cancelled: list[str] = []
+
+    async def finish(self, event: QueuedEvent, *, succeeded: bool = True) -> None:
+        self.finishing.append(event.request_id)
+        try:
+            await self.committed
+        except asyncio.CancelledError:
+            self.cancelled.append(event.request_id)
+            raise
+        await super().finish(event, succeeded=succeeded)
+
+
+def test_a_run_gives_its_slot_back_before_its_completion_commits_and_stop_waits_for_it() -> None:
+    async def main() -> None:
+        queue, invoker = HeldFinishQueue(), RecordingInvoker()
+        dispatcher = await _started(queue, invoker, per_function=1)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        first = dispatcher.admit(_accepted(1), None)
+        assert first is not None
+        dispatcher.run_admitted(first, done)
+        await _until(lambda: queue.finishing == ["req-1"], "the first completion to start")
+        # The outcome is known: f's only slot is free while the completion is still pending.
+        assert (dispatcher.in_flight, queue.finished) == (0, [])
+        second = dispatcher.admit(_accepted(2), None)
+        assert second is not None
+        dispatcher.run_admitted(second, done)
+        await _until(lambda: queue.finishing == ["req-1", "req-2"], "the second completion to start")
+        assert (invoker.invoked, dispatcher.in_flight, queue.finished) == (["req-1", "req-2"], 0, [])
+
+        # stop() neither returns before the pending completions land nor cancels them.
+        stopping = asyncio.create_task(dispatcher.stop())
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert not stopping.done()
+        assert (queue.finished, queue.cancelled) == ([], [])
+        queue.committed.set_result(None)
+        await asyncio.wait_for(stopping, timeout=5)
+        assert (queue.finished, queue.cancelled) == (["req-1", "req-2"], [])
+
+    asyncio.run(asyncio.wait_for(main(), 30))

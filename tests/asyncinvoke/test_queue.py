@@ -1,6 +1,7 @@
 """The event queue's group commit, in process (queue.py): a lone write commits at once, writes
-that arrive during a commit share the next one, only enqueues ask for an fsync, and an accepted
-event is in the database file when `enqueue` returns."""
+that arrive during a commit share the next one, only enqueues ask for an fsync, a completion
+starts no commit but rides with the next enqueue's or claim's (or commits alone when none comes),
+and an accepted event is in the database file when `enqueue` returns."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
+from firebox.asyncinvoke import queue as queue_module
 from firebox.asyncinvoke.api import QueuedEvent
 from firebox.asyncinvoke.queue import EVENT, StoreEventQueue, _from_doc, _to_doc
 from firebox.store.api import Tx
@@ -156,6 +160,82 @@ def test_an_accepted_event_is_in_the_database_file_when_enqueue_returns(tmp_path
             finally:
                 other.close()
             assert sorted(json.loads(doc)["request_id"] for (doc,) in rows) == [f"req-{i:04d}" for i in range(n + 1)]
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_completion_starts_no_commit_but_rides_with_the_next_enqueues(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A long deferral, so that nothing but the enqueue can start the completion's commit.
+    monkeypatch.setattr(queue_module, "DEFER_S", 60.0)
+
+    async def main() -> None:
+        store = await _open(tmp_path)
+        gated = GatedStore(store)
+        queue = StoreEventQueue(gated)
+        await queue.enqueue(_event(1))
+        (claimed,) = await queue.claim("f", 2_000, 8, 60_000)
+        before = queue.commit_statistics()
+        finishing = asyncio.create_task(queue.finish(claimed))
+        for _ in range(20):  # a commit started at once would have reached the store by now
+            await asyncio.sleep(0)
+        assert (gated.commits, queue.commit_statistics().pending, finishing.done()) == ([True, False], 1, False)
+        # The enqueue starts a commit, and the completion lands in it: one fsync'd commit, not two.
+        await asyncio.wait_for(queue.enqueue(_event(2)), timeout=5)
+        await asyncio.wait_for(finishing, timeout=5)
+        after = queue.commit_statistics()
+        assert (after.commits - before.commits, after.units - before.units, after.pending) == (1, 2, 0)
+        assert gated.commits == [True, False, True]
+        assert [key.split(":")[1] for key, _ in await store.read(lambda tx: tx.scan(EVENT, "f"))] == ["req-0002"]
+        assert (await queue.statistics(2_000))["f"].succeeded == 1
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_completion_rides_with_the_next_claims_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queue_module, "DEFER_S", 60.0)
+
+    async def main() -> None:
+        store = await _open(tmp_path)
+        gated = GatedStore(store)
+        queue = StoreEventQueue(gated)
+        await queue.enqueue(_event(1))
+        await queue.enqueue(_event(2))
+        (first,) = await queue.claim("f", 2_000, 1, 60_000)
+        before = queue.commit_statistics()
+        finishing = asyncio.create_task(queue.finish(first, succeeded=False))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert (len(gated.commits), queue.commit_statistics().pending) == (3, 1)
+        claimed = await asyncio.wait_for(queue.claim("f", 2_000, 8, 60_000), timeout=5)
+        await asyncio.wait_for(finishing, timeout=5)
+        after = queue.commit_statistics()
+        assert (after.commits - before.commits, after.units - before.units, after.pending) == (1, 2, 0)
+        assert gated.commits == [True, True, False, False]  # neither asks for an fsync
+        assert [e.request_id for e in claimed] == ["req-0002"]
+        assert (await queue.statistics(2_000))["f"].failed == 1
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_lone_completion_commits_alone(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = await _open(tmp_path)
+        gated = GatedStore(store)
+        queue = StoreEventQueue(gated)
+        await queue.enqueue(_event(1))
+        (claimed,) = await queue.claim("f", 2_000, 8, 60_000)
+        before = queue.commit_statistics()
+        # No other write comes: it commits by itself (after DEFER_S) rather than wait forever.
+        await asyncio.wait_for(queue.finish(claimed), timeout=5)
+        after = queue.commit_statistics()
+        assert (after.commits - before.commits, after.units - before.units, after.pending) == (1, 1, 0)
+        assert gated.commits == [True, False, False]
+        assert await store.read(lambda tx: tx.count(EVENT, "f")) == 0
+        assert (await queue.statistics(2_000))["f"].succeeded == 1
         await store.close()
 
     asyncio.run(main())

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from firebox.arns import FunctionRef, Scope
-from firebox.control.api import CodeInput, CreateFunction, State
+from firebox.control.api import CodeInput, CreateFunction, EventInvokeConfig, State
 from firebox.control.registry import Registry
 from firebox.settings import Limits
 from firebox.store.blobs import LocalBlobStore
@@ -118,6 +118,60 @@ def test_an_active_function_is_read_from_the_cache_by_its_first_invoke(tmp_path:
                 details = await registry.get_function(FunctionRef(name))  # what Invoke reads
                 assert details.config.state is State.ACTIVE
             assert store.reads == reads
+        finally:
+            await registry.stop()
+            await store.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_the_event_invoke_config_is_read_from_the_cache_until_it_is_written(tmp_path: Path) -> None:
+    # The dispatcher asks for it before every event it runs: a second ask reads nothing, and
+    # a put or a delete of the function's configuration is seen by the next ask.
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("app.py", "def handler(event, context):\n    return 1\n")
+
+    async def scenario() -> None:
+        store = CountingStore(tmp_path / "firebox.db")
+        await store.open()
+        registry = Registry(store, LocalBlobStore(tmp_path / "blobs"), Scope("000000000000", "us-east-1"), Limits(),
+                            runtimes=frozenset({"python3.11"}), architecture="x86_64")
+        await registry.start()
+        try:
+            await registry.create_function(CreateFunction(
+                name="f", role="arn:aws:iam::000000000000:role/r", code=CodeInput(zip_file=buffer.getvalue()),
+                runtime="python3.11", handler="app.handler"))
+            # Preparation ends with a write of f, which would forget the cache: wait for it.
+            while (await registry.get_configuration(FunctionRef("f")))[0].state is State.PENDING:
+                await asyncio.sleep(0.005)
+            ref = FunctionRef("f")
+
+            reads = store.reads
+            assert await registry.find_event_invoke_config(ref) is None
+            assert store.reads == reads + 1
+            assert await registry.find_event_invoke_config(ref) is None  # "none" is cached too
+            assert store.reads == reads + 1
+
+            await registry.put_event_invoke_config(ref, EventInvokeConfig(maximum_retry_attempts=1), merge=False)
+            reads = store.reads
+            found = await registry.find_event_invoke_config(ref)
+            assert found is not None and found.maximum_retry_attempts == 1
+            assert store.reads == reads + 1
+            found = await registry.find_event_invoke_config(ref)
+            assert found is not None and found.maximum_retry_attempts == 1
+            assert store.reads == reads + 1
+
+            await registry.put_event_invoke_config(ref, EventInvokeConfig(maximum_event_age_s=60), merge=True)
+            found = await registry.find_event_invoke_config(ref)
+            assert found is not None and (found.maximum_retry_attempts, found.maximum_event_age_s) == (1, 60)
+
+            await registry.delete_event_invoke_config(ref)
+            reads = store.reads
+            assert await registry.find_event_invoke_config(ref) is None
+            assert store.reads == reads + 1
+            assert await registry.find_event_invoke_config(ref) is None
+            assert store.reads == reads + 1
         finally:
             await registry.stop()
             await store.close()

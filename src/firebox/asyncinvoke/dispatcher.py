@@ -9,7 +9,13 @@ event runs as its own task in the dispatcher's task group. The loop is woken by 
 pass something to do: an event enqueued, an event rescheduled (its new due time may come before
 the loop's), and a finished run while due events wait for room (the backlog). Otherwise it
 sleeps until the next due time (a retry, a backoff, a lease's end), or `idle_poll_s` at most.
-A pass with no room at all reads nothing.
+A pass with no room at all reads nothing. A pass woken only by finished runs (nothing accepted
+or rescheduled since the last read, no timer expired) claims straight away for the functions
+the last pass left waiting, without listing the queue: draining a backlog costs one claim
+commit per pass, not a read and a commit.
+
+A run gives its slot back as soon as its outcome is known; the event's removal from the queue
+commits after that (see `_finish`), so a slot never waits on the store.
 
 Admission: an event accepted while the dispatcher has room and no backlog (no due event left
 waiting by the last pass) skips the queue's round trip: `admit` takes its slot and it is stored
@@ -35,7 +41,6 @@ completion was not yet committed when the server died runs again after restart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -93,14 +98,23 @@ class Dispatcher:
         self._rotation = 0
         self._loop_task: asyncio.Task[None] | None = None
         self._runs: set[asyncio.Task[None]] = set()
+        self._finishing: set[asyncio.Future[None]] = set()  # completions not yet committed
         # A pass left due events unclaimed for want of room (or has not looked yet): accepted
         # events then queue behind them rather than start at once (see `admit`).
         self._backlog = True
+        # The functions the last pass left waiting for room, and whether the queue may hold
+        # due events it has not seen (an event accepted or rescheduled, a timer expired): while
+        # it may not, a pass woken by finished runs claims for those functions without
+        # reading the queue first.
+        self._waiting: list[str] = []
+        self._fresh = True
+        self._next_due: int | None = None
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
     def notify(self) -> None:
+        self._fresh = True
         self._wake.set()
 
     def admit(self, event: QueuedEvent, reserved: int | None) -> QueuedEvent | None:
@@ -139,12 +153,14 @@ class Dispatcher:
         next start, so nothing accepted is lost)."""
         if self._loop_task is not None:
             self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+            # wait() rather than awaiting the task under suppress(CancelledError): a
+            # cancellation of stop()'s own caller must still reach it.
+            await asyncio.wait([self._loop_task])
             self._loop_task = None
         for task in list(self._runs):
             task.cancel()
         await asyncio.gather(*self._runs, return_exceptions=True)
+        await asyncio.gather(*self._finishing, return_exceptions=True)
 
     async def _run_forever(self) -> None:
         while True:
@@ -153,9 +169,19 @@ class Dispatcher:
                 timeout = await self._pass()
             except Exception:  # the store hiccuped: try again shortly, never die
                 log.exception("dispatch pass failed")
+                self._fresh = True
                 timeout = self._settings.idle_poll_s
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+            # A timer rather than asyncio.wait_for: on Python 3.11, wait_for drops a
+            # cancellation that arrives as the wait ends, and stop() would then wait forever.
+            timer = asyncio.get_running_loop().call_later(timeout, self._time_is_up)
+            try:
+                await self._wake.wait()
+            finally:
+                timer.cancel()
+
+    def _time_is_up(self) -> None:
+        self._fresh = True  # a retry, a backoff or a lease may have come due
+        self._wake.set()
 
     async def _pass(self) -> float:
         """Claim what there is room for; returns how long to sleep unless woken first."""
@@ -165,19 +191,27 @@ class Dispatcher:
             self._backlog = True
             return self._settings.idle_poll_s
         now = self._now_ms()
-        functions, next_due = await self._queue.due_functions(now)
-        backlog = False
+        if self._fresh or not self._waiting:
+            self._fresh = False  # before the read: what is accepted during it makes it fresh again
+            functions, self._next_due = await self._queue.due_functions(now)
+        else:
+            # Woken by finished runs, nothing new accepted: only the functions left waiting can
+            # have due events, and a claim finds out how many (the read would cost as much).
+            functions = self._waiting
+        waiting = []
         if functions:
             start = self._rotation % len(functions)
             self._rotation += 1
             for name in functions[start:] + functions[:start]:
-                backlog |= await self._claim(name, now)
-        self._backlog = backlog
+                if await self._claim(name, now):
+                    waiting.append(name)
+        self._waiting = waiting
+        self._backlog = bool(waiting)
         # Due events left unclaimed lack room, and a finishing run wakes the loop; so sleep
         # until the next event that is not yet due (a retry, a backoff, an expiring lease).
-        if next_due is None:
+        if self._next_due is None:
             return self._settings.idle_poll_s
-        return max(0.0, min(self._settings.idle_poll_s, (next_due - self._now_ms()) / 1000))
+        return max(0.0, min(self._settings.idle_poll_s, (self._next_due - self._now_ms()) / 1000))
 
     async def _claim(self, name: str, now: int) -> bool:
         """Claim due events of `name` it has room for; True when some may be left waiting."""
@@ -241,7 +275,7 @@ class Dispatcher:
             )
         except ResourceNotFound:
             log.warning("dropping event %s: function %s no longer exists", event.request_id, event.function_name)
-            await self._queue.finish(event, succeeded=False)
+            self._finish(event, succeeded=False)
             return
         except TooManyRequests:
             if await self._zero_reserved(event.function_name):
@@ -258,7 +292,7 @@ class Dispatcher:
             if config.on_success:
                 record = destination_record(event, self._arn(event), "Success", event.attempts + 1, response)
                 await self._targets.deliver(config.on_success, record, what="a success record")
-            await self._queue.finish(event, succeeded=True)
+            self._finish(event, succeeded=True)
             return
         attempts = event.attempts + 1
         if attempts <= retries:
@@ -266,6 +300,20 @@ class Dispatcher:
             await self._reschedule(event, due_ms=due, attempts=attempts, system_retries=event.system_retries)
             return
         await self._fail(dataclasses.replace(event, attempts=attempts), config, "RetriesExhausted", response)
+
+    def _finish(self, event: QueuedEvent, *, succeeded: bool) -> None:
+        """Remove a finished event from the queue without holding its slot until that commits:
+        the slot is given back as soon as the outcome is known. Losing this write to a crash
+        only runs the event again (at-least-once), and no claim can take the event meanwhile,
+        its key being its lease end."""
+        write = asyncio.ensure_future(self._queue.finish(event, succeeded=succeeded))
+        self._finishing.add(write)
+        write.add_done_callback(self._finished)
+
+    def _finished(self, write: asyncio.Future[None]) -> None:
+        self._finishing.discard(write)
+        if not write.cancelled() and write.exception() is not None:
+            log.error("could not remove a finished event (it will run again after a restart): %s", write.exception())
 
     async def _back_off(self, event: QueuedEvent) -> None:
         retries = event.system_retries + 1
@@ -276,7 +324,7 @@ class Dispatcher:
 
     async def _reschedule(self, event: QueuedEvent, *, due_ms: int, attempts: int, system_retries: int) -> None:
         await self._queue.reschedule(event, due_ms=due_ms, attempts=attempts, system_retries=system_retries)
-        self._wake.set()  # the next pass reads the new due time, which may come before the loop's
+        self.notify()  # the next pass reads the new due time, which may come before the loop's
 
     async def _fail(self, event: QueuedEvent, config: EventInvokeConfig, condition: str, response: Response | None) -> None:
         if config.on_failure:
@@ -287,7 +335,7 @@ class Dispatcher:
             await self._targets.deliver(dead_letter, event.payload, what="a dead letter")
         if not config.on_failure and not dead_letter:
             log.warning("event %s of %s dropped: %s", event.request_id, event.function_name, condition)
-        await self._queue.finish(event, succeeded=False)
+        self._finish(event, succeeded=False)
 
     async def _config(self, ref: FunctionRef) -> EventInvokeConfig:
         try:

@@ -347,4 +347,6 @@ class Registry:
         return await self._read(lambda tx: eventconfig.listing(tx, self._scope, ref, marker=marker, max_items=max_items))
 
     async def find_event_invoke_config(self, ref: FunctionRef) -> EventInvokeConfig | None:
-        return await self._read(lambda tx: eventconfig.find(tx, self._scope, ref))
+        # Cached: the dispatcher asks this for every event it runs.
+        key = ("event-config", ref.name, ref.qualifier or "")
+        return await self._cached(ref.name, key, lambda tx: eventconfig.find(tx, self._scope, ref))
