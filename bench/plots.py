@@ -361,9 +361,32 @@ def sandboxes(data: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
+# -- bench/hops.py -------------------------------------------------------------------------------
+
+def hops(data: dict[str, Any], path: Path) -> Path:
+    """One bar per hop (mean and p99, microseconds), the sandbox's own part apart in colour."""
+    plt = _pyplot()
+    names = list(data["hops"])
+    means = [data["hops"][n]["mean_us"] for n in names]
+    p99s = [data["hops"][n]["p99_us"] for n in names]
+    colours = ["#d62728" if n == "answered" else "#1f77b4" for n in names]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax.barh(names, p99s, color="#dddddd", label="p99")
+    ax.barh(names, means, color=colours, label="mean (red: runtime + handler, in the sandbox)")
+    ax.invert_yaxis()
+    ax.set_xlabel("microseconds")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(loc="lower right")
+    client, outside = data["client"], data["outside_p50_us"]
+    ax.set_title(f"warm invoke, hop by hop ({data['traces']} invocations): client p50 {client['p50_us']:.0f} us, "
+                 f"{outside:.0f} us of it outside the server")
+    return _save(fig, path)
+
+
 PLOTS: dict[str, list[tuple[str, Callable[[dict[str, Any], Path], Path | None]]]] = {
     "invoke": [("latency", invoke_latency), ("throughput", invoke_throughput),
                ("cold-start", invoke_cold_start), ("scale-out", invoke_scale_out)],
+    "hops": [("", hops)],
     "async_invoke": [("", async_invoke)],
     "keepalive": [("", keepalive)],
     "logs": [("", logs)],

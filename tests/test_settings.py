@@ -34,8 +34,15 @@ def test_environment_and_overrides() -> None:
         {"FIREBOX_SANDBOX_BACKEND": "docker"},
         {"FIREBOX_KEEP_ALIVE_POLICY": "forever"},
         {"FIREBOX_ACCOUNT_CONCURRENCY": "0"},
+        {"FIREBOX_TRACE_HOPS": "maybe"},
     ],
 )
 def test_bad_values_are_refused(env: dict[str, str]) -> None:
     with pytest.raises(ValueError):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("1", True), ("true", True), ("ON", True), ("0", False), ("no", False)])
+def test_hop_tracing_is_a_flag(raw: str, expected: bool) -> None:
+    assert Settings.from_env({"FIREBOX_TRACE_HOPS": raw}).trace_hops is expected
+    assert Settings.from_env({}).trace_hops is False

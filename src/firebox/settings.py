@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,14 @@ class Limits:
     max_request_bytes: int = 69_905_067
     max_environment_bytes: int = 4 * 1024
     total_code_size: int = 80_530_636_800
+
+
+def _flag(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected 1/0, true/false, yes/no or on/off, got {raw!r}")
 
 
 @dataclass(frozen=True)
@@ -72,13 +80,16 @@ class Settings:
     # ("stem cells", worker/stemcells.py) per Python runtime and /tmp size, and half as many (at
     # least 1) boto3-preloaded Python cells and Node.js cells; 0 turns them all off.
     stem_cells: int = 4
+    # Time the synchronous invoke path hop by hop (firebox.hops, GET /_firebox/hops): for
+    # bench/hops.py; off by default, when each hop costs one context-variable read.
+    trace_hops: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Build settings from `FIREBOX_*` variables; explicit overrides (CLI flags) win."""
         env = os.environ if env is None else env
         values: dict[str, object] = {}
-        casts: dict[str, type] = {
+        casts: dict[str, Callable[[str], object]] = {
             "host": str,
             "port": int,
             "data_dir": Path,
@@ -94,6 +105,7 @@ class Settings:
             "async_concurrency": int,
             "async_per_function": int,
             "stem_cells": int,
+            "trace_hops": _flag,
         }
         for name, cast in casts.items():
             raw = env.get(f"FIREBOX_{name.upper()}")

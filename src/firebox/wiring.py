@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from firebox import hops
 from firebox.arns import Scope
 from firebox.asyncinvoke.destinations import Targets
 from firebox.asyncinvoke.dispatcher import DispatchSettings, Dispatcher
@@ -124,6 +125,9 @@ async def build_platform(settings: Settings) -> Platform:
         per_function=settings.async_per_function,
     )
     events.attach(Dispatcher(queue, invoker, registry, Targets(scope, events.accept), scope, dispatch))
+
+    if settings.trace_hops:
+        hops.enable()
 
     def statistics() -> dict[str, object]:
         return {

@@ -7,7 +7,8 @@ parsed; the body arrives whole, already bounded by `max_request_bytes`.
 Platform routes outside the Lambda API: `GET /health` (200 once the platform has started),
 `GET /_firebox/code/<sha256 hex>` (the zip behind GetFunction's `Code.Location`),
 `GET /_firebox/events` (asynchronous events per function, for `firebox events`) and
-`GET /_firebox/stats` (the components' statistics: sandboxes, stem cells, backend).
+`GET /_firebox/stats` (the components' statistics: sandboxes, stem cells, backend) and
+`GET /_firebox/hops?after=N` (the invoke path's hop timings, when traced: see `firebox.hops`).
 Framework-free on purpose: routing is data from the service model, and the invoke hot path
 should not pay for a framework's middleware stack or an ASGI server's message plumbing.
 """
@@ -21,7 +22,13 @@ import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
-from firebox.errors import NotImplementedYet, RequestEntityTooLarge, UnknownOperation
+from firebox import hops
+from firebox.errors import (
+    InvalidParameterValue,
+    NotImplementedYet,
+    RequestEntityTooLarge,
+    UnknownOperation,
+)
 from firebox.frontend import responses
 from firebox.frontend.api import Handler, Request, Services
 from firebox.frontend.handlers import HANDLERS
@@ -81,7 +88,7 @@ class FrontendApp:
         query = parse_qs(query_string, keep_blank_values=True) if query_string else {}
 
         if method == "GET" and path.startswith(("/health", "/_firebox/")):
-            return await self._platform_route(path, exchange)
+            return await self._platform_route(path, query, exchange)
 
         target_header = headers.get("x-amz-target")
         if method == "POST" and target_header:
@@ -107,9 +114,12 @@ class FrontendApp:
         reply = await handler(self._services, request)
         status = op.status if reply.status is None else reply.status
         extra = reply.headers if content_type is None else {"Content-Type": content_type, **reply.headers}
-        return responses.success(status, reply.body, exchange.request_id, extra)
+        response = responses.success(status, reply.body, exchange.request_id, extra)
+        hops.mark("rendered")
+        return response
 
-    async def _platform_route(self, path: str, exchange: _Exchange) -> responses.HttpResponse:
+    async def _platform_route(self, path: str, query: dict[str, list[str]],
+                              exchange: _Exchange) -> responses.HttpResponse:
         """GET routes of Firebox's own, outside the Lambda API (see the module docstring)."""
         if path == "/health":
             exchange.operation = "Health"
@@ -123,6 +133,14 @@ class FrontendApp:
         if path == "/_firebox/stats":
             exchange.operation = "PlatformStatistics"
             return responses.success(200, dict(self._services.statistics()), exchange.request_id, {})
+        if path == "/_firebox/hops":
+            exchange.operation = "HopTimings"
+            if not hops.enabled():
+                raise UnknownOperation("Hop timings are off: start the server with FIREBOX_TRACE_HOPS=1.")
+            after = query.get("after", ["0"])[-1]
+            if not after.isdigit():
+                raise InvalidParameterValue(f"after must be a trace count, not {after!r}")
+            return responses.success(200, hops.summary(after=int(after)), exchange.request_id, {})
         if code := _CODE_PATH.fullmatch(path):
             exchange.operation = "GetCodePackage"
             data = await self._services.registry.code_blob(code.group(1))

@@ -58,11 +58,12 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 from itertools import islice
-from time import time
+from time import perf_counter_ns, time
 from typing import Protocol, cast
 
 import httptools
 
+from firebox import hops
 from firebox.frontend.responses import HttpResponse
 
 log = logging.getLogger("firebox.edge")
@@ -127,7 +128,7 @@ class _Request:
     """One request of a connection, from its request line to its answer."""
 
     __slots__ = ("body", "canned", "dropping", "expect_continue", "headers", "http10", "keep_alive",
-                 "method", "ready", "size", "target", "too_large")
+                 "method", "ready", "received_ns", "size", "target", "too_large")
 
     def __init__(self, headers: dict[str, str]) -> None:
         self.method = ""
@@ -142,6 +143,7 @@ class _Request:
         self.too_large = False
         self.dropping = False  # its body bytes are not kept (too large, or never to be answered)
         self.canned: bytes | None = None  # an answer of the edge's own instead of the app's
+        self.received_ns = 0  # when its first byte was parsed, if hops are traced (firebox.hops)
 
 
 class HttpEdge:
@@ -302,6 +304,8 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._headers = {}
         self._current = _Request(self._headers)
+        if hops.enabled():
+            self._current.received_ns = perf_counter_ns()
         self._in_head = True
         self._heads_begun += 1
         self._head_bytes = 0
@@ -413,6 +417,7 @@ class _Connection(asyncio.Protocol):
             self._transport.write(_CONTINUE)
 
     async def _answer(self, req: _Request) -> None:
+        trace = hops.start(req.received_ns)
         try:
             response = await self._app.handle(
                 req.method, _target(req.target), req.headers,
@@ -429,6 +434,7 @@ class _Connection(asyncio.Protocol):
             return  # the client left; the answer has nowhere to go
         keep_alive = req.keep_alive and not self._edge.stopping
         self._write(req, response, keep_alive)
+        hops.finish(trace)
         self._queue.popleft()
         self._last_active = self._loop.time()
         if not keep_alive:

@@ -9,6 +9,7 @@ import json
 import random
 from collections.abc import Callable
 
+from firebox import hops
 from firebox.arns import LATEST, FunctionRef, Scope
 from firebox.control.api import FunctionVersion, Registry, State
 from firebox.counter.api import Counter
@@ -117,9 +118,12 @@ class LocalInvoker:
         if request.invocation_type is InvocationType.DRY_RUN:
             return InvokeResult(b"", config.version)
         spec = self._spec(config)
+        hops.mark("resolved")
         token = await self._counter.acquire_nowait(config.name, details.reserved_concurrency)
+        hops.mark("counted")
         try:
             lease = await self._workers.lease(spec)
+            hops.mark("leased")
             try:
                 outcome = await self._workers.invoke(
                     lease,
@@ -132,5 +136,6 @@ class LocalInvoker:
                 await self._workers.release(lease)
         finally:
             await self._counter.release(token)
+        hops.mark("released")
         tail = base64.b64encode(outcome.log_tail).decode() if request.tail_log else None
         return InvokeResult(outcome.payload, config.version, outcome.function_error, tail)

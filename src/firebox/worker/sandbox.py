@@ -32,6 +32,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from firebox import hops
 from firebox.logs.api import MAX_EVENT_BYTES, LogSink
 from firebox.worker.api import InvokeOutcome
 from firebox.worker.runtimeapi import Invocation, RuntimeChannel, RuntimeOutcome, serve
@@ -189,7 +190,9 @@ class Sandbox:
         self._record(f"START RequestId: {request_id} Version: {self.spec.version}\n")
         started = time.perf_counter()
         self._channel.deliver(invocation)
+        hops.mark("delivered")
         ending = await self._first_of(invocation.outcome)
+        hops.mark("answered")
         duration_ms = (time.perf_counter() - started) * 1000
         status = None
         if ending is None:
@@ -222,6 +225,7 @@ class Sandbox:
             self._move(SandboxState.READY)
         else:
             await self.destroy()
+        hops.mark("recorded")
         return InvokeOutcome(outcome.payload, function_error, reusable, duration_ms, tail)
 
     async def _first_of(self, outcome: asyncio.Future[RuntimeOutcome]) -> str | None:

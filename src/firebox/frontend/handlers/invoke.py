@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from firebox import hops
 from firebox.errors import InvalidRequestContent, RequestTooLarge
 from firebox.frontend.api import Handler, Reply, Request, Services
 from firebox.frontend.handlers.common import function_ref
@@ -36,6 +37,7 @@ async def invoke(services: Services, request: Request) -> Reply:
         await services.events.accept(function_ref(services, request), payload, request.request_id)
         return Reply(None, status=202)
     _check_payload(payload)
+    hops.mark("routed")
     result = await services.invoker.invoke(
         InvokeRequest(
             ref=function_ref(services, request),

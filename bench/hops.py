@@ -1,0 +1,114 @@
+"""The warm synchronous invoke path, hop by hop: where a warm invocation's time goes inside the
+server, and how much is outside it (the client and the kernel).
+
+    .venv/bin/python bench/hops.py [--invokes 2000] [--out FILE]
+
+It starts a real Firebox server with `FIREBOX_TRACE_HOPS=1` (see src/firebox/hops.py: each
+layer marks when its part of a request ends), creates the Python hello of bench/invoke.py, warms
+it up, then sends `--invokes` sequential invocations on one keep-alive connection and reads the
+per-hop timings of exactly those from `GET /_firebox/hops?after=N`. Prints a table (p50, p99
+and mean per hop, in microseconds) and writes JSON to bench/results/ (or `--out`).
+
+"outside the server" is the client-observed p50 minus the server's own p50 (first byte parsed
+to response written): the client's work, the two loopback hops and the wake-ups around them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from typing import Any
+
+from common import percentile, start_firebox, write_results
+from invoke import create_functions, sequential
+
+HOPS = (
+    ("parsed", "HTTP request parsed, answering task started (edge)"),
+    ("routed", "operation routed, input parsed and validated (frontend)"),
+    ("resolved", "function and version resolved (invoker, registry cache)"),
+    ("counted", "concurrency slot taken (counter)"),
+    ("leased", "warm sandbox leased (workers)"),
+    ("delivered", "event written to the runtime's pending GET (Runtime API)"),
+    ("answered", "runtime + handler, until its response is read (sandbox)"),
+    ("recorded", "END, REPORT, log tail, sandbox ready again (sandbox)"),
+    ("released", "lease and slot given back (workers, counter)"),
+    ("rendered", "HTTP response built (frontend)"),
+    ("written", "response written to the socket (edge)"),
+)
+
+
+def hops(endpoint: str, after: int | None = None) -> dict[str, Any]:
+    query = "" if after is None else f"?after={after}"
+    with urllib.request.urlopen(f"{endpoint}/_firebox/hops{query}", timeout=30) as answer:
+        return json.loads(answer.read())  # type: ignore[no-any-return]
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FIREBOX_")}
+    env["FIREBOX_TRACE_HOPS"] = "1"
+    path = "/2015-03-31/functions/hello/invocations"
+    with tempfile.TemporaryDirectory(prefix="firebox-bench-hops-") as data_dir:
+        firebox, port = start_firebox(data_dir, env)
+        try:
+            endpoint = f"http://127.0.0.1:{port}"
+            create_functions(endpoint, ["hello"])
+            await sequential(port, path, 200)  # the cold start and a warm-up, left out below
+            last = hops(endpoint)["last"]
+            client = await sequential(port, path, args.invokes)
+            traced = hops(endpoint, after=last)
+        finally:
+            firebox.terminate()
+            try:
+                firebox.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                firebox.kill()
+                firebox.wait()
+    client_us = [ms * 1000 for ms in client]
+    client_stats = {"p50_us": statistics.median(client_us), "p99_us": percentile(client_us, 99),
+                    "mean_us": statistics.fmean(client_us)}
+    return {"benchmark": "hops",
+            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "load_average": os.getloadavg()},
+            "settings": {"invokes": args.invokes}, "traces": traced["traces"], "hops": traced["hops"],
+            "server": traced.get("server"), "client": client_stats,
+            "outside_p50_us": client_stats["p50_us"] - (traced.get("server") or {}).get("p50_us", 0.0)}
+
+
+def report(results: dict[str, Any]) -> None:
+    server, client = results["server"], results["client"]
+    print(f"warm invoke path, hop by hop: {results['traces']} sequential invocations of a Python hello "
+          f"(one keep-alive connection), microseconds")
+    print(f"{'hop (ends when)':68s} {'p50':>7s} {'p99':>7s} {'mean':>7s} {'share':>6s}")
+    for name, label in HOPS:
+        row = results["hops"].get(name)
+        if row is None:
+            continue
+        share = row["mean_us"] / server["mean_us"] if server else 0.0
+        print(f"{name + ': ' + label:68s} {row['p50_us']:7.0f} {row['p99_us']:7.0f} {row['mean_us']:7.0f} {share:6.0%}")
+    if server:
+        overhead = server["mean_us"] - results["hops"]["answered"]["mean_us"]
+        print(f"{'inside the server (first byte parsed -> response written)':68s} {server['p50_us']:7.0f} "
+              f"{server['p99_us']:7.0f} {server['mean_us']:7.0f}")
+        print(f"{'  of which the platform (all but runtime + handler), mean':68s} {'':7s} {'':7s} {overhead:7.0f}")
+    print(f"{'client-observed':68s} {client['p50_us']:7.0f} {client['p99_us']:7.0f} {client['mean_us']:7.0f}")
+    print(f"{'outside the server (client p50 minus server p50)':68s} {results['outside_p50_us']:7.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--invokes", type=int, default=2000)
+    parser.add_argument("--out", help="the JSON file to write (default bench/results/hops-<time>.json)")
+    args = parser.parse_args()
+    results = asyncio.run(run(args))
+    report(results)
+    print(f"\nwrote {write_results(results, args.out, 'hops')}")
+
+
+if __name__ == "__main__":
+    main()
