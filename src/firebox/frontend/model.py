@@ -9,8 +9,8 @@ not offer yet is still recognised and answered with a clear error instead of a 4
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from functools import cache
+from dataclasses import dataclass, field
+from functools import cache, cached_property
 from typing import Any
 
 from botocore.loaders import Loader
@@ -32,11 +32,18 @@ class Operation:
     static_segments: int
 
 
+_ROUTES_KEPT = 10_000
+
+
 @dataclass(frozen=True)
 class ServiceModel:
     name: str
     shapes: dict[str, Shape]
     operations: tuple[Operation, ...]
+    # match()'s answers by (method, path, the values of the query keys routes fix): a warm
+    # invoke is matched by dictionary lookup, not by trying the operations' patterns in turn.
+    _routes: dict[tuple[str, str, tuple[str | None, ...]], tuple[Operation, dict[str, str]] | None] = field(
+        default_factory=dict, compare=False, repr=False)
 
     def shape(self, name: str) -> Shape:
         return self.shapes[name]
@@ -47,6 +54,20 @@ class ServiceModel:
 
     def match(self, method: str, raw_path: str, query: dict[str, list[str]]) -> tuple[Operation, dict[str, str]] | None:
         """The operation bound to `method` + `raw_path` and its (still percent-encoded) labels."""
+        key = (method, raw_path, tuple(query[k][0] if k in query else None for k in self._fixed_keys))
+        if key in self._routes:
+            found = self._routes[key]
+        else:
+            if len(self._routes) >= _ROUTES_KEPT:
+                self._routes.clear()
+            found = self._routes[key] = self._match(method, raw_path, query)
+        return None if found is None else (found[0], dict(found[1]))  # the labels are the caller's
+
+    @cached_property
+    def _fixed_keys(self) -> tuple[str, ...]:
+        return tuple(sorted({k for op in self.operations for k, _ in op.fixed_query}))
+
+    def _match(self, method: str, raw_path: str, query: dict[str, list[str]]) -> tuple[Operation, dict[str, str]] | None:
         path = raw_path.rstrip("/") or "/"
         for op in self.operations:
             if op.method != method:

@@ -18,6 +18,7 @@ import base64
 import binascii
 import json
 import re
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 from urllib.parse import unquote
@@ -38,16 +39,11 @@ def parse_input(
 ) -> dict[str, Any]:
     if op.input_shape is None:
         return {}
-    shape = model.shape(op.input_shape)
-    members: dict[str, Shape] = shape.get("members", {})
+    plan = _plan(model, op.input_shape)
+    shape = plan.shape
     params: dict[str, Any] = {}
     problems: list[str] = []
-    body_members: dict[str, Shape] = {}
-    payload_member = shape.get("payload")
-    for name, ref in members.items():
-        location = ref.get("location")
-        wire = ref.get("locationName", name)
-        target = model.shape(ref["shape"])
+    for name, location, wire, target, shape_name in plan.members:
         if location == "uri":
             if wire in labels:
                 params[name] = unquote(labels[wire])
@@ -55,24 +51,60 @@ def parse_input(
             if wire in query:
                 params[name] = _from_text(name, target, query[wire], problems)
         elif location == "header":
-            value = headers.get(wire.lower())
+            value = headers.get(wire)
             if value is not None:
                 params[name] = _from_text(name, target, [value], problems)
-        elif name == payload_member:
-            if target["type"] == "blob":
-                params[name] = body
-            elif body:
-                params[name] = _convert(model, name, ref["shape"], _json(body), name)
-        else:
-            body_members[name] = ref
-    if body_members and payload_member is None:
-        params.update(_body(model, shape, body_members, body))
+        elif target["type"] == "blob":  # the payload member
+            params[name] = body
+        elif body:
+            params[name] = _convert(model, name, shape_name, _json(body), name)
+    if plan.body_members:
+        params.update(_body(model, shape, plan.body_members, body))
     if problems:
         raise ValidationError.of(problems)
     _validate_structure(model, shape, params, "", problems)
     if problems:
         raise ValidationError.of(problems)
     return params
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How an input shape's members are read off a request, worked out once per operation:
+    (member, where: uri / querystring / header / payload, its name there, lower-cased for
+    headers, its target shape, that shape's name), and the members of a JSON body."""
+
+    shape: Shape
+    members: tuple[tuple[str, str, str, Shape, str], ...]
+    body_members: dict[str, Shape]
+
+
+_PLANS: dict[tuple[str, str], _Plan] = {}
+
+
+def _plan(model: ServiceModel, input_shape: str) -> _Plan:
+    plan = _PLANS.get((model.name, input_shape))
+    if plan is not None:
+        return plan
+    shape = model.shape(input_shape)
+    payload_member = shape.get("payload")
+    members: list[tuple[str, str, str, Shape, str]] = []
+    body_members: dict[str, Shape] = {}
+    for name, ref in shape.get("members", {}).items():
+        location = ref.get("location")
+        wire = ref.get("locationName", name)
+        target = model.shape(ref["shape"])
+        if location in ("uri", "querystring"):
+            members.append((name, location, wire, target, ref["shape"]))
+        elif location == "header":
+            members.append((name, location, wire.lower(), target, ref["shape"]))
+        elif name == payload_member:
+            members.append((name, "payload", name, target, ref["shape"]))
+        else:
+            body_members[name] = ref
+    plan = _PLANS[(model.name, input_shape)] = _Plan(
+        shape, tuple(members), body_members if payload_member is None else {})
+    return plan
 
 
 def _json(body: bytes) -> Any:

@@ -21,13 +21,11 @@ import asyncio
 import base64
 import contextlib
 import enum
-import fcntl
 import functools
 import json
 import math
 import re
-import struct
-import termios
+import select
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -75,23 +73,35 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _pending_bytes(reader: asyncio.StreamReader) -> int:
-    """Bytes written by the runtime that we have not consumed yet (pipe + reader buffer)."""
-    buffered = len(getattr(reader, "_buffer", b""))
+def _output_fd(reader: asyncio.StreamReader) -> int | None:
+    """The file descriptor the runtime's output reaches `reader` through: asyncio's transports
+    give the pipe, uvloop's a socketpair's socket. None when neither is known (then only the
+    reader's buffer can be seen, and output still in flight would be recorded after the
+    invocation's END and REPORT)."""
     transport = getattr(reader, "_transport", None)
-    # asyncio's transports give the pipe; uvloop's use a socketpair and give its socket (without
-    # either, only the reader's buffer could be seen, and output still in flight would be
-    # recorded after the invocation's END and REPORT).
-    pipe = None
-    if transport is not None:
-        pipe = transport.get_extra_info("pipe") or transport.get_extra_info("socket")
-    if pipe is None:
-        return buffered
+    if transport is None:
+        return None
+    pipe = transport.get_extra_info("pipe") or transport.get_extra_info("socket")
+    return None if pipe is None else int(pipe.fileno())
+
+
+def _output_pending(readers: tuple[tuple[asyncio.StreamReader, int | None], ...]) -> bool:
+    """Has the runtime written output that is not recorded yet: in a reader's buffer, or still
+    in its pipe? One select() for both pipes (this runs after every invocation)."""
+    fds = []
+    for reader, fd in readers:
+        if getattr(reader, "_buffer", None):
+            return True
+        transport = getattr(reader, "_transport", None)
+        if fd is not None and transport is not None and not transport.is_closing():
+            fds.append(fd)  # a closing transport's fd may already be closed, or reused
+    if not fds:
+        return False
     try:
-        raw = fcntl.ioctl(pipe.fileno(), termios.FIONREAD, struct.pack("i", 0))
-    except OSError:
-        return buffered
-    return buffered + struct.unpack("i", raw)[0]
+        readable, _, _ = select.select(fds, (), (), 0)
+    except (OSError, ValueError):
+        return False
+    return bool(readable)
 
 
 class Sandbox:
@@ -120,6 +130,7 @@ class Sandbox:
         self._readers: list[asyncio.Task[None]] = []
         self._exit: asyncio.Task[int] | None = None
         self._tail: list[bytes] | None = None
+        self._output: tuple[tuple[asyncio.StreamReader, int | None], ...] | None = None
         self._init_error: Callable[[str], RuntimeOutcome] | None = None
         self._on_death = on_death
 
@@ -216,8 +227,7 @@ class Sandbox:
             self._record(f"{_iso_now()} {request_id} Task timed out after {timeout} seconds\n")
             reusable, status, duration_ms = False, "timeout", self._timeout_s * 1000
         self._channel.forget(request_id)
-        self._record(f"END RequestId: {request_id}\n")
-        self._record(self._report(request_id, duration_ms, init=cold, status=status))
+        self._record(f"END RequestId: {request_id}\n", self._report(request_id, duration_ms, init=cold, status=status))
         tail = b"".join(self._tail)[-TAIL_BYTES:]
         self._tail = None
         function_error = "Unhandled" if outcome.error_type is not None else None
@@ -306,9 +316,11 @@ class Sandbox:
     async def _drain_output(self, deadline_s: float = 0.05) -> None:
         """Wait (briefly) until what the runtime wrote so far is recorded, then record the
         unfinished last line of each pipe, if any: it belongs to the invocation ending now."""
+        if self._output is None:
+            self._output = tuple((r, _output_fd(r)) for r in (self.process.stdout, self.process.stderr))
         end = time.perf_counter() + deadline_s
         while time.perf_counter() < end:
-            if not any(_pending_bytes(r) for r in (self.process.stdout, self.process.stderr)):
+            if not _output_pending(self._output):
                 for lines in self._capture_state.pipes:
                     self._record_lines(lines.flush())
                 return
@@ -340,10 +352,12 @@ class Sandbox:
                 size += len(self._tail[first])
             del self._tail[:first]
 
-    def _record(self, text: str) -> None:
-        """A platform line (START, END, REPORT, an error or timeout line) of the invocation."""
-        texts = self._platform_json(text) if self._capture_state.json else [text]
-        self._record_lines(texts, platform=True)
+    def _record(self, *texts: str) -> None:
+        """Platform lines (START, END, REPORT, an error or timeout line) of the invocation, as
+        one segment (END and REPORT go together: one append instead of two)."""
+        if self._capture_state.json:
+            texts = tuple(line for text in texts for line in self._platform_json(text))
+        self._record_lines(list(texts), platform=True)
 
     def _platform_json(self, text: str) -> list[str]:
         return _platform_json(text, self._capture_state)
