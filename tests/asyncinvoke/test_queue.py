@@ -165,17 +165,23 @@ def test_an_accepted_event_is_in_the_database_file_when_enqueue_returns(tmp_path
     asyncio.run(main())
 
 
+async def _one_claimed(tmp_path: Path) -> tuple[Any, GatedStore, StoreEventQueue, QueuedEvent]:
+    """A queue over a gated store, holding one event it has claimed (one fsync'd commit, one not)."""
+    store = await _open(tmp_path)
+    gated = GatedStore(store)
+    queue = StoreEventQueue(gated)
+    await queue.enqueue(_event(1))
+    (claimed,) = await queue.claim("f", 2_000, 8, 60_000)
+    return store, gated, queue, claimed
+
+
 def test_a_completion_starts_no_commit_but_rides_with_the_next_enqueues(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     # A long deferral, so that nothing but the enqueue can start the completion's commit.
     monkeypatch.setattr(queue_module, "DEFER_S", 60.0)
 
     async def main() -> None:
-        store = await _open(tmp_path)
-        gated = GatedStore(store)
-        queue = StoreEventQueue(gated)
-        await queue.enqueue(_event(1))
-        (claimed,) = await queue.claim("f", 2_000, 8, 60_000)
+        store, gated, queue, claimed = await _one_claimed(tmp_path)
         before = queue.commit_statistics()
         finishing = asyncio.create_task(queue.finish(claimed))
         for _ in range(20):  # a commit started at once would have reached the store by now
@@ -223,11 +229,7 @@ def test_a_completion_rides_with_the_next_claims_commit(tmp_path: Path, monkeypa
 
 def test_a_lone_completion_commits_alone(tmp_path: Path) -> None:
     async def main() -> None:
-        store = await _open(tmp_path)
-        gated = GatedStore(store)
-        queue = StoreEventQueue(gated)
-        await queue.enqueue(_event(1))
-        (claimed,) = await queue.claim("f", 2_000, 8, 60_000)
+        store, gated, queue, claimed = await _one_claimed(tmp_path)
         before = queue.commit_statistics()
         # No other write comes: it commits by itself (after DEFER_S) rather than wait forever.
         await asyncio.wait_for(queue.finish(claimed), timeout=5)

@@ -7,8 +7,10 @@ the cache, so its first invoke reads nothing from the store."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import zipfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -95,32 +97,47 @@ class CountingStore(SqliteMetadataStore):
         return await super().read(work)
 
 
-def test_an_active_function_is_read_from_the_cache_by_its_first_invoke(tmp_path: Path) -> None:
+def _hello_zip() -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("app.py", "def handler(event, context):\n    return 1\n")
+    return buffer.getvalue()
 
+
+@contextlib.asynccontextmanager
+async def _counted_registry(tmp_path: Path) -> AsyncIterator[tuple[Registry, CountingStore]]:
+    """A started Registry over a store that counts its reads."""
+    store = CountingStore(tmp_path / "firebox.db")
+    await store.open()
+    registry = Registry(store, LocalBlobStore(tmp_path / "blobs"), Scope("000000000000", "us-east-1"), Limits(),
+                        runtimes=frozenset({"python3.11"}), architecture="x86_64")
+    await registry.start()
+    try:
+        yield registry, store
+    finally:
+        await registry.stop()
+        await store.close()
+
+
+async def _create_active(registry: Registry, name: str) -> None:
+    await registry.create_function(CreateFunction(
+        name=name, role="arn:aws:iam::000000000000:role/r", code=CodeInput(zip_file=_hello_zip()),
+        runtime="python3.11", handler="app.handler"))
+    # Preparation ends with a write of the function, which forgets its cached reads: wait for it.
+    while (await registry.get_configuration(FunctionRef(name)))[0].state is State.PENDING:
+        await asyncio.sleep(0.005)  # polls the store (uncached), as GetFunction does
+
+
+def test_an_active_function_is_read_from_the_cache_by_its_first_invoke(tmp_path: Path) -> None:
     async def scenario() -> None:
-        store = CountingStore(tmp_path / "firebox.db")
-        await store.open()
-        registry = Registry(store, LocalBlobStore(tmp_path / "blobs"), Scope("000000000000", "us-east-1"), Limits(),
-                            runtimes=frozenset({"python3.11"}), architecture="x86_64")
-        await registry.start()
-        try:
+        async with _counted_registry(tmp_path) as (registry, store):
             for name in ("first", "second"):  # the second's writes keep the first's entry
-                await registry.create_function(CreateFunction(
-                    name=name, role="arn:aws:iam::000000000000:role/r", code=CodeInput(zip_file=buffer.getvalue()),
-                    runtime="python3.11", handler="app.handler"))
-                while (await registry.get_configuration(FunctionRef(name)))[0].state is State.PENDING:
-                    await asyncio.sleep(0.005)  # polls the store (uncached), as GetFunction does
+                await _create_active(registry, name)
             reads = store.reads
             for name in ("first", "second"):
                 details = await registry.get_function(FunctionRef(name))  # what Invoke reads
                 assert details.config.state is State.ACTIVE
             assert store.reads == reads
-        finally:
-            await registry.stop()
-            await store.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
 
@@ -128,23 +145,9 @@ def test_an_active_function_is_read_from_the_cache_by_its_first_invoke(tmp_path:
 def test_the_event_invoke_config_is_read_from_the_cache_until_it_is_written(tmp_path: Path) -> None:
     # The dispatcher asks for it before every event it runs: a second ask reads nothing, and
     # a put or a delete of the function's configuration is seen by the next ask.
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("app.py", "def handler(event, context):\n    return 1\n")
-
     async def scenario() -> None:
-        store = CountingStore(tmp_path / "firebox.db")
-        await store.open()
-        registry = Registry(store, LocalBlobStore(tmp_path / "blobs"), Scope("000000000000", "us-east-1"), Limits(),
-                            runtimes=frozenset({"python3.11"}), architecture="x86_64")
-        await registry.start()
-        try:
-            await registry.create_function(CreateFunction(
-                name="f", role="arn:aws:iam::000000000000:role/r", code=CodeInput(zip_file=buffer.getvalue()),
-                runtime="python3.11", handler="app.handler"))
-            # Preparation ends with a write of f, which would forget the cache: wait for it.
-            while (await registry.get_configuration(FunctionRef("f")))[0].state is State.PENDING:
-                await asyncio.sleep(0.005)
+        async with _counted_registry(tmp_path) as (registry, store):
+            await _create_active(registry, "f")
             ref = FunctionRef("f")
 
             reads = store.reads
@@ -172,8 +175,5 @@ def test_the_event_invoke_config_is_read_from_the_cache_until_it_is_written(tmp_
             assert store.reads == reads + 1
             assert await registry.find_event_invoke_config(ref) is None
             assert store.reads == reads + 1
-        finally:
-            await registry.stop()
-            await store.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
