@@ -85,23 +85,35 @@ def _output_fd(reader: asyncio.StreamReader) -> int | None:
     return None if pipe is None else int(pipe.fileno())
 
 
-def _output_pending(readers: tuple[tuple[asyncio.StreamReader, int | None], ...]) -> bool:
+class _PendingOutput:
     """Has the runtime written output that is not recorded yet: in a reader's buffer, or still
-    in its pipe? One select() for both pipes (this runs after every invocation)."""
-    fds = []
-    for reader, fd in readers:
-        if getattr(reader, "_buffer", None):
-            return True
-        transport = getattr(reader, "_transport", None)
-        if fd is not None and transport is not None and not transport.is_closing():
-            fds.append(fd)  # a closing transport's fd may already be closed, or reused
-    if not fds:
-        return False
-    try:
-        readable, _, _ = select.select(fds, (), (), 0)
-    except (OSError, ValueError):
-        return False
-    return bool(readable)
+    in its pipe? One poll() over both pipes (this runs after every invocation; poll, not select,
+    which fails past fd 1023, and a server with hundreds of sandboxes has more fds than that).
+    A pipe whose transport closes is dropped: its fd may be closed, then reused."""
+
+    def __init__(self, readers: tuple[asyncio.StreamReader, ...]) -> None:
+        self._readers = readers
+        self._poll = select.poll()
+        self._watched: dict[int, asyncio.StreamReader] = {}
+        for reader in readers:
+            fd = _output_fd(reader)
+            if fd is not None:
+                self._poll.register(fd, select.POLLIN)
+                self._watched[fd] = reader
+        self.complete = len(self._watched) == len(readers)  # else asked again next time
+
+    def __call__(self) -> bool:
+        for reader in self._readers:
+            if getattr(reader, "_buffer", None):
+                return True
+        for fd, reader in list(self._watched.items()):
+            transport = getattr(reader, "_transport", None)
+            if transport is None or transport.is_closing():
+                self._poll.unregister(fd)
+                del self._watched[fd]
+        if not self._watched:
+            return False
+        return any(events & select.POLLIN for _, events in self._poll.poll(0))
 
 
 class Sandbox:
@@ -130,7 +142,7 @@ class Sandbox:
         self._readers: list[asyncio.Task[None]] = []
         self._exit: asyncio.Task[int] | None = None
         self._tail: list[bytes] | None = None
-        self._output: tuple[tuple[asyncio.StreamReader, int | None], ...] | None = None
+        self._pending_output: _PendingOutput | None = None
         self._init_error: Callable[[str], RuntimeOutcome] | None = None
         self._on_death = on_death
 
@@ -316,11 +328,11 @@ class Sandbox:
     async def _drain_output(self, deadline_s: float = 0.05) -> None:
         """Wait (briefly) until what the runtime wrote so far is recorded, then record the
         unfinished last line of each pipe, if any: it belongs to the invocation ending now."""
-        if self._output is None:
-            self._output = tuple((r, _output_fd(r)) for r in (self.process.stdout, self.process.stderr))
+        if self._pending_output is None or not self._pending_output.complete:
+            self._pending_output = _PendingOutput((self.process.stdout, self.process.stderr))
         end = time.perf_counter() + deadline_s
         while time.perf_counter() < end:
-            if not _output_pending(self._output):
+            if not self._pending_output():
                 for lines in self._capture_state.pipes:
                     self._record_lines(lines.flush())
                 return
