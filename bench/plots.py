@@ -387,6 +387,7 @@ PLOTS: dict[str, list[tuple[str, Callable[[dict[str, Any], Path], Path | None]]]
     "invoke": [("latency", invoke_latency), ("throughput", invoke_throughput),
                ("cold-start", invoke_cold_start), ("scale-out", invoke_scale_out)],
     "hops": [("", hops)],
+    "runtime_ceiling": [],  # a table only
     "async_invoke": [("", async_invoke)],
     "keepalive": [("", keepalive)],
     "logs": [("", logs)],
