@@ -14,9 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from firebox.arns import Scope
+from firebox.arns import FunctionRef, Scope
 from firebox.asyncinvoke.api import QueuedEvent
 from firebox.asyncinvoke.dispatcher import LEASE_MS, Dispatcher, DispatchSettings
+from firebox.asyncinvoke.service import AsyncInvokeService
+from firebox.control.api import State
 
 NOW_S = 1_000.0
 
@@ -318,5 +320,67 @@ def test_a_run_gives_its_slot_back_before_its_completion_commits_and_stop_waits_
         queue.committed.set_result(None)
         await asyncio.wait_for(stopping, timeout=5)
         assert (queue.finished, queue.cancelled) == (["req-1", "req-2"], [])
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+# -- the 202 of an admitted event goes out before the event starts --------------------------------
+
+
+class StoringQueue(RunningQueue):
+    """Admitted events are stored by `start_enqueue`: the test decides when that commit lands."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.stored: asyncio.Future[None] | None = None
+
+    def start_enqueue(self, event: QueuedEvent) -> asyncio.Future[None]:
+        self.stored = asyncio.get_running_loop().create_future()
+        return self.stored
+
+
+class ActiveRegistry(ConfigRegistry):
+    async def get_function(self, ref: Any) -> Any:
+        class Config:
+            state = State.ACTIVE
+
+        class Details:
+            config, reserved_concurrency = Config(), None
+
+        return Details()
+
+
+def test_an_admitted_events_202_goes_out_before_the_event_starts() -> None:
+    """Both the accepting request and the run wait on the same commit; the request registered
+    first (`accept` shields the commit before the run's task first steps), so it resumes first
+    and its whole answer (the 202) is written before the event's invocation begins."""
+
+    async def main() -> None:
+        queue, order = StoringQueue(), []
+
+        class OrderedInvoker(RecordingInvoker):
+            async def invoke(self, request: Any) -> Any:
+                order.append("invoke")
+                return await super().invoke(request)
+
+        dispatcher = await _started(queue, OrderedInvoker())
+        service = AsyncInvokeService(queue, ActiveRegistry())  # type: ignore[arg-type]
+        service.attach(dispatcher)
+
+        async def request() -> None:
+            await service.accept(FunctionRef("f"), b"{}", "req-1")
+            order.append("202")  # what the handler does next, in the same step: answer
+
+        answering = asyncio.create_task(request())
+        await _until(lambda: queue.stored is not None, "the event's commit to start")
+        assert queue.stored is not None
+        for _ in range(5):  # loop turns (FIFO), not time: the run's task takes its first step
+            await asyncio.sleep(0)  # and waits on the commit, as it has long done when one lands
+        queue.stored.set_result(None)
+        await answering
+        await _until(lambda: len(order) == 2, "the event to run")
+        assert order == ["202", "invoke"]
+        await _until(lambda: dispatcher.in_flight == 0, "the run to end")
+        await dispatcher.stop()
 
     asyncio.run(asyncio.wait_for(main(), 30))

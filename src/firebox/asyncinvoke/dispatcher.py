@@ -250,10 +250,6 @@ class Dispatcher:
                     await asyncio.shield(stored)  # shielded: the accepting caller awaits it too
                 except Exception:  # noqa: BLE001 - reported to the caller of accept
                     return  # not stored, so not accepted: nothing to run
-                # Let the accepting request answer its 202 first: it was woken by the same
-                # commit, after this task, and the event's start (resolve, lease, START, the
-                # hand-off) would otherwise come before it, about 0.2 ms.
-                await asyncio.sleep(0)
             await self._attempt(event)
         except asyncio.CancelledError:
             raise

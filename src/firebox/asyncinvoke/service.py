@@ -59,6 +59,8 @@ class AsyncInvokeService:
         # as that commit is durable, whether or not this caller is still there to see it.
         stored = self._queue.start_enqueue(claimed)
         dispatcher.run_admitted(claimed, stored)
+        # Shielded here, before the run's task takes its first step: this request then resumes
+        # first when the commit lands, and its 202 is written before the event starts running.
         await asyncio.shield(stored)
 
     async def statistics(self) -> Mapping[str, FunctionEventStats]:
