@@ -34,12 +34,12 @@ from typing import Any
 from common import (
     Connection,
     cdf,
+    out_argument,
     percentile,
+    publish,
     samples,
-    shown,
     start_firebox,
     summary,
-    write_results,
 )
 
 SOURCE = "def handler(event, context):\n    print('RAN', context.aws_request_id, flush=True)\n    return None\n"
@@ -297,11 +297,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[16, 64])
     parser.add_argument("--e2e", type=int, default=200)
-    parser.add_argument("--out", help="the JSON file to write (default bench/results/async-invoke-<time>.json)")
+    out_argument(parser, "async-invoke")
     args = parser.parse_args()
     results = asyncio.run(run(args))
-    report(results)
-    print(f"\nwrote {shown(write_results(results, args.out, 'async-invoke'))}")
+    publish(results, args.out, "async-invoke", report)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,14 @@ Firebox server on a free port."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,19 @@ def write_results(results: dict[str, Any], out: str | None, prefix: str) -> Path
     path = Path(out) if out else RESULTS / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
+    return path
+
+
+def out_argument(parser: argparse.ArgumentParser, prefix: str) -> None:
+    """Every benchmark's `--out`: the JSON file its results go to."""
+    parser.add_argument("--out", help=f"the JSON file to write (default bench/results/{prefix}-<time>.json)")
+
+
+def publish(results: dict[str, Any], out: str | None, prefix: str, report: Callable[[dict[str, Any]], None]) -> Path:
+    """Print a benchmark's table, write its JSON (`out`, or bench/results/<prefix>-<time>.json)."""
+    report(results)
+    path = write_results(results, out, prefix)
+    print(f"\nwrote {shown(path)}")
     return path
 
 

@@ -26,7 +26,7 @@ import tempfile
 import urllib.request
 from typing import Any
 
-from common import percentile, start_firebox, write_results
+from common import out_argument, percentile, publish, start_firebox
 from invoke import create_functions, sequential
 
 HOPS = (
@@ -103,11 +103,10 @@ def report(results: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--invokes", type=int, default=2000)
-    parser.add_argument("--out", help="the JSON file to write (default bench/results/hops-<time>.json)")
+    out_argument(parser, "hops")
     args = parser.parse_args()
     results = asyncio.run(run(args))
-    report(results)
-    print(f"\nwrote {write_results(results, args.out, 'hops')}")
+    publish(results, args.out, "hops", report)
 
 
 if __name__ == "__main__":

@@ -55,13 +55,13 @@ from typing import Any
 from common import (
     Connection,
     cdf,
+    out_argument,
     percentile,
     pss_kb,
+    publish,
     samples,
-    shown,
     start_firebox,
     summary,
-    write_results,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -528,12 +528,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 16, 32, 128])
     parser.add_argument("--scale-out", type=int, default=100, help="simultaneous first invocations (0: skip)")
     parser.add_argument("--baseline-port", type=int, default=0, help="0: a free port")
-    parser.add_argument("--out", help="the JSON file to write (default bench/results/invoke-<time>.json)")
+    out_argument(parser, "invoke")
     args = parser.parse_args()
     args.baseline_port = args.baseline_port or free_port()
     results = asyncio.run(run(args))
-    report(results)
-    print(f"\nwrote {shown(write_results(results, args.out, 'invoke'))}")
+    publish(results, args.out, "invoke", report)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import percentile, shown, write_results
+from common import out_argument, percentile, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -309,7 +309,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--stored", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=40, help="repetitions per query")
-    parser.add_argument("--out", help="the JSON file to write (default bench/results/logs-<time>.json)")
+    out_argument(parser, "logs")
     args = parser.parse_args()
     results: dict[str, Any] = {
         "benchmark": "logs",
@@ -317,8 +317,7 @@ def main() -> None:
         "capture": capture(args.lines, args.runs),
         "queries": queries(args.stored, args.queries),
     }
-    report(results)
-    print(f"\nwrote {shown(write_results(results, args.out, 'logs'))}")
+    publish(results, args.out, "logs", report)
 
 
 if __name__ == "__main__":

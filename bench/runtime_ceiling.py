@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import write_results
+from common import out_argument, publish
 
 from firebox.runtimes.api import RUNTIME_DIR, bootstrap_command
 
@@ -117,13 +117,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runtimes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 16])
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--out", help="the JSON file to write (default bench/results/runtime-ceiling-<time>.json)")
+    out_argument(parser, "runtime-ceiling")
     args = parser.parse_args()
     if not Path(PYTHON).exists():
         raise SystemExit(f"{PYTHON} is missing (the Python runtime's interpreter)")
     results = run(args)
-    report(results)
-    print(f"\nwrote {write_results(results, args.out, 'runtime-ceiling')}")
+    publish(results, args.out, "runtime-ceiling", report)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import percentile, pss_kb, write_results
+from common import out_argument, percentile, pss_kb, publish
 
 from firebox.runtimes.api import RUNTIME_DIR, bootstrap_command
 from firebox.worker.backends import IsolatedBackend, ZygoteBackend
@@ -191,13 +191,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--out", help="the JSON file to write (default bench/results/sandboxes-<time>.json)")
+    out_argument(parser, "sandboxes")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/sandboxes.py needs root (the isolated backends do)")
     results = asyncio.run(run(args))
-    report(results)
-    print(f"wrote {write_results(results, args.out, 'sandboxes')}")
+    publish(results, args.out, "sandboxes", report)
 
 
 if __name__ == "__main__":
