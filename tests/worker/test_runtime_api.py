@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from firebox.worker.runtimeapi import Invocation, RuntimeChannel, serve
+from firebox.worker.runtimeapi import Invocation, RuntimeApiProtocol, RuntimeChannel, serve
 
 NEXT = b"GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -76,5 +76,83 @@ def test_parked_next_is_answered_on_delivery_and_requests_stay_in_order() -> Non
         finally:
             writer.close()
             server.close()
+
+    asyncio.run(scenario())
+
+
+class _Transport(asyncio.Transport):
+    """Records each write: what goes out together, and in which order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _connected(channel: RuntimeChannel) -> tuple[RuntimeApiProtocol, _Transport]:
+    protocol, transport = RuntimeApiProtocol(channel), _Transport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+def test_a_posts_202_rides_with_the_event_of_the_next_pipelined_behind_it() -> None:
+    async def scenario() -> None:
+        channel = RuntimeChannel()
+        protocol, transport = _connected(channel)
+        protocol.data_received(NEXT)
+        assert transport.writes == [] and channel.ready.done()
+        first = _invocation("r1", b"1")
+        channel.deliver(first)  # answered from deliver itself: no task in between
+        assert len(transport.writes) == 1 and b"r1" in transport.writes[0]
+
+        protocol.data_received(_post("r1", b'"one"') + NEXT)
+        assert first.outcome.done() and first.outcome.result().payload == b'"one"'
+        assert transport.writes[1:] == []  # the 202 waits for the event of the pipelined /next
+
+        channel.deliver(_invocation("r2", b"2"))
+        assert len(transport.writes) == 2  # one write: the 202, then the event
+        assert transport.writes[1].startswith(b"HTTP/1.1 202") and b"r2" in transport.writes[1]
+
+        # A POST with nothing behind it is answered at once.
+        protocol.data_received(_post("r2", b'"two"'))
+        assert transport.writes[2].startswith(b"HTTP/1.1 202")
+
+    asyncio.run(scenario())
+
+
+def test_an_event_is_never_held_behind_a_request_pipelined_after_its_next() -> None:
+    async def scenario() -> None:
+        channel = RuntimeChannel()
+        protocol, transport = _connected(channel)
+        channel.deliver(_invocation("r1", b"1"))  # waiting before it is asked for
+        protocol.data_received(NEXT + NEXT)
+        assert len(transport.writes) == 1 and b"r1" in transport.writes[0]  # the second /next waits
+        channel.deliver(_invocation("r2", b"2"))
+        assert len(transport.writes) == 2 and b"r2" in transport.writes[1]
+
+    asyncio.run(scenario())
+
+
+def test_a_parked_next_whose_connection_closed_takes_no_event() -> None:
+    async def scenario() -> None:
+        channel = RuntimeChannel()
+        gone, gone_transport = _connected(channel)
+        gone.data_received(NEXT)
+        gone_transport.closed = True
+        gone.connection_lost(None)
+        protocol, transport = _connected(channel)
+        channel.deliver(_invocation("r1", b"1"))
+        assert gone_transport.writes == [] and transport.writes == []
+        protocol.data_received(NEXT)  # a runtime that reconnected gets the event
+        assert len(transport.writes) == 1 and b"r1" in transport.writes[0]
 
     asyncio.run(scenario())

@@ -232,12 +232,13 @@ def test_stop_leaves_nothing_behind(loop) -> None:
 def test_specialize_route_is_one_shot_and_stem_only(loop) -> None:
     async def scenario() -> None:
         plain = RuntimeChannel()
-        assert await plain.specialization() is None
+        assert plain.ask_specialization() is None
         stem = RuntimeChannel(stem=True)
         stem.specialize(b'{"A": "1"}')
-        assert await stem.specialization() == b'{"A": "1"}'
+        body = stem.ask_specialization()
+        assert body is not None and await body == b'{"A": "1"}'
         assert stem.stem_waiting is not None and stem.stem_waiting.done()
-        assert await stem.specialization() is None
+        assert stem.ask_specialization() is None
         with pytest.raises(RuntimeError):
             stem.specialize(b"{}")
 

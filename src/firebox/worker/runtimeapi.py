@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httptools
@@ -30,6 +32,9 @@ import httptools
 MAX_RESPONSE_BYTES = 6 * 1024 * 1024
 _PREFIX = "/2018-06-01/runtime"
 _INVOCATION_PATH = re.compile(_PREFIX + r"/invocation/([^/]+)/(response|error)")
+_NEXT_PATH = _PREFIX + "/invocation/next"
+_SPECIALIZE_PATH = _PREFIX + "/firebox/specialize"
+_INIT_ERROR_PATH = _PREFIX + "/init/error"
 
 
 @dataclass
@@ -67,21 +72,39 @@ class RuntimeChannel:
         self.stem_waiting: asyncio.Future[None] | None = loop.create_future() if stem else None
         self._specialization: asyncio.Future[bytes] | None = loop.create_future() if stem else None
         self._specialize_asked = False
-        self._events: asyncio.Queue[Invocation] = asyncio.Queue(maxsize=1)
+        self._events: deque[Invocation] = deque()  # delivered, not asked for yet
+        self._askers: deque[Callable[[Invocation], bool]] = deque()  # parked `/next` polls
         self._in_flight: dict[str, Invocation] = {}
 
     def deliver(self, invocation: Invocation) -> None:
-        """Queue the event for the runtime's `/next`; a sandbox runs one invocation at a time."""
+        """Hand the event to the runtime's parked `/next` (answered here and now, no task in
+        between: this is on every invocation), or keep it for its next one."""
         self._in_flight[invocation.request_id] = invocation
-        self._events.put_nowait(invocation)
+        while self._askers:
+            if self._askers.popleft()(invocation):
+                return
+        self._events.append(invocation)
 
     def forget(self, request_id: str) -> None:
         self._in_flight.pop(request_id, None)
 
-    async def next_event(self) -> Invocation:
+    def ask_next(self, answer: Callable[[Invocation], bool]) -> Invocation | None:
+        """A `/next` poll: the event waiting for it, or None, and then `answer(event)` is called
+        when one is delivered (it returns False when its connection is gone: the event then goes
+        to the next poll). The first poll says that init is over."""
         if not self.ready.done():
             self.ready.set_result(None)
-        return await self._events.get()
+        if self._events:
+            return self._events.popleft()
+        self._askers.append(answer)
+        return None
+
+    def withdraw(self, answer: Callable[[Invocation], bool]) -> None:
+        """A parked poll's connection closed: it takes no event."""
+        try:
+            self._askers.remove(answer)
+        except ValueError:
+            pass
 
     def complete(self, request_id: str, outcome: RuntimeOutcome) -> bool:
         invocation = self._in_flight.pop(request_id, None)
@@ -96,15 +119,16 @@ class RuntimeChannel:
             raise RuntimeError("this sandbox is not an unspecialised stem cell")
         self._specialization.set_result(body)
 
-    async def specialization(self) -> bytes | None:
-        """The body for a specialize poll; None (404) unless this is a stem cell's first ask."""
+    def ask_specialization(self) -> asyncio.Future[bytes] | None:
+        """A specialize poll: the future of its body; None (404) unless this is a stem cell's
+        first ask."""
         if self._specialization is None or self._specialize_asked:
             return None
         self._specialize_asked = True
         assert self.stem_waiting is not None
         if not self.stem_waiting.done():
             self.stem_waiting.set_result(None)
-        return await self._specialization
+        return self._specialization
 
     def fail_init(self, outcome: RuntimeOutcome) -> None:
         if not self.init_error.done():
@@ -127,45 +151,59 @@ def _error(status: int, error_type: str, message: str) -> bytes:
 
 
 class _Request:
-    __slots__ = ("method", "url", "headers", "body", "size", "too_large")
+    __slots__ = ("body", "error_type", "method", "size", "too_large", "url")
 
     def __init__(self) -> None:
         self.method = ""
         self.url = b""
-        self.headers: dict[str, str] = {}
+        self.error_type: str | None = None  # the Lambda-Runtime-Function-Error-Type header
         self.body: list[bytes] = []
         self.size = 0
         self.too_large = False
 
 
+_ERROR_TYPE_HEADER = b"lambda-runtime-function-error-type"  # the only request header read
+
+
 class RuntimeApiProtocol(asyncio.Protocol):
-    """One connection from the runtime. Requests on a connection are answered in order."""
+    """One connection from the runtime. Requests on a connection are answered in order.
+
+    No task per connection or request: a request is answered as soon as what it asks for is
+    there, from `data_received` (a POST, a `/next` whose event waits) or from the channel's
+    `deliver` (a parked `/next`). The runtime pipelines `POST .../response` and the next `GET
+    /next`; the POST's 202 is then held and goes out with that `/next`'s event, in one write: the
+    runtime has no use for it before, and so it wakes once per invocation instead of twice.
+    Only answers to POSTs are held, never an event, so a runtime that pipelines anything behind
+    a `/next` still gets its event at once."""
 
     def __init__(self, channel: RuntimeChannel) -> None:
         self._channel = channel
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._current = _Request()
-        self._queue: asyncio.Queue[_Request] = asyncio.Queue()
-        self._worker: asyncio.Task[None] | None = None
+        self._parsed: deque[_Request] = deque()  # complete, not taken up yet
+        self._parked = False  # the request being answered waits (a long poll)
+        self._held: list[bytes] = []  # answers that go out with the next write
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        self._worker = asyncio.create_task(self._serve())
 
     def data_received(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError:
-            self._write(_error(400, "InvalidRequest", "Malformed HTTP request"))
+            self._reply(_error(400, "InvalidRequest", "Malformed HTTP request"))
             self._close()
+            return
+        self._take_up()  # after the whole chunk: a request pipelined behind a POST is seen
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
-        if self._worker is not None:
-            self._worker.cancel()
+        self._parsed.clear()
+        self._held.clear()
+        self._channel.withdraw(self._event_delivered)
 
     # -- httptools callbacks -------------------------------------------------------------------
 
@@ -176,7 +214,8 @@ class RuntimeApiProtocol(asyncio.Protocol):
         self._current.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._current.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        if name.lower() == _ERROR_TYPE_HEADER:
+            self._current.error_type = value.decode("latin-1")
 
     def on_body(self, body: bytes) -> None:
         request = self._current
@@ -189,26 +228,61 @@ class RuntimeApiProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._current.method = self._parser.get_method().decode()
-        self._queue.put_nowait(self._current)
+        self._parsed.append(self._current)
 
-    # -- handling ------------------------------------------------------------------------------
+    # -- answering, in order -------------------------------------------------------------------
 
-    async def _serve(self) -> None:
-        while True:
-            request = await self._queue.get()
-            self._write(await self._handle(request))
+    def _take_up(self) -> None:
+        """Answer the parsed requests in order, until one has to wait."""
+        while self._parsed and not self._parked and self._transport is not None:
+            request = self._parsed.popleft()
+            path = request.url.decode("latin-1").split("?", 1)[0]
+            if request.method == "GET" and path == _NEXT_PATH:
+                event = self._channel.ask_next(self._event_delivered)
+                if event is None:
+                    self._parked = True
+                else:
+                    self._reply(self._next_response(event))
+            elif request.method == "GET" and path == _SPECIALIZE_PATH and (
+                    body := self._channel.ask_specialization()) is not None:
+                if body.done():
+                    self._reply(_response(200, body.result()))
+                else:
+                    self._parked = True
+                    body.add_done_callback(self._specialized)
+            else:
+                self._reply(self._post(request, path), hold=True)
 
-    async def _handle(self, request: _Request) -> bytes:
-        path = request.url.decode("latin-1").split("?", 1)[0]
-        if request.method == "GET" and path == f"{_PREFIX}/invocation/next":
-            return self._next_response(await self._channel.next_event())
-        if request.method == "GET" and path == f"{_PREFIX}/firebox/specialize":
-            body = await self._channel.specialization()
-            if body is not None:
-                return _response(200, body)
-        if request.method == "POST" and path == f"{_PREFIX}/init/error":
-            error_type = request.headers.get("lambda-runtime-function-error-type", "Runtime.Unknown")
-            self._channel.fail_init(RuntimeOutcome(b"".join(request.body), error_type))
+    def _event_delivered(self, invocation: Invocation) -> bool:
+        """The channel's call for a parked `/next`: False when this connection is gone."""
+        if self._transport is None or self._transport.is_closing():
+            return False
+        self._parked = False
+        self._reply(self._next_response(invocation))
+        self._take_up()
+        return True
+
+    def _specialized(self, body: asyncio.Future[bytes]) -> None:
+        if self._transport is None or body.cancelled():
+            return
+        self._parked = False
+        self._reply(_response(200, body.result()))
+        self._take_up()
+
+    def _reply(self, answer: bytes, *, hold: bool = False) -> None:
+        if hold and self._parsed:  # a request is pipelined behind this one: see the class doc
+            self._held.append(answer)
+            return
+        if self._held:
+            self._held.append(answer)
+            answer = b"".join(self._held)
+            self._held.clear()
+        self._write(answer)
+
+    def _post(self, request: _Request, path: str) -> bytes:
+        """The answer to anything but a long poll (the POSTs, and 404s)."""
+        if request.method == "POST" and path == _INIT_ERROR_PATH:
+            self._channel.fail_init(RuntimeOutcome(b"".join(request.body), request.error_type or "Runtime.Unknown"))
             return _ACCEPTED
         found = _INVOCATION_PATH.fullmatch(path)
         if request.method == "POST" and found:
@@ -229,8 +303,7 @@ class RuntimeApiProtocol(asyncio.Protocol):
             if kind == "response":
                 outcome = RuntimeOutcome(body)
             else:
-                error_type = request.headers.get("lambda-runtime-function-error-type", "Unhandled")
-                outcome = RuntimeOutcome(body, error_type)
+                outcome = RuntimeOutcome(body, request.error_type or "Unhandled")
             if not self._channel.complete(request_id, outcome):
                 return _error(400, "InvalidRequestID", "Invalid request ID")
             return _ACCEPTED
