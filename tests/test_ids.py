@@ -21,3 +21,19 @@ def test_request_ids_are_canonical_version_4_uuids() -> None:
 def test_trace_id_shape() -> None:
     text = trace_id(now=0x6566_7768)
     assert re.fullmatch(r"Root=1-65667768-[0-9a-f]{24};Parent=[0-9a-f]{16};Sampled=0", text), text
+
+
+def test_a_forked_child_never_repeats_its_parents_ids() -> None:
+    import os
+
+    request_id()  # the parent has a pool of random bits now
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        os.write(write_end, " ".join(request_id() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    child = set(os.read(read_end, 4096).decode().split())
+    os.close(read_end)
+    assert len(child) == 3 and not child & {request_id() for _ in range(3)}
