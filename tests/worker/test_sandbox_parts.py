@@ -91,6 +91,85 @@ def test_private_loopback_lives_in_its_own_namespace(method: str) -> None:
     net.close_netns_fd()  # idempotent
 
 
+def _thread_netns(native_id: int) -> str:
+    return os.readlink(f"/proc/self/task/{native_id}/ns/net")
+
+
+@root_only
+def test_loopback_maker_serves_from_one_thread_that_stays_home() -> None:
+    maker = netns.LoopbackMaker()
+    host = os.readlink("/proc/self/ns/net")
+
+    async def make_some() -> list[netns.PrivateLoopback]:
+        return list(await asyncio.gather(*(maker.create() for _ in range(5))))
+
+    nets = asyncio.run(make_some())
+    try:
+        namespaces = {os.readlink(f"/proc/self/fd/{net.netns_fd}") for net in nets}
+        assert len(namespaces) == 5 and host not in namespaces
+        assert all(net.listener.getblocking() is False and net.address == "127.0.0.1:9001" for net in nets)
+        assert maker.threads_started == 1 and maker.made == 5
+        thread = maker._thread
+        assert thread is not None and thread.native_id is not None
+        assert _thread_netns(thread.native_id) == host  # back home between requests
+    finally:
+        for net in nets:
+            net.close()
+        maker.close()
+    assert not thread.is_alive()
+
+
+@root_only
+def test_loopback_maker_closes_what_a_cancelled_caller_no_longer_takes() -> None:
+    maker = netns.LoopbackMaker()
+    closed: list[netns.PrivateLoopback] = []
+    real_close = netns.PrivateLoopback.close
+
+    async def cancel_one() -> None:
+        task = asyncio.ensure_future(maker.create())
+        await asyncio.sleep(0)  # queued
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        (await maker.create()).close()  # served after the cancelled one: its hand-over has run
+
+    try:
+        netns.PrivateLoopback.close = lambda self: (closed.append(self), real_close(self))[1]  # type: ignore[method-assign]
+        asyncio.run(cancel_one())
+    finally:
+        netns.PrivateLoopback.close = real_close  # type: ignore[method-assign]
+        maker.close()
+    assert len(closed) == 2 and maker.made == 2
+
+
+@root_only
+def test_loopback_maker_thread_that_cannot_return_home_serves_no_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    maker = netns.LoopbackMaker()
+    host = os.readlink("/proc/self/ns/net")
+
+    def stuck(fd: int) -> None:
+        raise OSError(1, "setns refused (test)")
+
+    async def run() -> None:
+        with monkeypatch.context() as patch:
+            patch.setattr(netns, "enter_netns", stuck)
+            first = await maker.create()  # made, then its thread could not go back: it ends
+            first.close()
+        thread = maker._thread
+        assert thread is None  # forgotten: the next request starts a new one, from here
+        second = await maker.create()
+        second.close()
+        assert maker.threads_started == 2
+        current = maker._thread
+        assert current is not None and current.native_id is not None
+        assert _thread_netns(current.native_id) == host
+
+    try:
+        asyncio.run(run())
+    finally:
+        maker.close()
+
+
 @root_only
 def test_cgroup_driver_limits_and_removal(monkeypatch: pytest.MonkeyPatch) -> None:
     try:
@@ -106,6 +185,12 @@ def test_cgroup_driver_limits_and_removal(monkeypatch: pytest.MonkeyPatch) -> No
             assert int((memory / "memory.max").read_text()) == 64 * 1024 * 1024
         if "pids" in driver.controllers:
             assert (group.dirs[-1] / "pids.max").read_text().strip() == "7"
+        if driver.version == 1:
+            # Written once on the instance group; each new group starts with its parent's.
+            assert driver.v1_swappiness_inherited
+            assert (memory / "memory.swappiness").read_text().strip() == "0"
+            if driver.v1_memsw:
+                assert int((memory / "memory.memsw.limit_in_bytes").read_text()) == 64 * 1024 * 1024
         assert group.oom_kills() == 0 and group.pids() == set()
         limit_file = memory / ("memory.limit_in_bytes" if driver.version == 1 else "memory.max")
         written: list[Path] = []

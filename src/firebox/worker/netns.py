@@ -28,17 +28,32 @@ Why a thread by default: measured on the 2-core test VM, the thread variant cost
 which `unshare` ~0.65 ms), the fork variant ~4.5 ms (forking a Python process is slow there), and
 a thread carries no fork-in-a-threaded-process hazards. With `method="fork"`, the child runs only
 code already imported here, a handful of system calls, and `os._exit`.
+
+For the event loop: `LoopbackMaker`
+-----------------------------------
+A backend makes one namespace per sandbox start, from async code. `LoopbackMaker` keeps ONE
+long-lived thread for that, instead of a new thread per namespace reached through the default
+executor (`asyncio.to_thread(create_private_loopback)`: two thread hand-offs, a thread start and
+a join per namespace). Its thread, per request: `unshare(CLONE_NEWNET)`, the set-up of step 2,
+then `setns()` back into the namespace it started in (its fd opened once, by the thread itself),
+and the result goes to the waiting coroutine through `call_soon_threadsafe`. The rule that keeps
+it as safe as a short-lived thread: the thread runs nothing but this, and after an `unshare` it
+either gets back into its original namespace or ends at once (the next request starts a new
+thread). Measured on the 2-core VM: 0.92-0.99 ms of process CPU per namespace, against
+1.21-1.46 ms through `to_thread`. A result whose waiter was cancelled meanwhile is closed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import errno
 import fcntl
 import os
-import socket
+import queue
 import signal
+import socket
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -211,3 +226,122 @@ def create_private_loopback(port: int = RUNTIME_API_PORT, host: str = RUNTIME_AP
     listener.setblocking(False)
     return PrivateLoopback(netns_fd=fds[1], listener=listener, address=f"{host}:{port}")
 
+
+# A request to the maker's thread: where to hand the loopback over.
+_Request = tuple[asyncio.AbstractEventLoop, "asyncio.Future[PrivateLoopback]"]
+
+
+class LoopbackMaker:
+    """Private loopbacks for async code, made one after another by one long-lived thread (see
+    "For the event loop" in the module docstring). `create` from the event loop (a thread of the
+    host's namespace: the maker's thread starts from there); `close` when done (idle, the
+    thread only waits on its queue)."""
+
+    def __init__(self, port: int = RUNTIME_API_PORT, host: str = RUNTIME_API_HOST) -> None:
+        self._port = port
+        self._host = host
+        self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        # Held while starting or forgetting the thread and while queueing, so that a request
+        # is never queued behind a thread that has just given up (see `_abandon`).
+        self._lock = threading.Lock()
+        self.made = 0  # namespaces made (statistics, tests)
+        self.threads_started = 0
+
+    async def create(self) -> PrivateLoopback:
+        """A fresh namespace with `lo` up and the listener inside; NetnsUnavailable or OSError
+        as `create_private_loopback`."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[PrivateLoopback] = loop.create_future()
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="firebox-netns", daemon=True)
+                self._thread.start()
+                self.threads_started += 1
+            self._requests.put((loop, future))
+        return await future
+
+    def close(self) -> None:
+        """Stop the thread once the requests already queued are served."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            if thread is not None:
+                self._requests.put(None)
+        if thread is not None:
+            thread.join()
+
+    def _serve(self) -> None:
+        """The thread: serves requests until `close`, or until it could not get back into its
+        own namespace (then it ends at once)."""
+        try:
+            home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            self._abandon(exc)
+            return
+        try:
+            while (request := self._requests.get()) is not None:
+                outcome, back_home = self._make_one(home)
+                if not back_home:  # forgotten before its caller hears back: no request waits on it
+                    self._abandon(OSError(errno.EIO, "the network namespace thread could not return to its namespace"))
+                _hand_over(*request, outcome)
+                if not back_home:
+                    return
+        finally:
+            os.close(home)
+
+    def _make_one(self, home: int) -> tuple[PrivateLoopback | BaseException, bool]:
+        """(the loopback or the error, whether this thread is back in its own namespace)."""
+        try:
+            unshare(CLONE_NEWNET)
+        except OSError as exc:
+            return NetnsUnavailable(exc.errno, f"cannot create a private network namespace: {exc}"), True
+        outcome: PrivateLoopback | BaseException
+        try:
+            listener, netns_fd = _setup(self._host, self._port, "/proc/thread-self/ns/net")
+            listener.setblocking(False)
+            outcome = PrivateLoopback(netns_fd=netns_fd, listener=listener, address=f"{self._host}:{self._port}")
+            self.made += 1
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            outcome = exc
+        try:
+            enter_netns(home)
+        except BaseException:  # noqa: BLE001 - this thread must never serve again
+            return outcome, False
+        return outcome, True
+
+    def _abandon(self, error: OSError) -> None:
+        """This thread ends without serving the queue (it may be stuck in a sandbox's
+        namespace: it must not make another one, nor start its successor, which would inherit
+        that namespace). What is queued fails with `error`; the next `create` starts a new
+        thread from the event loop."""
+        with self._lock:
+            if self._thread is threading.current_thread():
+                self._thread = None
+            while True:
+                try:
+                    request = self._requests.get_nowait()
+                except queue.Empty:
+                    return
+                if request is not None:
+                    _hand_over(*request, error)
+
+
+def _hand_over(loop: asyncio.AbstractEventLoop, future: asyncio.Future[PrivateLoopback],
+               outcome: PrivateLoopback | BaseException) -> None:
+    """From the maker's thread: resolve `future` on its loop; a loopback nobody takes any more
+    (the waiter was cancelled, the loop is closed) is closed."""
+
+    def resolve() -> None:
+        if future.done():
+            if isinstance(outcome, PrivateLoopback):
+                outcome.close()
+        elif isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    try:
+        loop.call_soon_threadsafe(resolve)
+    except RuntimeError:  # the loop is closed
+        if isinstance(outcome, PrivateLoopback):
+            outcome.close()

@@ -2,8 +2,8 @@
 
 Launch sequence (`spawn`)
 -------------------------
-1. `netns.create_private_loopback()` (on a worker thread): a new network namespace with only
-   `lo` up and the Runtime API listener on 127.0.0.1:9001 inside it.
+1. `netns.LoopbackMaker.create()` (on the maker's one long-lived thread): a new network
+   namespace with only `lo` up and the Runtime API listener on 127.0.0.1:9001 inside it.
 2. A host uid/gid from the backend's pool (60000-64999 by default): one per live sandbox, so
    RLIMIT_NPROC is per sandbox and no two sandboxes share an identity.
 3. The cgroups (`cgroups.py`): memory limit = MemorySize, pids.max = max_processes.
@@ -162,6 +162,7 @@ class IsolatedBackend:
             raise FileNotFoundError(f"bubblewrap not found at {bwrap} (Debian package bubblewrap)")
         self._bwrap = bwrap
         self._port = runtime_api_port
+        self._loopbacks = netns.LoopbackMaker(runtime_api_port)
         seccomp.compiled_filter()  # fails loudly (SeccompUnavailable) when libseccomp is missing
         self._own_state = state_dir is None
         self.state_dir = make_state_dir("firebox-sandboxes") if state_dir is None else Path(state_dir)
@@ -379,7 +380,7 @@ class IsolatedBackend:
         """What every sandbox of this backend gets, whoever starts it (bubblewrap or a zygote):
         a private network namespace, a host uid, its cgroups. Recorded in `held` as they are
         taken, so that `_give_back` returns exactly those after a failure half-way."""
-        held.net = await asyncio.to_thread(netns.create_private_loopback, self._port)
+        held.net = await self._loopbacks.create()
         held.uid = self._uids.allocate()
         if self._cgroups is not None:
             held.cgroup = self._cgroups.create(spec.sandbox_id, memory_bytes=spec.memory_bytes,
@@ -452,6 +453,7 @@ class IsolatedBackend:
     def close_sync(self) -> None:
         """Release the cgroup instance group and the state dir (no sandbox may be live)."""
         self._ledger.closed = True
+        self._loopbacks.close()
         if self._cgroups is not None:
             self._cgroups.close()
         if self._own_state:
