@@ -13,7 +13,9 @@ Drivers, chosen by probing which files exist (`CgroupDriver.detect`):
 
 cgroup v1 (this machine: controllers mounted at /sys/fs/cgroup/<controller>)
     memory: `memory.limit_in_bytes` = MemorySize, `memory.memsw.limit_in_bytes` = the same when
-    present (no swap beyond the limit), `memory.swappiness` = 0; the peak is
+    present (no swap beyond the limit), `memory.swappiness` = 0 (written once, on the instance
+    group: a new group starts with its parent's swappiness, so each sandbox's is 0 without a
+    write of its own; whether `memsw` exists is learnt there once too); the peak is
     `memory.max_usage_in_bytes`, reset by writing 0; OOM kills are the `oom_kill N` line of
     `memory.oom_control`. pids (when mounted): `pids.max`. Killing: SIGKILL every pid listed in
     `cgroup.procs`, a few passes (a fork racing the kill shows up in the next pass).
@@ -369,6 +371,11 @@ class CgroupDriver:
         self.instance_dirs = instance_dirs  # memory first; for v1 then pids (when mounted)
         self.controllers = controllers
         self.description = f"cgroup v{version} ({', '.join(controllers)})"
+        # v1, learnt once on the instance group rather than per sandbox (`_make_v1`): whether
+        # groups have swap accounting (`memory.memsw.*`), and whether a new group starts with
+        # swappiness 0 (the kernel copies the parent's into a new group).
+        self.v1_memsw = False
+        self.v1_swappiness_inherited = False
 
     @classmethod
     def detect(cls, *, base: str | None = None, instance_id: str | None = None) -> CgroupDriver:
@@ -421,7 +428,14 @@ class CgroupDriver:
                 with contextlib.suppress(OSError):
                     os.rmdir(directory)
             raise
-        return cls(1, tuple(made), tuple(name for name, _ in mounts))
+        driver = cls(1, tuple(made), tuple(name for name, _ in mounts))
+        driver.v1_memsw = (made[0] / "memory.memsw.limit_in_bytes").exists()
+        try:
+            _write(made[0] / "memory.swappiness", "0")
+            driver.v1_swappiness_inherited = True
+        except OSError:
+            pass  # then `create` tries it on each sandbox's group, as best effort
+        return driver
 
     @classmethod
     def _make_v2(cls, unified: _Mount, base: str, instance: str) -> CgroupDriver:
@@ -454,11 +468,12 @@ class CgroupDriver:
                 made.append(directory)
             if self.version == 1:
                 memory = dirs[0]
-                with contextlib.suppress(OSError):
-                    _write(memory / "memory.swappiness", "0")
+                if not self.v1_swappiness_inherited:
+                    with contextlib.suppress(OSError):
+                        _write(memory / "memory.swappiness", "0")
                 _write(memory / "memory.limit_in_bytes", str(memory_bytes))
-                if (memory / "memory.memsw.limit_in_bytes").exists():
-                    with contextlib.suppress(OSError):  # absent swap accounting: nothing to cap
+                if self.v1_memsw:  # absent swap accounting: nothing to cap
+                    with contextlib.suppress(OSError):
                         _write(memory / "memory.memsw.limit_in_bytes", str(memory_bytes))
                 pids_dir = dirs[1] if len(dirs) > 1 else None
                 if pids_dir is not None and max_pids is not None:
