@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -89,6 +90,7 @@ class CodeCache:
         os.chmod(self.root, 0o755)
         self._markers = self.root / ".compiled"
         self._markers.mkdir(mode=0o700, exist_ok=True)
+        self._root_text, self._markers_text = str(self.root), str(self._markers)
         self._blobs = blobs
         self._limits = limits
         self._pending: dict[tuple[str, str | None], asyncio.Future[Path]] = {}
@@ -109,7 +111,9 @@ class CodeCache:
         final = self.path(sha256_hex)
         tag = _python_key(python)
         key = (sha256_hex, tag)
-        if final.is_dir() and (python is None or self._marker(sha256_hex, tag).exists()):
+        # The hit is on every cold start: two stat calls on plain strings, no Path objects.
+        if os.path.isdir(f"{self._root_text}/{sha256_hex}") and (
+                python is None or os.path.exists(f"{self._markers_text}/{sha256_hex}.{tag}")):
             self._stats["hits"] += 1
             return final
         future = self._pending.get(key)
@@ -283,6 +287,7 @@ def _imported_modules(text: bytes) -> set[str]:
     return found
 
 
+@functools.lru_cache(maxsize=64)
 def _python_key(python: Path | None) -> str | None:
     """A marker-safe name for an interpreter path."""
     if python is None:
