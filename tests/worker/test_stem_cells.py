@@ -5,6 +5,7 @@ that die, never hands a cell to two functions, and leaves nothing behind when st
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import shutil
@@ -18,13 +19,20 @@ from typing import Any
 import pytest
 from sandbox_helpers import PYTHON, run
 
+from firebox.runtimes.api import RUNTIME_DIR
 from firebox.worker.api import FunctionSpec, HostRuntimes
 from firebox.worker.backends import IsolatedBackend
 from firebox.worker.codecache import PackageTraits, describe_package
 from firebox.worker.local import LocalWorker, boto3_compatible, stem_eligible
 from firebox.worker.runtimeapi import Invocation, RuntimeChannel
 from firebox.worker.sandbox import Sandbox
-from firebox.worker.stemcells import CellKey, StemCellPool, plan_population, populate
+from firebox.worker.stemcells import (
+    CellKey,
+    StemCellPool,
+    plan_population,
+    populate,
+    premade_dirs,
+)
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the isolated backend needs root (netns, uid drop, cgroups)"),
@@ -459,3 +467,32 @@ def test_a_pool_starts_at_most_two_cells_at_once(loop, tmp_path: Path) -> None:
         await pool.stop()
 
     run(loop, scenario())
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_population_uses_or_removes_the_cells_premade_folders(tmp_path: Path, compiled: bool) -> None:
+    code, task = tmp_path / "code", tmp_path / "task"
+    (code / "pkg").mkdir(parents=True)
+    (code / "pkg" / "mod.py").write_text("y = 2\n")
+    if compiled:
+        (code / "__pycache__").mkdir()
+        (code / "__pycache__" / "app.cpython-311.pyc").write_bytes(b"\0")
+    premade = premade_dirs("python3.11")
+    assert premade == ("__pycache__",) and premade_dirs("nodejs20.x") == ()
+    task.mkdir()
+    for relative in premade:
+        (task / relative).mkdir()
+    populate(code, task, plan_population(code, 16), premade)
+    assert sorted(str(p.relative_to(task)) for p in task.rglob("*")) == sorted(
+        str(p.relative_to(code)) for p in code.rglob("*"))
+
+
+def test_a_stem_cell_becomes_exactly_its_functions_environment() -> None:
+    spec_ = importlib.util.spec_from_file_location("_stem_under_test", RUNTIME_DIR / "python" / "stem.py")
+    assert spec_ is not None and spec_.loader is not None
+    stem = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(stem)
+    environ = {"PATH": "/usr/bin:/bin", "LANG": "en_US.UTF-8", "TZ": ":UTC", "GONE": "1"}
+    wanted = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OWN": "x", "TZ": ":UTC"}
+    stem.become(environ, wanted)
+    assert environ == wanted

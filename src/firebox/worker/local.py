@@ -51,6 +51,7 @@ from firebox.worker.stemcells import (
     StemCellPool,
     plan_population,
     populate,
+    premade_dirs,
     remove_task_dir,
 )
 
@@ -424,10 +425,11 @@ class LocalWorker:
             extra_ro_binds=cell.spec.extra_ro_binds,
         )
         try:
+            premade = premade_dirs(cell.key.runtime)  # made when the cell was spawned
             if (plan := self._small_package(code_dir)) is not None:
-                populate(code_dir, cell.task_dir, plan)  # a few links: less than a thread hop costs
+                populate(code_dir, cell.task_dir, plan, premade)  # a few links: less than a thread hop costs
             else:
-                await asyncio.to_thread(populate, code_dir, cell.task_dir)
+                await asyncio.to_thread(populate, code_dir, cell.task_dir, None, premade)
             cell.process.set_memory_limit(sandbox_spec.memory_bytes)  # type: ignore[attr-defined]
             if not cell.alive:
                 raise OSError("the stem cell died")

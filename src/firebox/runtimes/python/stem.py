@@ -165,6 +165,17 @@ def wait_for_function(address):
     return environment, (sock, reader)
 
 
+def become(environ, wanted):
+    """Make `environ` exactly `wanted`, touching only what differs: each set or unset is a libc
+    call that scans the whole environment, and the cell's neutral variables (PATH, LANG, TZ,
+    LAMBDA_TASK_ROOT...) mostly stay as they are."""
+    for name in [name for name in environ if name not in wanted]:
+        del environ[name]
+    for name, value in wanted.items():
+        if environ.get(name) != value:
+            environ[name] = value
+
+
 def main():
     args = sys.argv[2:]
     if args[:1] == ["--probe"]:
@@ -185,9 +196,9 @@ def main():
     except (OSError, ValueError) as exc:
         sys.stderr.write("firebox stem cell: %s\n" % exc)
         return 1
-    os.environ.clear()
-    os.environ.update({str(k): str(v) for k, v in environment.items()})
-    os.environ["AWS_LAMBDA_RUNTIME_API"] = address
+    wanted = {str(k): str(v) for k, v in environment.items()}
+    wanted["AWS_LAMBDA_RUNTIME_API"] = address
+    become(os.environ, wanted)
     time.tzset()
     importlib.invalidate_caches()  # /var/task was empty until now
     if len(sys.argv) > 1:
