@@ -15,7 +15,8 @@ What is measured, and against what:
   (interpreter start, import, call, exit: what a cold start costs without a platform);
 - warm invoke latency, sequential, and the platform overhead (client time minus the REPORT's
   Duration); baseline: the raw uvicorn hello;
-- throughput and latency at each number of concurrent clients (keep-alive connections);
+- throughput and latency at each number of concurrent clients (keep-alive connections), each
+  row after an untimed warm-up at its concurrency, so that it measures warm sandboxes only;
 - scale-out: `--scale-out` simultaneous first invocations of a function that sleeps 0.5 s: time
   until all are answered, and sandboxes created per second (the server's count, polled);
 - density: PSS of everything the server started, per idle sandbox, and how many fit in 1 GB.
@@ -414,6 +415,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 cold["breakdown"] = breakdown(cold, results["warm_overhead"]["p50_ms"])
             results["throughput"] = []
             for concurrency in args.concurrency:
+                # Untimed first: a row measures warm sandboxes only (at 128 clients up to 96
+                # of them would otherwise be cold starts inside the timed run).
+                await throughput(fport, invoke_path, 2 * concurrency, concurrency)
+                await throughput(args.baseline_port, "/", 2 * concurrency, concurrency)
                 fire = await throughput(fport, invoke_path, args.requests, concurrency)
                 base = await throughput(args.baseline_port, "/", args.requests, concurrency)
                 results["throughput"].append({"firebox": fire, "baseline": base, "ratio": fire["per_s"] / base["per_s"]})
