@@ -1,7 +1,7 @@
 # Benchmarks. `make bench` runs them all (a few minutes on 2 cores) and writes
 # bench/results/<time>/: bench.json, the PNG plots and each benchmark's log.
 #   make bench BENCH_ARGS=--quick                 tiny sizes, about a minute (a smoke test)
-#   make bench BENCH_ARGS="--only invoke"         some of them (invoke,hops,runtime_ceiling,async_invoke,...)
+#   make bench BENCH_ARGS="--only invoke"         some of them (invoke,hops,cpu,runtime_ceiling,async_invoke,...)
 #   make plots JSON=bench/results/<time>/bench.json   re-plot a run (any benchmark JSON works)
 
 PYTHON := .venv/bin/python

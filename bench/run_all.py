@@ -1,9 +1,9 @@
 """Every benchmark in one run, with modest sizes: a few minutes on 2 cores. What `make bench` runs.
 
     .venv/bin/python bench/run_all.py [--quick]
-        [--only invoke,hops,runtime_ceiling,async_invoke,logs,keepalive,sandboxes] [--out-dir DIR]
+        [--only invoke,hops,cpu,runtime_ceiling,async_invoke,logs,keepalive,sandboxes] [--out-dir DIR]
 
-Runs bench/invoke.py, hops.py, runtime_ceiling.py, async_invoke.py, logs.py, keepalive.py and
+Runs bench/invoke.py, hops.py, cpu.py, runtime_ceiling.py, async_invoke.py, logs.py, keepalive.py and
 sandboxes.py (root only: it is skipped otherwise) one after the other, each in its own process with its output in
 <dir>/<name>.log, then prints their tables as one, and writes into <dir> (default
 bench/results/<time>/):
@@ -42,6 +42,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
                 "--scale-out", "100"],
                ["--cold", "3", "--warm", "200", "--requests", "300", "--concurrency", "1,16", "--scale-out", "20"]),
     "hops": ("hops.py", ["--invokes", "2000"], ["--invokes", "200"]),
+    "cpu": ("cpu.py", ["--invokes", "3000", "--clients", "16"], ["--invokes", "300", "--clients", "8"]),
     "runtime_ceiling": ("runtime_ceiling.py", ["--runtimes", "1,2,16", "--seconds", "3"],
                 ["--runtimes", "1,2", "--seconds", "1"]),
     "async_invoke": ("async_invoke.py",
@@ -56,6 +57,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "sandboxes": ("sandboxes.py", ["--count", "200", "--concurrency", "16"], ["--count", "30", "--concurrency", "8"]),
 }
 TITLES = {"invoke": "synchronous invoke", "hops": "the warm invoke path, hop by hop",
+          "cpu": "machine CPU per warm invocation, by part",
           "runtime_ceiling": "the runtime alone, against a minimal Runtime API (the sandbox side's ceiling)",
           "async_invoke": "asynchronous invoke", "logs": "logs", "keepalive": "keep-alive policy (simulation)",
           "sandboxes": "sandbox creation and density (backends alone)"}
