@@ -292,3 +292,11 @@ def test_exits_quietly_when_the_runtime_api_goes_away(api: FakeRuntimeAPI, start
     api.close()
     assert runtime.wait_exit() == 1
     assert runtime.stderr == []
+
+
+def test_a_request_id_is_escaped_in_the_path_it_is_posted_to(api: FakeRuntimeAPI, start_python: Starter) -> None:
+    started(start_python, "app.handler")
+    for request_id, in_path in (("0f8fad5b-d9cb-469f-a165-70867728950e", "0f8fad5b-d9cb-469f-a165-70867728950e"),
+                                ("a b/é~.", "a%20b%2F%C3%A9~.")):
+        api.invoke({}, request_id=request_id)
+        assert api.outcome(in_path).kind == "response"

@@ -37,6 +37,7 @@ if sys.path and (sys.path[0] == "" or os.path.abspath(sys.path[0]) == _HERE):
 import importlib  # noqa: E402  (after the sys.path fix on purpose)
 import json  # noqa: E402
 import logging  # noqa: E402
+import re  # noqa: E402
 import socket  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
@@ -247,9 +248,14 @@ _LOG_FORMAT_JSON = (os.environ.get("AWS_LAMBDA_LOG_FORMAT") or "").upper() == "J
 # --- the Runtime API client ----------------------------------------------------------------
 
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~")
+_UNRESERVED = re.compile("[A-Za-z0-9._~-]*")  # ASCII only; `re` is loaded already (json uses it)
 
 
 def _quote(text):
+    """The request id as a path segment. A UUID needs no escaping: returned as it is, without
+    the byte-by-byte walk (on every invocation, a tenth of the runtime's own Python)."""
+    if _UNRESERVED.fullmatch(text):
+        return text
     return "".join(chr(b) if b in _SAFE else "%%%02X" % b for b in text.encode("utf-8"))
 
 
