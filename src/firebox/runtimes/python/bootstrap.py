@@ -249,6 +249,9 @@ _LOG_FORMAT_JSON = (os.environ.get("AWS_LAMBDA_LOG_FORMAT") or "").upper() == "J
 
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~")
 _UNRESERVED = re.compile("[A-Za-z0-9._~-]*")  # ASCII only; `re` is loaded already (json uses it)
+# One header line: its name and its value, both without surrounding blanks (a line without a
+# colon is no header, and skipped).
+_HEADER_LINE = re.compile(r"^[ \t]*([^:\r\n]*?)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.MULTILINE)
 
 
 def _quote(text):
@@ -358,15 +361,17 @@ class RuntimeClient:
             if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
                 raise ValueError("bad status line %r" % status_line[:100])
             status = int(parts[1])
-            headers = {}
+            lines = []
             while True:
                 line = self._reader.readline(65537)
                 if not line:
                     raise ConnectionResetError("connection closed in the headers")
                 if line in (b"\r\n", b"\n"):
                     break
-                name, _, value = line.decode("latin-1").partition(":")
-                headers[name.strip().lower()] = value.strip()
+                lines.append(line)
+            # The whole block at once (one decode, one regex pass) rather than five string
+            # operations per header line: two header blocks are read per invocation.
+            headers = {name.lower(): value for name, value in _HEADER_LINE.findall(b"".join(lines).decode("latin-1"))}
             if 100 <= status < 200:  # an interim response: the real one follows
                 status_line = self._reader.readline(65537)
                 continue
