@@ -23,7 +23,6 @@ import io
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from common import (
     publish,
     samples,
     start_firebox,
+    stop_firebox,
     summary,
 )
 
@@ -181,12 +181,7 @@ async def enqueue_only(args: argparse.Namespace, env: dict[str, str]) -> dict[st
                 row.pop("_accepted")
                 out["throughput"].append(row)
         finally:
-            firebox.terminate()
-            try:
-                firebox.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                firebox.kill()
-                firebox.wait()
+            stop_firebox(firebox)
     return out
 
 
@@ -253,12 +248,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if final["failed"]:
                 raise SystemExit(f"events failed: {final}")
         finally:
-            firebox.terminate()
-            try:
-                firebox.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                firebox.kill()
-                firebox.wait()
+            stop_firebox(firebox)
     return results
 
 

@@ -132,6 +132,16 @@ def start_firebox(data_dir: str, env: dict[str, str]) -> tuple[subprocess.Popen[
     raise SystemExit("firebox did not become ready in 60 s")
 
 
+def stop_firebox(proc: subprocess.Popen[str]) -> None:
+    """Stop a server from `start_firebox`: SIGTERM (a graceful stop), SIGKILL after 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def pss_kb(pid: int) -> int:
     """A process's proportional set size (shared pages divided among their sharers), 0 when gone."""
     try:

@@ -24,14 +24,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from common import out_argument, publish, start_firebox
+from common import out_argument, publish, start_firebox, stop_firebox
 from invoke import create_functions, descendants, sequential, throughput
 from sandboxes import busy_seconds
 
@@ -100,12 +99,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             rows = [await measured(firebox.pid, port, args.invokes, 1, cpus),
                     await measured(firebox.pid, port, args.invokes, args.clients, cpus)]
         finally:
-            firebox.terminate()
-            try:
-                firebox.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                firebox.kill()
-                firebox.wait()
+            stop_firebox(firebox)
     return {"benchmark": "cpu",
             "machine": {"cpus": cpus, "python": sys.version.split()[0], "load_average": os.getloadavg()},
             "settings": {"invokes": args.invokes, "clients": args.clients},

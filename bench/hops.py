@@ -20,13 +20,12 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import urllib.request
 from typing import Any
 
-from common import out_argument, percentile, publish, start_firebox
+from common import out_argument, percentile, publish, start_firebox, stop_firebox
 from invoke import create_functions, sequential
 
 HOPS = (
@@ -64,12 +63,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             client = await sequential(port, path, args.invokes)
             traced = hops(endpoint, after=last)
         finally:
-            firebox.terminate()
-            try:
-                firebox.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                firebox.kill()
-                firebox.wait()
+            stop_firebox(firebox)
     client_us = [ms * 1000 for ms in client]
     client_stats = {"p50_us": statistics.median(client_us), "p99_us": percentile(client_us, 99),
                     "mean_us": statistics.fmean(client_us)}
