@@ -30,9 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import out_argument, publish, start_firebox, stop_firebox
+from common import busy_seconds, out_argument, publish, start_firebox, stop_firebox
 from invoke import create_functions, descendants, sequential, throughput
-from sandboxes import busy_seconds
 
 GOAL_PER_S = 8000  # the goal for synchronous invocations on 2 cores
 PATH = "/2015-03-31/functions/hello/invocations"

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import out_argument, percentile, pss_kb, publish
+from common import busy_seconds, out_argument, percentile, pss_kb, publish
 
 from firebox.runtimes.api import RUNTIME_DIR, bootstrap_command
 from firebox.worker.backends import IsolatedBackend, ZygoteBackend
@@ -80,11 +80,6 @@ ENVIRONMENT = {
     "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128", "AWS_REGION": "us-east-1", "LAMBDA_TASK_ROOT": "/var/task",
     "LAMBDA_RUNTIME_DIR": "/var/runtime", "TZ": ":UTC", "LANG": "en_US.UTF-8", "PATH": "/usr/local/bin:/usr/bin/:/bin",
 }
-
-
-def busy_seconds() -> float:
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def pids_of_uids(uids: range) -> list[int]:
