@@ -13,6 +13,8 @@ field of /proc/<pid>/task/<tid>/schedstat: nanoseconds on a CPU) by:
 and the whole machine's busy time (/proc/stat), which also holds the kernel's work in interrupt
 and softirq context. Per invocation, in microseconds, with the invocations per second the
 machine could sustain at that cost (cores / machine CPU per invocation) next to the rate seen.
+Also, from the server's own count (GET /_firebox/stats, `gc`): the garbage collections during
+each run and the longest pause of the event loop they caused.
 
 Why this benchmark: a throughput goal is a CPU budget. 8,000 invocations/s on 2 cores is 250
 microseconds of machine CPU per invocation, client included; this table says how far each part
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from common import busy_seconds, out_argument, publish, start_firebox, stop_firebox
-from invoke import create_functions, descendants, sequential, throughput
+from invoke import create_functions, descendants, platform_stats, sequential, throughput
 
 GOAL_PER_S = 8000  # the issue's goal for synchronous invocations on 2 cores
 PATH = "/2015-03-31/functions/hello/invocations"
@@ -75,15 +77,30 @@ def per_invocation(before: dict[str, float], after: dict[str, float], invokes: i
     return row
 
 
-async def measured(server: int, port: int, invokes: int, clients: int, cpus: int) -> dict[str, float]:
+def collections(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The server's garbage collections between two /_firebox/stats: count per generation, and
+    the longest pause of a full one (generation 2) if there was one."""
+    try:
+        old, new = before["gc"]["generations"], after["gc"]["generations"]  # type: ignore[index]
+    except (KeyError, TypeError):
+        return None  # a server without the count
+    counts = {g: new[g]["collections"] - old[g]["collections"] for g in new}
+    full = new["2"]["max_ms"] if counts["2"] and new["2"]["max_ms"] > old["2"]["max_ms"] else None
+    return {"collections": counts, "longest_full_ms": full,
+            "total_ms": sum(new[g]["total_ms"] - old[g]["total_ms"] for g in new)}
+
+
+async def measured(server: int, port: int, invokes: int, clients: int, cpus: int) -> dict[str, Any]:
     """One run: `invokes` invocations, sequential (`clients` = 1) or from `clients` connections."""
+    stats = await platform_stats(port)
     before, started = snapshot(server), time.perf_counter()
     if clients == 1:
         await sequential(port, PATH, invokes)
     else:
         await throughput(port, PATH, invokes, clients)
     seconds = time.perf_counter() - started
-    return {"clients": clients, "invokes": invokes, **per_invocation(before, snapshot(server), invokes, seconds, cpus)}
+    row = per_invocation(before, snapshot(server), invokes, seconds, cpus)
+    return {"clients": clients, "invokes": invokes, **row, "gc": collections(stats, await platform_stats(port))}
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -117,6 +134,13 @@ def report(results: dict[str, Any]) -> None:
     print(f"{'invocations/s seen':44s}" + "".join(f"{row['per_s']:12.0f}" for row in results["rows"]))
     print(f"{'invocations/s the machine allows at that cost':44s}"
           + "".join(f"{row['ceiling_per_s']:12.0f}" for row in results["rows"]))
+    for row in results["rows"]:
+        gc = row.get("gc")
+        if gc is not None:
+            counts = ", ".join(f"{gc['collections'][g]} of generation {g}" for g in sorted(gc["collections"]))
+            full = "" if gc["longest_full_ms"] is None else f", the longest full one {gc['longest_full_ms']:.1f} ms"
+            print(f"server garbage collections, {row['clients']} client(s): {counts} "
+                  f"({gc['total_ms']:.0f} ms in all{full})")
     print(f"goal {results['goal']['per_s']}/s on {cpus} cores = {budget:.0f} us of machine CPU per invocation, "
           "client included")
 

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from firebox import hops
+from firebox import gcpauses, hops
 from firebox.arns import Scope
 from firebox.asyncinvoke.destinations import Targets
 from firebox.asyncinvoke.dispatcher import DispatchSettings, Dispatcher
@@ -136,6 +136,7 @@ async def build_platform(settings: Settings) -> Platform:
             "stem_cells": worker.stem_statistics(),
             "code_cache": code_cache.statistics(),
             "backend": backend.statistics(),
+            "gc": gcpauses.statistics(),
         }
 
     services = Services(registry=registry, invoker=invoker, events=events, logs=logs, scope=scope,
