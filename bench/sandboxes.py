@@ -73,7 +73,7 @@ async def serve_one_invocation(loop: asyncio.AbstractEventLoop, connection: sock
         f"Content-Length: {len(EVENT)}\r\n\r\n").encode() + EVENT)
     path, body = await request()
     assert path.endswith(b"/response") and b"bench" in body, (path, body)
-    await loop.sock_sendall(connection, b"HTTP/1.1 202 Accepted\r\nContent-Length: 16\r\n\r\n{\"status\":\"OK\"}")
+    await loop.sock_sendall(connection, b"HTTP/1.1 202 Accepted\r\nContent-Length: 15\r\n\r\n{\"status\":\"OK\"}")
 UIDS = range(61000, 62900)
 ENVIRONMENT = {
     "_HANDLER": "hello.handler", "AWS_LAMBDA_FUNCTION_NAME": "bench", "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",

@@ -307,6 +307,7 @@ def test_a_runtime_zygote_learns_its_stem_cells_working_set(loop, backend: Zygot
     spec = make_spec(code, runtime_dir=RUNTIME_DIR, command=tuple(stem_command("python3.11", PYTHON)))
     zygote = run(loop, backend._zygote(plan(spec).key))  # type: ignore[union-attr]
     assert zygote is not None and 50 < zygote.working_set_pages < 5000, zygote.working_set_pages
+    assert zygote.rehearsed is True  # its runtime served every invocation of the rehearsal
 
 
 def test_cancelled_spawns_leave_no_bookkeeping_in_the_zygote(loop, backend: ZygoteBackend, code: Path) -> None:

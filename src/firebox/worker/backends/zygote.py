@@ -364,7 +364,8 @@ class ZygoteBackend(IsolatedBackend):
             **super().statistics(),
             "forked": self._forked,
             "zygotes": [{"flavour": z.key.flavour, "live_children": z.live_children, "dead": z.dead,
-                         "working_set_pages": z.working_set_pages} for z in self._zygotes.values()],
+                         "working_set_pages": z.working_set_pages, "rehearsed": z.rehearsed}
+                        for z in self._zygotes.values()],
             "zygotes_broken": len(self._broken),
         }
 

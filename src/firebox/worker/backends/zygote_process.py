@@ -3,7 +3,8 @@ control socket, the spawns in flight and the exits it reports; and what a forked
 `RunningSandbox` (`ForkedProcess`). The backend that decides what to fork is `zygote.py`.
 
 The control socket's messages (JSON, one per SOCK_SEQPACKET datagram):
-- the zygote: `{"ready": pid, "working_set_pages": n}` once started, or `{"error": ...}`;
+- the zygote: `{"ready": pid, "working_set_pages": n, "rehearsed": bool or null}` once started,
+  or `{"error": ...}`;
 - the zygote, per spawn: `{"id", "pid"}` when it has forked the sandbox;
 - the sandbox itself: `{"id", "started": true}` once isolated, or `{"id", "error"}`;
 - the zygote: `{"exited": pid, "status"}` when it has reaped a sandbox.
@@ -92,6 +93,7 @@ class Zygote:
         self._stderr_task: asyncio.Task[None] | None = None
         self.dead = False
         self.working_set_pages = 0  # what its stem cells write while idle (zygote.py `prefault`)
+        self.rehearsed: bool | None = None  # its runtime served the whole rehearsal (zygote.py `rehearse`)
 
     @property
     def live_children(self) -> int:
@@ -145,6 +147,10 @@ class Zygote:
         assert self._ready is not None
         if "ready" in message:
             self.working_set_pages = int(message.get("working_set_pages") or 0)  # type: ignore[arg-type]
+            self.rehearsed = message.get("rehearsed")  # type: ignore[assignment]
+            if self.rehearsed is False:
+                log.warning("zygote %s: its runtime stopped before the end of its rehearsal; every sandbox "
+                            "forked from it warms the runtime's code itself (more memory each)", self.key.flavour)
             self._ready.done() or self._ready.set_result(int(message["ready"]))  # type: ignore[arg-type]
         elif "exited" in message:
             pid, status = int(message["exited"]), int(message["status"])  # type: ignore[arg-type]
