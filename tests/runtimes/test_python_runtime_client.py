@@ -1,0 +1,128 @@
+"""The Python bootstrap's own parts, in process: reading the Runtime API's answers however they
+are cut into segments, header blocks, event bodies, and the context's environment reads."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+from collections.abc import Iterator
+from types import ModuleType
+
+import pytest
+
+from firebox.runtimes.api import RUNTIME_DIR
+
+EVENT = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+         b"Lambda-Runtime-Aws-Request-Id: 8476a536-e9f4-11e8-9739-2dfe598c3fcd\r\n"
+         b"Lambda-Runtime-Deadline-Ms: 1764300000000\r\n"
+         b"Lambda-Runtime-Trace-Id:  Root=1-5bef4de7;Sampled=1 \t\r\n"
+         b"Content-Length: 17\r\n\r\n"
+         b'{"name": "bench"}')
+ACCEPTED = b"HTTP/1.1 202 Accepted\r\nContent-Length: 15\r\n\r\n{\"status\":\"OK\"}"
+
+
+@pytest.fixture(scope="module")
+def bootstrap() -> Iterator[ModuleType]:
+    spec = importlib.util.spec_from_file_location("_bootstrap_under_test", RUNTIME_DIR / "python" / "bootstrap.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+
+
+class Segments(io.RawIOBase):
+    """A connection whose data arrives `size` bytes at a time (each read gets one segment)."""
+
+    def __init__(self, data: bytes, size: int) -> None:
+        self._data, self._size = data, size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def,override]
+        chunk, self._data = self._data[: self._size], self._data[self._size:]
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def _client(bootstrap: ModuleType, data: bytes, size: int):  # type: ignore[no-untyped-def]
+    client = bootstrap.RuntimeClient("127.0.0.1:9001")
+    client._sock = object()  # never written to: these tests only read
+    client._reader = io.BufferedReader(Segments(data, size))
+    return client
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 4096])
+def test_an_event_and_a_202_are_read_whatever_their_segments(bootstrap: ModuleType, size: int) -> None:
+    client = _client(bootstrap, ACCEPTED + EVENT, size)
+    assert client.request_pending_next() == (202, {"content-length": "15"}, b'{"status":"OK"}')
+    status, headers, body = client.request_pending_next()
+    assert (status, body) == (200, b'{"name": "bench"}')
+    assert headers == {
+        "content-type": "application/json",
+        "lambda-runtime-aws-request-id": "8476a536-e9f4-11e8-9739-2dfe598c3fcd",
+        "lambda-runtime-deadline-ms": "1764300000000",
+        "lambda-runtime-trace-id": "Root=1-5bef4de7;Sampled=1",
+        "content-length": "17",
+    }
+
+
+@pytest.mark.parametrize("size", [1, 4096])
+def test_an_answer_without_headers_and_one_with_bare_newlines(bootstrap: ModuleType, size: int) -> None:
+    data = b"HTTP/1.1 204 No Content\r\n\r\n" + b"HTTP/1.1 200 OK\nContent-Length: 2\nX-A: b\n\n{}"
+    client = _client(bootstrap, data, size)
+    assert client.request_pending_next() == (204, {}, b"")
+    assert client.request_pending_next() == (200, {"content-length": "2", "x-a": "b"}, b"{}")
+
+
+def test_header_lines_lose_their_blanks_and_lines_without_a_colon_are_skipped(bootstrap: ModuleType) -> None:
+    block = b"Content-Type: application/json\r\n  X-A :  v 1 \t\r\nno colon here\r\nEmpty:\r\nX-B: a:b\r\n"
+    assert bootstrap._parse_headers(block) == {"content-type": "application/json", "x-a": "v 1", "empty": "",
+                                               "x-b": "a:b"}
+
+
+@pytest.mark.parametrize("body, expected", [
+    (b'{"a": "\xc3\xa9"}', {"a": "\u00e9"}),
+    (b"1", 1),
+    (b"\xef\xbb\xbf{}", {}),  # a UTF-8 byte order mark, as json.loads(bytes) takes it
+    ('{"a": 1}'.encode("utf-16"), {"a": 1}),
+    ('{"a": 1}'.encode("utf-16-le"), {"a": 1}),  # no mark: found by its NUL bytes
+    ('{"a": 1}'.encode("utf-32-be"), {"a": 1}),
+    (b'"\xed\xa0\x80"', "\ud800"),  # a lone surrogate, as json.loads(bytes) lets it through
+])
+def test_event_bodies_decode_as_json_loads_of_bytes_does(bootstrap: ModuleType, body: bytes, expected: object) -> None:
+    assert bootstrap.unmarshal_request(body, "application/json") == expected
+
+
+def test_an_event_body_that_is_not_json_is_an_unmarshal_error(bootstrap: ModuleType) -> None:
+    for body in (b"", b"{", b"\xff\xfe\xfd"):
+        with pytest.raises(bootstrap.FaultException) as caught:
+            bootstrap.unmarshal_request(body, "application/json")
+        assert caught.value.exception_type == bootstrap.FaultException.UNMARSHAL_ERROR
+
+
+def test_the_context_reads_the_environment_on_every_invocation(bootstrap: ModuleType,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "before-\u00e9")
+    monkeypatch.delenv("AWS_LAMBDA_LOG_GROUP_NAME", raising=False)
+    first = bootstrap.LambdaContext("id-1", None, None, 0)
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "after")
+    monkeypatch.setenv("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/after")
+    second = bootstrap.LambdaContext("id-2", None, None, 0)
+    assert (first.function_name, first.log_group_name) == ("before-\u00e9", None)
+    assert (second.function_name, second.log_group_name) == ("after", "/aws/lambda/after")
+    assert [second.identity.cognito_identity_id, second.identity.cognito_identity_pool_id] == [None, None]
+
+
+def test_the_context_follows_an_environment_replaced_by_the_function(bootstrap: ModuleType,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "environ", {"AWS_LAMBDA_FUNCTION_NAME": "from-a-dict"})
+    assert bootstrap.LambdaContext("id", None, None, 0).function_name == "from-a-dict"
+
+
+def test_results_are_encoded_as_json_dumps_with_aws_defaults(bootstrap: ModuleType) -> None:
+    import decimal
+    assert bootstrap._encode_json({"a": "\u00e9", "n": decimal.Decimal("2"), "f": decimal.Decimal("0.5")}) == \
+        '{"a": "\u00e9", "n": 2, "f": 0.5}'.encode()
+    assert bootstrap._encode_json("\ud800") == b'"\\ud800"'  # a lone surrogate is escaped, not an error
