@@ -11,7 +11,9 @@
  *          when the nearest package.json says "type": "module"), file.mjs (import), file.cjs
  *          (require), then a module resolvable from the task root. Failure -> log "Uncaught
  *          Exception", POST /runtime/init/error, exit 129.
- *   loop:  GET /next -> handler(event, context, callback) -> POST /response or /error.
+ *   loop:  GET /next -> handler(event, context, callback) -> POST /response or /error, with the
+ *          next GET /next written right behind it (HTTP/1.1 pipelining on one kept-alive
+ *          connection, node:net: see `Connection`), as the Python runtime does.
  *
  * Completion, as on AWS:
  *   - a returned promise settles the invocation when it settles (async handlers);
@@ -27,7 +29,7 @@
  * Response streaming (`awslambda.streamifyResponse`) is not offered.
  */
 
-import http from 'node:http';
+import net from 'node:net';
 import fs from 'node:fs';
 import path from 'node:path';
 import util from 'node:util';
@@ -207,6 +209,121 @@ function patchConsole() {
 
 // --- the Runtime API client -----------------------------------------------------------------
 
+/**
+ * One HTTP/1.1 connection to the Runtime API (node:net, not node:http: the http client's
+ * request and response objects cost more CPU than the rest of an invocation). Requests written
+ * together are answered in order (pipelining). The socket is unref'ed whenever no answer is
+ * awaited, so an idle connection never keeps the event loop alive while a handler runs (which
+ * 'beforeExit' relies on).
+ */
+class Connection {
+  constructor(hostname, port) {
+    this.socket = net.connect({ host: hostname, port });
+    this.socket.setNoDelay(true);
+    this.buffer = Buffer.alloc(0);
+    this.waiting = []; // one { resolve, reject } per answer still to come, in request order
+    this.answered = 0; // answers read on this connection
+    this.usable = true;
+    this.socket.on('data', (chunk) => this.onData(chunk));
+    this.socket.on('error', (err) => this.fail(err));
+    this.socket.on('close', () => this.fail(Object.assign(new Error('the Runtime API closed the connection'), { code: 'ECONNRESET' })));
+  }
+
+  get busy() {
+    return this.waiting.length > 0;
+  }
+
+  /** Write `data` (`count` requests); resolves to their answers, in order. */
+  send(data, count) {
+    this.socket.ref();
+    const answers = [];
+    for (let i = 0; i < count; i += 1) answers.push(new Promise((resolve, reject) => this.waiting.push({ resolve, reject })));
+    this.socket.write(data);
+    return answers;
+  }
+
+  onData(chunk) {
+    this.buffer = this.buffer.length ? Buffer.concat([this.buffer, chunk]) : chunk;
+    for (;;) {
+      const answer = this.parse();
+      if (answer === undefined) return;
+      this.answered += 1;
+      if (answer.status >= 100 && answer.status < 200) continue; // interim: the real one follows
+      if (/\bclose\b/i.test(answer.headers.connection || '')) this.usable = false;
+      const waiter = this.waiting.shift();
+      if (!this.busy) this.socket.unref();
+      if (waiter) waiter.resolve(answer);
+    }
+  }
+
+  /** The first whole answer in the buffer, taken off it; undefined while incomplete. */
+  parse() {
+    const end = this.buffer.indexOf('\r\n\r\n');
+    if (end < 0) return undefined;
+    const lines = this.buffer.toString('latin1', 0, end).split('\r\n');
+    const status = Number(lines[0].split(' ')[1]);
+    if (!lines[0].startsWith('HTTP/') || !Number.isInteger(status)) {
+      this.fail(new Error(`bad status line '${lines[0].slice(0, 100)}'`));
+      return undefined;
+    }
+    const headers = {};
+    for (let i = 1; i < lines.length; i += 1) {
+      const colon = lines[i].indexOf(':');
+      if (colon < 0) continue;
+      const name = lines[i].slice(0, colon).trim().toLowerCase();
+      const value = lines[i].slice(colon + 1).trim();
+      headers[name] = name in headers ? `${headers[name]}, ${value}` : value;
+    }
+    let start = end + 4;
+    let body;
+    if (status === 204 || status === 304 || (status >= 100 && status < 200)) {
+      body = Buffer.alloc(0);
+    } else if (/\bchunked\b/i.test(headers['transfer-encoding'] || '')) {
+      const chunks = [];
+      for (;;) {
+        const lineEnd = this.buffer.indexOf('\r\n', start);
+        if (lineEnd < 0) return undefined;
+        const size = parseInt(this.buffer.toString('latin1', start, lineEnd).split(';')[0], 16) || 0;
+        if (size === 0) { // then trailer lines, if any, and a blank line
+          const after = lineEnd + 2;
+          if (this.buffer.length < after + 2) return undefined;
+          const blank = this.buffer[after] === 13 && this.buffer[after + 1] === 10 ? after - 2 : this.buffer.indexOf('\r\n\r\n', after);
+          if (blank < 0) return undefined;
+          start = blank + 4;
+          break;
+        }
+        if (this.buffer.length < lineEnd + 2 + size + 2) return undefined;
+        chunks.push(this.buffer.subarray(lineEnd + 2, lineEnd + 2 + size));
+        start = lineEnd + 2 + size + 2;
+      }
+      body = Buffer.concat(chunks);
+    } else if (headers['content-length'] !== undefined) {
+      const length = Number(headers['content-length']);
+      if (this.buffer.length < start + length) return undefined;
+      body = this.buffer.subarray(start, start + length);
+      start += length;
+    } else {
+      return undefined; // delimited by the end of the connection: see fail()
+    }
+    this.buffer = this.buffer.subarray(start);
+    return { status, headers, body };
+  }
+
+  fail(err) {
+    if (!this.usable && !this.busy) return;
+    this.usable = false;
+    const waiting = this.waiting;
+    this.waiting = [];
+    for (const waiter of waiting) waiter.reject(err);
+    this.socket.destroy();
+  }
+
+  close() {
+    this.usable = false;
+    this.socket.destroy();
+  }
+}
+
 class RuntimeClient {
   constructor(address) {
     const at = (address || '').lastIndexOf(':');
@@ -214,44 +331,57 @@ class RuntimeClient {
     if (at < 0 || !Number.isInteger(port)) throw new Error(`AWS_LAMBDA_RUNTIME_API must be host:port, not '${address}'`);
     this.hostname = address.slice(0, at).replace(/^\[|\]$/g, '') || '127.0.0.1';
     this.port = port;
-    // Kept-alive connections, in practice one: requests are sequential. An idle connection is
-    // unref'ed by the agent, so it never keeps the event loop alive while a handler runs (which
-    // 'beforeExit' relies on). No cap on sockets: an error posted by a stray callback while
-    // /next is long-polling (then the runtime exits) must not queue behind the poll.
-    this.agent = new http.Agent({ keepAlive: true });
+    this.host = address;
+    this.connection = null; // kept alive between invocations
+    this.pendingNext = null; // the answer to a GET /next sent behind the last result, if any
   }
 
-  request(method, urlPath, body, headers, retried = false) {
-    return new Promise((resolve, reject) => {
-      const options = {
-        hostname: this.hostname,
-        port: this.port,
-        path: API_PREFIX + urlPath,
-        method,
-        agent: this.agent,
-        headers: { 'User-Agent': USER_AGENT, ...(headers || {}) },
-      };
-      if (body !== undefined) options.headers['Content-Length'] = Buffer.byteLength(body);
-      const req = http.request(options, (res) => {
-        const chunks = [];
-        res.on('data', (chunk) => chunks.push(chunk));
-        res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks) }));
-        res.on('error', reject);
-      });
-      req.on('error', (err) => {
-        if (req.reusedSocket && !retried && (err.code === 'ECONNRESET' || err.code === 'EPIPE')) {
-          // a kept-alive connection the server had closed: one fresh try
-          this.request(method, urlPath, body, headers, true).then(resolve, reject);
-        } else {
-          reject(err);
-        }
-      });
-      req.end(body);
-    });
+  encode(method, urlPath, body, headers) {
+    let head = `${method} ${API_PREFIX}${urlPath} HTTP/1.1\r\nHost: ${this.host}\r\nUser-Agent: ${USER_AGENT}\r\n`;
+    for (const name of Object.keys(headers || {})) head += `${name}: ${headers[name]}\r\n`;
+    if (body !== undefined) head += `Content-Length: ${Buffer.byteLength(body)}\r\n`;
+    return body === undefined ? `${head}\r\n` : `${head}\r\n${body}`;
+  }
+
+  /**
+   * Send a request (and, with `thenNext`, GET /next right behind it, in the same write); resolves
+   * to its answer, the next event's answer then waiting in `pendingNext`. A request made while
+   * the kept connection awaits an answer (an error posted by a stray callback during a /next
+   * long poll) goes on a connection of its own: it must not queue behind the poll.
+   */
+  async request(method, urlPath, body, headers, thenNext = false) {
+    const data = this.encode(method, urlPath, body, headers) + (thenNext ? this.encode('GET', '/invocation/next') : '');
+    for (let attempt = 1; ; attempt += 1) {
+      const own = this.connection !== null && this.connection.busy;
+      let connection = own ? null : this.connection;
+      const reused = connection !== null && connection.usable;
+      if (!reused) {
+        connection = new Connection(this.hostname, this.port);
+        if (!own) this.connection = connection;
+      }
+      const before = connection.answered;
+      const answers = connection.send(data, thenNext ? 2 : 1);
+      if (thenNext) {
+        // An unanswered /next took no event: if the API hung up after the first answer, ask again.
+        this.pendingNext = answers[1].catch(() => null);
+      }
+      try {
+        const answer = await answers[0];
+        if (own) connection.close();
+        return answer;
+      } catch (err) {
+        // A kept-alive connection the API had closed (nothing came back): one fresh try.
+        if (reused && attempt === 1 && connection.answered === before) continue;
+        if (own) connection.close();
+        throw err;
+      }
+    }
   }
 
   async nextInvocation() {
-    const res = await this.request('GET', '/invocation/next');
+    const pending = this.pendingNext;
+    this.pendingNext = null;
+    const res = (pending && (await pending)) || (await this.request('GET', '/invocation/next'));
     if (res.status !== 200) {
       throw new RuntimeAPIError(`GET /next answered ${res.status}: ${res.body.toString('utf8', 0, 200)}`);
     }
@@ -259,14 +389,14 @@ class RuntimeClient {
   }
 
   /** Serialises synchronously (throws if it cannot, as AWS's client does), posts, then `callback`. */
-  postInvocationResponse(response, id, callback) {
+  postInvocationResponse(response, id, callback, thenNext = false) {
     const body = trySerializeResponse(response);
-    this.post(`/invocation/${encodeURIComponent(id)}/response`, body, {}, callback);
+    this.post(`/invocation/${encodeURIComponent(id)}/response`, body, {}, callback, thenNext);
   }
 
-  postInvocationError(error, id, callback) {
+  postInvocationError(error, id, callback, thenNext = false) {
     const body = trySerializeResponse(toRapidResponse(error));
-    this.post(`/invocation/${encodeURIComponent(id)}/error`, body, { [ERROR_TYPE_HEADER]: 'Unhandled' }, callback);
+    this.post(`/invocation/${encodeURIComponent(id)}/error`, body, { [ERROR_TYPE_HEADER]: 'Unhandled' }, callback, thenNext);
   }
 
   postInitError(error, callback) {
@@ -275,8 +405,9 @@ class RuntimeClient {
     this.post('/init/error', trySerializeResponse(response), { [ERROR_TYPE_HEADER]: errorType }, callback);
   }
 
-  post(urlPath, body, headers, callback) {
-    this.request('POST', urlPath, body, { 'Content-Type': 'application/json', ...headers }).then(
+  /** `thenNext`: the caller's callback asks for the next event: ask for it now, in the same write. */
+  post(urlPath, body, headers, callback, thenNext = false) {
+    this.request('POST', urlPath, body, { 'Content-Type': 'application/json', ...headers }, thenNext).then(
       () => callback(),
       () => platformGone(),
     );
@@ -403,9 +534,10 @@ const beforeExit = {
 
 /** callback, the callback part of the context, and markCompleted (AWS's CallbackContext). */
 function buildCallbackContext(client, id, scheduleNext) {
+  // Every post here is followed by the next GET /next (`scheduleNext`): sent with it.
   const postError = (err, callback) => {
     structuredConsole.logError('Invoke Error', err);
-    client.postInvocationError(err, id, callback);
+    client.postInvocationError(err, id, callback, true);
   };
   let isCompleteInvoked = false;
   const complete = (result, callback) => {
@@ -414,7 +546,7 @@ function buildCallbackContext(client, id, scheduleNext) {
       return;
     }
     isCompleteInvoked = true;
-    client.postInvocationResponse(result, id, callback);
+    client.postInvocationResponse(result, id, callback, true);
   };
   let waitForEmptyEventLoop = true;
   const callback = (err, result) => {
@@ -539,9 +671,9 @@ class Runtime {
         if (this.isAsync) {
           const error = new NodeJsExit(NODEJS_EXIT_MESSAGE);
           structuredConsole.logError('Invoke Error', error);
-          this.client.postInvocationError(error, invokeId, () => this.scheduleIteration());
+          this.client.postInvocationError(error, invokeId, () => this.scheduleIteration(), true);
         } else {
-          this.client.postInvocationResponse(null, invokeId, () => this.scheduleIteration());
+          this.client.postInvocationResponse(null, invokeId, () => this.scheduleIteration(), true);
         }
       });
       const result = this.handler(JSON.parse(bodyJson), attachEnvironmentData(callbackContext, headers), callback);

@@ -6,12 +6,13 @@
  * LD_LIBRARY_PATH, LAMBDA_TASK_ROOT, LAMBDA_RUNTIME_DIR and AWS_LAMBDA_RUNTIME_API, identical
  * for every Node.js function). It:
  *
- * 1. imports the bootstrap (`bootstrap.mjs`: V8 and Node's own start-up, the ES module loader,
- *    node:http and the rest of what the runtime needs are paid before any function asks), and
- *    requires `warmup.cjs` once (then drops it from `require.cache`) and makes two HTTP requests
- *    to a throw-away server on the sandbox's loopback (then closes both): Node compiles its
- *    CommonJS loader and its HTTP client lazily, on first use, and would otherwise do it inside
- *    the function's init;
+ * 1. imports the bootstrap (`bootstrap.mjs`: V8 and Node's own start-up, the ES module loader
+ *    and the rest of what the runtime needs are paid before any function asks), and requires
+ *    `warmup.cjs` once (then drops it from `require.cache`) and makes two HTTP requests to a
+ *    throw-away server on the sandbox's loopback (then closes both): Node compiles its CommonJS
+ *    loader and its HTTP client lazily, on first use, and would otherwise do it inside the
+ *    function's init (the specialize answer below comes through node:http; the runtime itself
+ *    speaks HTTP over node:net);
  * 2. long-polls `GET /2018-06-01/runtime/firebox/specialize`, the Firebox-private route served
  *    only to stem cells; the platform answers once it has put one function's code in /var/task,
  *    with that function's complete Lambda environment as a JSON object;
@@ -79,9 +80,9 @@ function warmCommonJsLoader() {
 }
 
 /**
- * Run Node's HTTP client once, as the runtime will (a GET, then a POST with a JSON body on the same
- * kept-alive connection), against a throw-away server on the sandbox's own loopback, closed
- * afterwards. Node compiles that code lazily too: without this, parsing the specialize answer and
+ * Run Node's HTTP client once (a GET, then a POST with a JSON body on the same kept-alive
+ * connection), against a throw-away server on the sandbox's own loopback, closed afterwards: the
+ * specialize long poll uses it. Node compiles that code lazily too: without this, parsing the specialize answer and
  * the first `/next` cost the function's init 10 to 20 ms more (measured in a sandbox).
  */
 async function warmHttpClient() {
