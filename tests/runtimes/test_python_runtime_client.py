@@ -70,10 +70,12 @@ def test_an_event_and_a_202_are_read_whatever_their_segments(bootstrap: ModuleTy
 
 @pytest.mark.parametrize("size", [1, 4096])
 def test_an_answer_without_headers_and_one_with_bare_newlines(bootstrap: ModuleType, size: int) -> None:
-    data = b"HTTP/1.1 204 No Content\r\n\r\n" + b"HTTP/1.1 200 OK\nContent-Length: 2\nX-A: b\n\n{}"
+    data = (b"HTTP/1.1 204 No Content\r\n\r\n" + b"HTTP/1.1 200 OK\nContent-Length: 2\nX-A: b\n\n{}"
+            + b"HTTP/1.1 200 OK\nContent-Length: 6\n\n\r\n\r\nab")  # a blank CRLF line in the body
     client = _client(bootstrap, data, size)
     assert client.request_pending_next() == (204, {}, b"")
     assert client.request_pending_next() == (200, {"content-length": "2", "x-a": "b"}, b"{}")
+    assert client.request_pending_next() == (200, {"content-length": "6"}, b"\r\n\r\nab")
 
 
 def test_header_lines_lose_their_blanks_and_lines_without_a_colon_are_skipped(bootstrap: ModuleType) -> None:

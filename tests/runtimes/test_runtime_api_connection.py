@@ -1,7 +1,7 @@
 """Both bootstraps against a Runtime API scripted byte by byte on a raw socket: the result and
 the next GET /next go together (the API may hold the result's 202 until it has an event), and
-the connection's life: chunked answers, `Connection: close`, a kept-alive connection the API
-closed while the handler ran. Every wait has a deadline (socket timeouts)."""
+the connection's life: chunked answers, an answer that ends with the connection,
+`Connection: close`, a kept-alive connection the API closed while the handler ran. Every wait has a deadline (socket timeouts)."""
 
 from __future__ import annotations
 
@@ -53,12 +53,14 @@ class Peer:
         self.conn.sendall(data)
 
 
-def event(number: int, *, chunked: bool = False) -> bytes:
+def event(number: int, *, chunked: bool = False, until_close: bool = False) -> bytes:
     body = json.dumps({"n": number}).encode()
     head = ("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
             f"Lambda-Runtime-Aws-Request-Id: 00000000-0000-4000-8000-{number:012d}\r\n"
             "Lambda-Runtime-Deadline-Ms: 99999999999999\r\n"
             "Lambda-Runtime-Invoked-Function-Arn: arn:aws:lambda:us-east-1:123456789012:function:fn\r\n")
+    if until_close:  # neither a length nor chunks: the body ends with the connection
+        return (head + "\r\n").encode() + body
     if chunked:
         return (head + "Transfer-Encoding: chunked\r\n\r\n").encode() + b"".join(
             b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:3], body[3:])) + b"0\r\n\r\n"
@@ -143,3 +145,13 @@ def test_a_result_is_posted_again_on_a_new_connection_when_the_kept_one_was_clos
     second = accept(listener)
     line, body = second.request()
     assert "000000000003/response" in line and json.loads(body) == {"got": {"n": 3}}
+
+
+def test_an_event_whose_body_ends_with_the_connection(listener: socket.socket, runtime: RuntimeProcess) -> None:
+    first = accept(listener)
+    first.request()
+    first.send(event(5, until_close=True))
+    first.conn.close()
+    second = accept(listener)  # the result goes on a new connection
+    line, body = second.request()
+    assert "000000000005/response" in line and json.loads(body) == {"got": {"n": 5}}

@@ -224,9 +224,10 @@ class Connection {
     this.waiting = []; // one { resolve, reject } per answer still to come, in request order
     this.answered = 0; // answers read on this connection
     this.usable = true;
+    this.open = null; // the head of an answer whose body ends with the connection
     this.socket.on('data', (chunk) => this.onData(chunk));
     this.socket.on('error', (err) => this.fail(err));
-    this.socket.on('close', () => this.fail(Object.assign(new Error('the Runtime API closed the connection'), { code: 'ECONNRESET' })));
+    this.socket.on('close', () => this.ended());
   }
 
   get busy() {
@@ -303,10 +304,22 @@ class Connection {
       body = this.buffer.subarray(start, start + length);
       start += length;
     } else {
-      return undefined; // delimited by the end of the connection: see fail()
+      this.open = { status, headers, start }; // delimited by the end of the connection: see ended()
+      return undefined;
     }
     this.buffer = this.buffer.subarray(start);
     return { status, headers, body };
+  }
+
+  /** The API closed the connection: an answer without length ends here; the rest fail. */
+  ended() {
+    if (this.open && this.waiting.length) {
+      const { status, headers, start } = this.open;
+      this.open = null;
+      this.answered += 1;
+      this.waiting.shift().resolve({ status, headers, body: this.buffer.subarray(start) });
+    }
+    this.fail(Object.assign(new Error('the Runtime API closed the connection'), { code: 'ECONNRESET' }));
   }
 
   fail(err) {

@@ -409,7 +409,7 @@ class RuntimeClient:
             reader.read(2)
             return b""
         end = held.find(b"\r\n\r\n")
-        if end >= 0:
+        if end >= 0 and held.find(b"\n\n", 0, end) < 0:  # (bare newlines end a block earlier)
             return reader.read(end + 4)[: end + 2]
         lines = []
         while True:
