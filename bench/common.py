@@ -149,6 +149,23 @@ def busy_seconds() -> float:
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
+def on_cpu_ns(pid: int, *, only_thread: int | None = None, skip_thread: int | None = None) -> int:
+    """Nanoseconds on a CPU of `pid`'s threads (one thread, or all but one); 0 when it is gone."""
+    total = 0
+    try:
+        threads = [only_thread] if only_thread is not None else [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return 0
+    for tid in threads:
+        if tid == skip_thread:
+            continue
+        try:
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
 def pss_kb(pid: int) -> int:
     """A process's proportional set size (shared pages divided among their sharers), 0 when gone."""
     try:

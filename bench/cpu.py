@@ -30,10 +30,16 @@ import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from common import busy_seconds, out_argument, publish, start_firebox, stop_firebox
+from common import (
+    busy_seconds,
+    on_cpu_ns,
+    out_argument,
+    publish,
+    start_firebox,
+    stop_firebox,
+)
 from invoke import create_functions, descendants, platform_stats, sequential, throughput
 
 GOAL_PER_S = 8000  # the issue's goal for synchronous invocations on 2 cores
@@ -42,30 +48,13 @@ PARTS = (("server_loop", "server, event-loop thread"), ("server_threads", "serve
          ("sandboxes", "sandboxes (runtimes, stem cells, zygotes)"), ("client", "client (this benchmark)"))
 
 
-def _on_cpu_ns(pid: int, *, only_thread: int | None = None, skip_thread: int | None = None) -> int:
-    """Nanoseconds on a CPU of `pid`'s threads (one thread, or all but one); 0 when it is gone."""
-    total = 0
-    try:
-        threads = [only_thread] if only_thread is not None else [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-    except OSError:
-        return 0
-    for tid in threads:
-        if tid == skip_thread:
-            continue
-        try:
-            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
-    return total
-
-
 def snapshot(server: int) -> dict[str, float]:
     """Cumulative CPU seconds of each part, and the machine's busy seconds."""
     return {
-        "server_loop": _on_cpu_ns(server, only_thread=server) / 1e9,
-        "server_threads": _on_cpu_ns(server, skip_thread=server) / 1e9,
-        "sandboxes": sum(_on_cpu_ns(pid) for pid in descendants(server)) / 1e9,
-        "client": _on_cpu_ns(os.getpid()) / 1e9,
+        "server_loop": on_cpu_ns(server, only_thread=server) / 1e9,
+        "server_threads": on_cpu_ns(server, skip_thread=server) / 1e9,
+        "sandboxes": sum(on_cpu_ns(pid) for pid in descendants(server)) / 1e9,
+        "client": on_cpu_ns(os.getpid()) / 1e9,
         "machine": busy_seconds(),
     }
 
@@ -98,9 +87,9 @@ async def settle(server: int, deadline_s: float = 20.0) -> None:
     window = 0.25
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
-        before = sum(_on_cpu_ns(pid) for pid in descendants(server))
+        before = sum(on_cpu_ns(pid) for pid in descendants(server))
         await asyncio.sleep(window)
-        if sum(_on_cpu_ns(pid) for pid in descendants(server)) - before < 0.02 * window * 1e9:
+        if sum(on_cpu_ns(pid) for pid in descendants(server)) - before < 0.02 * window * 1e9:
             return
 
 

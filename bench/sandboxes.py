@@ -9,7 +9,10 @@ invocation by a minimal Runtime API responder here, and kept idle (their runtime
 next `GET /invocation/next`, as a warm sandbox does):
 - creation: sandboxes per second until the last one's first invocation was answered, the latency
   of each (spawn() to its response), and the machine's CPU time per sandbox (all processes,
-  /proc/stat);
+  /proc/stat), by part: this process (the backend's side of each spawn: cgroups, the network
+  namespace, the spawn request; and this benchmark's Runtime API responder), the zygotes, the
+  sandboxes themselves (alive and idle at the end, so their whole lives), and the rest (kernel
+  threads, softirqs, bubblewrap's own processes);
 - density: the PSS of every process of the sandboxes (and, for zygotes, of the zygote itself,
   shared among them) divided by their number, and what fits in 1 GB at that.
 The bubblewrap backend is the baseline: the ratio is the figure. This measures the backends
@@ -30,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import busy_seconds, out_argument, percentile, pss_kb, publish
+from common import busy_seconds, on_cpu_ns, out_argument, percentile, pss_kb, publish
 
 from firebox.runtimes.api import RUNTIME_DIR, bootstrap_command
 from firebox.worker.backends import IsolatedBackend, ZygoteBackend
@@ -129,16 +132,25 @@ async def measure(kind: str, code: Path, count: int, concurrency: int) -> dict[s
         sandboxes.clear()
         connections.clear()
         latencies.clear()
+        zygotes = [z._proc.pid for z in getattr(backend, "_zygotes", {}).values() if z._proc]
+        ours, zygotes_ns = on_cpu_ns(os.getpid()), sum(on_cpu_ns(pid) for pid in zygotes)
         busy, began = busy_seconds(), time.perf_counter()
         await asyncio.gather(*(one() for _ in range(count)))
         elapsed, cpu = time.perf_counter() - began, busy_seconds() - busy
+        # The sandboxes are all alive (idle): their whole lives are in their counters.
+        parts = {"backend": on_cpu_ns(os.getpid()) - ours,
+                 "zygotes": sum(on_cpu_ns(pid) for pid in zygotes) - zygotes_ns,
+                 "sandboxes": sum(on_cpu_ns(pid) for pid in pids_of_uids(UIDS))}
+        cpu_ms = {part: ns / 1e6 / count for part, ns in parts.items()}
+        cpu_ms["rest"] = 1000 * cpu / count - sum(cpu_ms.values())
         await asyncio.sleep(0.5)  # idle
         total_kb = sum(pss_kb(pid) for pid in pids_of_uids(UIDS))
-        zygotes_kb = sum(pss_kb(z._proc.pid) for z in getattr(backend, "_zygotes", {}).values() if z._proc)
+        zygotes_kb = sum(pss_kb(pid) for pid in zygotes)
         per_sandbox_mb = (total_kb + zygotes_kb) / 1024 / count
         return {
             "backend": kind, "count": count, "concurrency": concurrency,
             "created_per_s": count / elapsed, "seconds": elapsed, "cpu_ms_per_sandbox": 1000 * cpu / count,
+            "cpu_ms_per_sandbox_by_part": cpu_ms,
             "latency_p50_ms": 1000 * statistics.median(latencies), "latency_p99_ms": 1000 * percentile(latencies, 99),
             "pss_per_sandbox_mb": per_sandbox_mb, "zygotes_pss_mb": zygotes_kb / 1024, "per_gb": 1024 / per_sandbox_mb,
         }
@@ -176,6 +188,9 @@ def report(results: dict[str, Any]) -> None:
         ratio = (f"{row['created_per_s'] / base['created_per_s']:.1f}x", f"{row['per_gb'] / base['per_gb']:.1f}x") if base else ("", "")
         print(f"{name:12s} {row['created_per_s']:10.0f} {row['cpu_ms_per_sandbox']:10.1f}ms {row['latency_p50_ms']:8.1f}ms "
               f"{row['latency_p99_ms']:8.1f}ms {row['pss_per_sandbox_mb']:10.2f}MB {row['per_gb']:7.0f} {ratio[0]:>16s} {ratio[1]:>13s}")
+    print("machine CPU per sandbox created, by part: " + "; ".join(
+        f"{name} " + ", ".join(f"{part} {ms:.2f}" for part, ms in row["cpu_ms_per_sandbox_by_part"].items()) + " ms"
+        for name, row in rows.items()))
     zygote = rows.get("zygote")
     if zygote:
         print(f"goals: creation >= 300/s: {zygote['created_per_s']:.0f}/s; >= 500 idle per GB: {zygote['per_gb']:.0f} "
