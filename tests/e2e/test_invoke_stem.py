@@ -199,6 +199,7 @@ exports.handler = async (event, context) => ({
   memory: context.memoryLimitInMB,
   cwd: process.cwd(),
   paths: require('module').globalPaths,
+  http: process.moduleLoadList.filter((name) => /http/.test(name)),
 });
 """
 
@@ -244,7 +245,9 @@ def _node_cell_case(lam: Any, server: FireboxServer, files: dict[str, str]) -> d
 
 
 def test_a_commonjs_node_function_is_served_by_a_node_cell(lam: Any, isolated_backend: FireboxServer) -> None:  # noqa: F811
-    _node_cell_case(lam, isolated_backend, {"index.js": NODE_PROBE})
+    seen = _node_cell_case(lam, isolated_backend, {"index.js": NODE_PROBE})
+    # The cell spoke HTTP over node:net only: node:http (0.6 MB a sandbox) is the function's to load.
+    assert seen["http"] == [], seen["http"]
 
 
 def test_an_es_module_node_function_is_served_by_a_node_cell(lam: Any, isolated_backend: FireboxServer) -> None:  # noqa: F811

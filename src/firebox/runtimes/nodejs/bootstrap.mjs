@@ -3,7 +3,8 @@
  *
  * Run as `node /var/runtime/nodejs/bootstrap.mjs` with the Lambda variables set (the contract
  * is the docstring of `firebox/runtimes/api.py`), or imported by a stem cell (`stem.mjs`), which
- * calls the exported `main()` once it has its function's environment. One self-contained ES module, Node built-ins
+ * long-polls its specialisation with the exported `RuntimeClient` and calls the exported
+ * `main()` once it has its function's environment. One self-contained ES module, Node built-ins
  * only. It behaves as AWS's `aws-lambda-nodejs-runtime-interface-client`:
  *
  *   init:  console patched to Lambda's log format; `_HANDLER` ("dir/file.export.path") resolved
@@ -337,7 +338,7 @@ class Connection {
   }
 }
 
-class RuntimeClient {
+export class RuntimeClient {
   constructor(address) {
     const at = (address || '').lastIndexOf(':');
     const port = Number(address.slice(at + 1));
@@ -709,7 +710,11 @@ function setupNodePath(taskRoot) {
   Module._initPaths?.(); // eslint-disable-line no-underscore-dangle -- re-read NODE_PATH for require()
 }
 
-export async function main() {
+/**
+ * Run the runtime. A stem cell passes the client it long-polled its specialisation with (its
+ * kept-alive connection then carries the first /next); a started bootstrap makes its own.
+ */
+export async function main(stemClient = null) {
   patchConsole();
   const taskRoot = process.env.LAMBDA_TASK_ROOT || '/var/task';
   setupNodePath(taskRoot);
@@ -718,9 +723,9 @@ export async function main() {
   } catch (_err) {
     // keep the working directory we were given
   }
-  let client;
+  let client = stemClient;
   try {
-    client = new RuntimeClient(process.env.AWS_LAMBDA_RUNTIME_API);
+    client ??= new RuntimeClient(process.env.AWS_LAMBDA_RUNTIME_API);
   } catch (err) {
     process.stderr.write(`firebox runtime: ${err.message}\n`);
     process.exit(1);
