@@ -246,7 +246,7 @@ def _node_cell_case(lam: Any, server: FireboxServer, files: dict[str, str]) -> d
 
 def test_a_commonjs_node_function_is_served_by_a_node_cell(lam: Any, isolated_backend: FireboxServer) -> None:  # noqa: F811
     seen = _node_cell_case(lam, isolated_backend, {"index.js": NODE_PROBE})
-    # The cell spoke HTTP over node:net only: node:http (0.6 MB a sandbox) is the function's to load.
+    # The cell spoke HTTP over node:net only: node:http is the function's to load, as on AWS.
     assert seen["http"] == [], seen["http"]
 
 

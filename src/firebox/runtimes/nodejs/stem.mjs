@@ -8,11 +8,11 @@
  *
  * 1. imports the bootstrap (`bootstrap.mjs`: V8 and Node's own start-up, the ES module loader
  *    and the rest of what the runtime needs are paid before any function asks), requires
- *    `warmup.cjs` once (then drops it from `require.cache`) and runs the runtime's own HTTP
- *    client (`RuntimeClient`, over node:net) against a throw-away server on the sandbox's
- *    loopback: V8 compiles both lazily, on first use, and would otherwise do it inside the
- *    function's init. node:http is never loaded here: a function that uses it loads it in its
- *    own init, as on AWS, and the others do not carry it (0.6 MB of PSS per sandbox, measured);
+ *    `warmup.cjs` once (then drops it from `require.cache`) and runs the hot paths of the
+ *    runtime's own HTTP client (`rehearseRuntimeClient`: node:net, no connection): V8 compiles
+ *    both lazily, on first use, and would otherwise do it inside the function's init. node:http
+ *    is never loaded here: a function that uses it loads it in its own init, as on AWS, and the
+ *    others do not carry it (node:http and a warm-up server cost a cell 1.4 MB, measured);
  * 2. long-polls `GET /2018-06-01/runtime/firebox/specialize`, the Firebox-private route served
  *    only to stem cells, with that client; the platform answers once it has put one function's
  *    code in /var/task, with that function's complete Lambda environment as a JSON object;
@@ -29,7 +29,6 @@
  * function; the sandbox is never handed to any other function. Node built-ins only.
  */
 
-import net from 'node:net';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
@@ -55,47 +54,12 @@ function warmCommonJsLoader() {
   delete require.cache[warmup];
 }
 
-/**
- * Run the runtime's HTTP client once, as a cold start will: a GET answered with a JSON body (the
- * specialisation), then a POST with the next GET pipelined behind it (a result, then the next
- * event), against a throw-away server on the sandbox's own loopback, closed afterwards. V8
- * compiles that code lazily: without this, its first use would be inside the function's init.
- */
-async function warmRuntimeClient(RuntimeClient) {
-  const answers = { GET: 'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nLambda-Runtime-Aws-Request-Id: warm\r\nContent-Length: 2\r\n\r\n{}',
-    POST: 'HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{"status":"OK"}' };
-  const server = net.createServer((socket) => {
-    let pending = Buffer.alloc(0);
-    socket.on('data', (chunk) => {
-      pending = Buffer.concat([pending, chunk]);
-      for (let end = pending.indexOf('\r\n\r\n'); end >= 0; end = pending.indexOf('\r\n\r\n')) {
-        const head = pending.toString('latin1', 0, end);
-        const length = Number(/content-length: *(\d+)/i.exec(head)?.[1] || 0);
-        if (pending.length < end + 4 + length) return;
-        pending = pending.subarray(end + 4 + length);
-        socket.write(answers[head.slice(0, head.indexOf(' '))] || answers.GET);
-      }
-    });
-    socket.on('error', () => {});
-  });
-  await new Promise((resolve, reject) => server.listen(0, '127.0.0.1', resolve).on('error', reject));
-  const client = new RuntimeClient(`127.0.0.1:${server.address().port}`);
-  try {
-    JSON.parse((await client.request('GET', '/firebox/specialize')).body.toString('utf8'));
-    await client.request('POST', '/invocation/warm/response', '{"warm":true}', { 'Content-Type': 'application/json' }, true);
-    await client.nextInvocation();
-  } finally {
-    client.connection?.close();
-    await new Promise((resolve) => server.close(resolve));
-  }
-}
-
 globalThis[STEM] = true;
-const { main, RuntimeClient } = await import(BOOTSTRAP.href);
+const { main, RuntimeClient, rehearseRuntimeClient } = await import(BOOTSTRAP.href);
 delete globalThis[STEM];
 warmCommonJsLoader();
 try {
-  await warmRuntimeClient(RuntimeClient);
+  await rehearseRuntimeClient();
 } catch (err) {
   process.stderr.write(`firebox stem cell: warming the HTTP client failed: ${err.message}\n`);
 }
