@@ -363,13 +363,34 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def density(server_pid: int, sandboxes: int) -> dict[str, float]:
+def density(server_pid: int, sandboxes: int) -> dict[str, Any]:
     """PSS of everything the server started (bwrap, sandbox inits, runtimes) per idle sandbox
-    (idle pre-started stem cells count as sandboxes), and the server's own PSS beside it."""
+    (idle pre-started stem cells count as sandboxes), and the server's own PSS beside it. Also
+    by runtime: the median PSS of one sandbox (all its processes) of each, and the zygotes'."""
     total_kb = sum(pss_kb(pid) for pid in descendants(server_pid))
     per_sandbox_mb = total_kb / 1024 / max(sandboxes, 1)
+    by_runtime: dict[str, list[int]] = {}
+    zygotes_kb = 0
+    for namespace, pids in sandbox_processes(server_pid).items():
+        kb = sum(pss_kb(pid) for pid in pids)
+        if namespace is None:
+            zygotes_kb += kb
+            continue
+        comms = {_comm(pid) for pid in pids}
+        runtime = "nodejs" if "node" in comms else "python" if any(c.startswith("python") for c in comms) else "other"
+        by_runtime.setdefault(runtime, []).append(kb)
     return {"sandboxes": sandboxes, "pss_total_mb": total_kb / 1024, "pss_per_sandbox_mb": per_sandbox_mb,
-            "per_gb": 1024 / per_sandbox_mb, "server_pss_mb": pss_kb(server_pid) / 1024}
+            "per_gb": 1024 / per_sandbox_mb, "server_pss_mb": pss_kb(server_pid) / 1024,
+            "by_runtime": {name: {"sandboxes": len(kbs), "pss_median_mb": statistics.median(kbs) / 1024}
+                           for name, kbs in sorted(by_runtime.items())},
+            "zygotes_pss_mb": zygotes_kb / 1024}
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -440,20 +461,24 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def sandbox_count(server_pid: int) -> int:
-    """Sandboxes alive now: the pid namespaces of the server's descendants other than its own
-    (one per sandbox whatever its process tree: bwrap and its init, or a runtime forked from a
-    zygote; zygotes themselves run in the server's)."""
+def sandbox_processes(server_pid: int) -> dict[str | None, list[int]]:
+    """The server's descendants by sandbox: one pid namespace each, whatever its process tree
+    (bwrap and its init, or a runtime forked from a zygote); None: the server's own namespace
+    (zygotes)."""
     own = os.readlink(f"/proc/{server_pid}/ns/pid")
-    namespaces = set()
+    found: dict[str | None, list[int]] = {}
     for pid in descendants(server_pid):
         try:
             namespace = os.readlink(f"/proc/{pid}/ns/pid")
         except OSError:
             continue
-        if namespace != own:
-            namespaces.add(namespace)
-    return len(namespaces)
+        found.setdefault(None if namespace == own else namespace, []).append(pid)
+    return found
+
+
+def sandbox_count(server_pid: int) -> int:
+    """Sandboxes alive now: the pid namespaces of the server's descendants other than its own."""
+    return sum(1 for namespace in sandbox_processes(server_pid) if namespace is not None)
 
 
 PARTS = (("runtime_init", "runtime init (Init Duration minus spawn)"),
@@ -522,6 +547,10 @@ def report(results: dict[str, Any]) -> None:
         print(f"density: {dn['pss_per_sandbox_mb']:.1f} MB PSS per idle sandbox over {dn['sandboxes']} sandboxes"
               f" -> {dn['per_gb']:.0f} per GB"
               + (f" (the server itself: {dn['server_pss_mb']:.0f} MB)" if "server_pss_mb" in dn else ""))
+        if dn.get("by_runtime"):
+            print("  one sandbox, median PSS: " + ", ".join(
+                f"{name} {row['pss_median_mb']:.2f} MB (of {row['sandboxes']})" for name, row in dn["by_runtime"].items())
+                + f"; the zygotes: {dn['zygotes_pss_mb']:.1f} MB in all")
 
 
 def main() -> None:
