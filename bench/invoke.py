@@ -367,18 +367,18 @@ def density(server_pid: int, sandboxes: int) -> dict[str, Any]:
     """PSS of everything the server started (bwrap, sandbox inits, runtimes) per idle sandbox
     (idle pre-started stem cells count as sandboxes), and the server's own PSS beside it. Also
     by runtime: the median PSS of one sandbox (all its processes) of each, and the zygotes'."""
-    total_kb = sum(pss_kb(pid) for pid in descendants(server_pid))
-    per_sandbox_mb = total_kb / 1024 / max(sandboxes, 1)
+    total_kb = zygotes_kb = 0
     by_runtime: dict[str, list[int]] = {}
-    zygotes_kb = 0
     for namespace, pids in sandbox_processes(server_pid).items():
         kb = sum(pss_kb(pid) for pid in pids)
+        total_kb += kb
         if namespace is None:
             zygotes_kb += kb
             continue
         comms = {_comm(pid) for pid in pids}
         runtime = "nodejs" if "node" in comms else "python" if any(c.startswith("python") for c in comms) else "other"
         by_runtime.setdefault(runtime, []).append(kb)
+    per_sandbox_mb = total_kb / 1024 / max(sandboxes, 1)
     return {"sandboxes": sandboxes, "pss_total_mb": total_kb / 1024, "pss_per_sandbox_mb": per_sandbox_mb,
             "per_gb": 1024 / per_sandbox_mb, "server_pss_mb": pss_kb(server_pid) / 1024,
             "by_runtime": {name: {"sandboxes": len(kbs), "pss_median_mb": statistics.median(kbs) / 1024}
