@@ -227,6 +227,57 @@ def test_a_completion_rides_with_the_next_claims_commit(tmp_path: Path, monkeypa
     asyncio.run(main())
 
 
+def test_a_completion_that_arrives_during_a_commit_waits_for_the_next_write(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # Committed on its own right after the running commit, it would hold up the next enqueue.
+    monkeypatch.setattr(queue_module, "DEFER_S", 60.0)
+
+    async def main() -> None:
+        store, gated, queue, claimed = await _one_claimed(tmp_path)
+        gated.gate = asyncio.Event()
+        gated.started.clear()
+        running = asyncio.create_task(queue.enqueue(_event(2)))
+        await asyncio.wait_for(gated.started.wait(), timeout=1)
+        finishing = asyncio.create_task(queue.finish(claimed))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        gated.gate.set()
+        await asyncio.wait_for(running, timeout=5)
+        for _ in range(20):  # a commit started for the completion would have reached the store
+            await asyncio.sleep(0)
+        assert (gated.commits, queue.commit_statistics().pending, finishing.done()) == ([True, False, True], 1, False)
+        await asyncio.wait_for(queue.enqueue(_event(3)), timeout=5)
+        await asyncio.wait_for(finishing, timeout=5)
+        assert gated.commits == [True, False, True, True]
+        assert (await queue.statistics(2_000))["f"].succeeded == 1
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_completion_left_waiting_after_a_commit_still_commits_when_no_write_comes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queue_module, "DEFER_S", 0.0)
+
+    async def main() -> None:
+        store, gated, queue, claimed = await _one_claimed(tmp_path)
+        gated.gate = asyncio.Event()
+        gated.started.clear()
+        running = asyncio.create_task(queue.enqueue(_event(2)))
+        await asyncio.wait_for(gated.started.wait(), timeout=1)
+        finishing = asyncio.create_task(queue.finish(claimed))
+        # The completion waits out the running commit, then DEFER_S (0 here) for company, and
+        # commits alone when none comes.
+        await asyncio.sleep(0.05)
+        gated.gate.set()
+        await asyncio.wait_for(asyncio.gather(running, finishing), timeout=5)
+        assert gated.commits == [True, False, True, False]
+        assert (await queue.statistics(2_000))["f"].succeeded == 1
+        await store.close()
+
+    asyncio.run(main())
+
+
 def test_a_lone_completion_commits_alone(tmp_path: Path) -> None:
     async def main() -> None:
         store, gated, queue, claimed = await _one_claimed(tmp_path)
@@ -238,6 +289,69 @@ def test_a_lone_completion_commits_alone(tmp_path: Path) -> None:
         assert gated.commits == [True, False, False]
         assert await store.read(lambda tx: tx.count(EVENT, "f")) == 0
         assert (await queue.statistics(2_000))["f"].succeeded == 1
+        await store.close()
+
+    asyncio.run(main())
+
+
+class CountingTx:
+    """A Tx that records the documents written under the count kind."""
+
+    def __init__(self, tx: Tx, writes: list[str]) -> None:
+        self._tx, self._writes = tx, writes
+
+    def put(self, kind: str, scope: str, key: str, doc: Any) -> None:
+        if kind == queue_module.COUNT:
+            self._writes.append(key)
+        self._tx.put(kind, scope, key, doc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tx, name)
+
+
+def test_a_batchs_completions_write_each_functions_count_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queue_module, "DEFER_S", 60.0)
+
+    async def main() -> None:
+        store = await _open(tmp_path)
+        gated = GatedStore(store)
+        count_writes: list[str] = []
+        real_atomically = gated.atomically
+
+        async def counting(work: Callable[[Tx], T], *, durable: bool = True) -> T:
+            return await real_atomically(lambda tx: work(CountingTx(tx, count_writes)), durable=durable)  # type: ignore[arg-type]
+
+        gated.atomically = counting  # type: ignore[method-assign]
+        queue = StoreEventQueue(gated)
+        for n in range(5):
+            await queue.enqueue(_event(n, "f"))
+        for n in range(5, 7):
+            await queue.enqueue(_event(n, "g"))
+        claimed = await queue.claim("f", 2_000, 8, 60_000) + await queue.claim("g", 2_000, 8, 60_000)
+        outcomes = [True, True, False, True, False, True, True]  # f: 3 succeeded, 2 failed; g: 2 succeeded
+        finishing = [asyncio.create_task(queue.finish(e, succeeded=ok)) for e, ok in zip(claimed, outcomes, strict=True)]
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert queue.commit_statistics().pending == 7
+        await asyncio.wait_for(queue.enqueue(_event(7, "f")), timeout=5)  # the completions ride along
+        await asyncio.wait_for(asyncio.gather(*finishing), timeout=5)
+        assert sorted(count_writes) == ["f", "g"]  # one write per function for seven completions
+        stats = await queue.statistics(2_000)
+        assert (stats["f"].succeeded, stats["f"].failed, stats["f"].queued) == (3, 2, 1)
+        assert (stats["g"].succeeded, stats["g"].failed, stats["g"].queued) == (2, 0, 0)
+
+        # A batch that fails reruns each unit alone: every completion still counts, once.
+        (left,) = await queue.claim("f", 2_000, 8, 60_000)
+
+        def broken(tx: Tx) -> None:
+            raise RuntimeError("boom")
+
+        bad = asyncio.create_task(queue._commit(broken, durable=False))
+        done = asyncio.create_task(queue.finish(left, succeeded=False))
+        await asyncio.wait_for(asyncio.gather(bad, done, return_exceptions=True), timeout=5)
+        assert isinstance(bad.exception(), RuntimeError) and done.exception() is None
+        stats = await queue.statistics(2_000)
+        assert (stats["f"].succeeded, stats["f"].failed, stats["f"].queued, stats["f"].in_flight) == (3, 3, 0, 0)
         await store.close()
 
     asyncio.run(main())

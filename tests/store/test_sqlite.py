@@ -76,6 +76,31 @@ def test_put_get_insert_delete(tmp_path: Path) -> None:
     run(main())
 
 
+def test_move_rekeys_a_record_in_one_write(tmp_path: Path) -> None:
+    def work(tx: Tx) -> None:
+        tx.put("event", "f", "001:a", {"n": 1})
+        tx.put("event", "f", "002:b", {"n": 2})
+        assert tx.move("event", "f", "001:a", "009:a", {"n": 10}) is True
+        assert tx.scan("event", "f") == [("002:b", {"n": 2}), ("009:a", {"n": 10})]
+        assert tx.move("event", "f", "001:a", "010:a", {"n": 11}) is False  # gone: nothing written
+        assert tx.move("event", "g", "002:b", "010:b", {"n": 12}) is False  # scope is part of the address
+        assert tx.move("event", "f", "009:a", "009:a", {"n": 13}) is True  # same key: a new document
+        assert tx.count("event") == 2 and tx.get("event", "f", "009:a") == {"n": 13}
+
+    def collide(tx: Tx) -> None:
+        tx.move("event", "f", "002:b", "009:a", {"n": 14})
+
+    async def main() -> None:
+        store = await opened(tmp_path / "m.db")
+        await store.atomically(work)
+        with pytest.raises(StoreError):
+            await store.atomically(collide)
+        assert await store.read(lambda tx: tx.scan("event", "f")) == [("002:b", {"n": 2}), ("009:a", {"n": 13})]
+        await store.close()
+
+    run(main())
+
+
 def test_returned_documents_are_copies(tmp_path: Path) -> None:
     async def main() -> None:
         store = await opened(tmp_path / "m.db")

@@ -3,8 +3,9 @@
 Layout: kind `async-event`, scope `<function name>`, key `<due ms, 15 digits>:<request id>`, so
 a scope scanned in key order yields its events by due time. A claim moves an event to the key of
 its lease end and stamps `claimed_by` with this queue's run id; finishing deletes it;
-rescheduling moves it to its new due time, unclaimed. Succeeded and failed counts are kept per
-function (kind `async-count`) for `statistics()`.
+rescheduling moves it to its new due time, unclaimed (a move is one UPDATE, not a delete and an
+insert). Succeeded and failed counts are kept per function (kind `async-count`) for
+`statistics()`: a commit adds up its batch's completions and writes each function's count once.
 
 Durability at speed: every write (enqueue, claim, finish, reschedule) joins a group commit. A
 write that finds no commit running starts one at once (no timer: a lone event is not kept
@@ -22,7 +23,9 @@ one enqueue is fsync'd as a whole.
 Completions start no commit of their own: a finished event waits up to DEFER_S for the next
 enqueue's or claim's commit and rides along (the dispatcher has given its slot back already, so
 nobody waits on it). Under load that halves the commits per event; a lone completion commits
-after DEFER_S.
+after DEFER_S. That holds for completions that arrive while a commit runs, too: they are not
+committed on their own right after it but wait for company again (a sequential client's events
+made one such lone commit for every other event).
 
 Known caveats: a lost completion also undoes its count in `statistics()`.
 """
@@ -34,7 +37,7 @@ import base64
 import dataclasses
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from firebox.asyncinvoke.api import (
     CommitStatistics,
@@ -51,7 +54,16 @@ COUNT = "async-count"
 T = TypeVar("T")
 # How long a completion waits for another write's commit to join before committing alone.
 DEFER_S = 0.005
-_Pending = tuple[Callable[[Tx], Any], "asyncio.Future[Any]", bool]  # (work, its result, durable)
+# A completion's tally: (function name, succeeded), added to the counts by its batch.
+_Tally = tuple[str, bool]
+
+
+class _Pending(NamedTuple):
+    work: Callable[[Tx], Any]
+    done: asyncio.Future[Any]  # the work's result, once its batch committed
+    durable: bool  # the batch is fsync'd
+    deferred: bool  # starts no commit: waits for another write's (see `_join`)
+    tally: _Tally | None
 
 
 def _key(event: QueuedEvent) -> str:
@@ -81,6 +93,36 @@ def _from_doc(doc: dict[str, Any]) -> QueuedEvent:
     return QueuedEvent(**{**doc, "payload": base64.b64decode(doc["payload"])})
 
 
+def _add_tallies(tx: Tx, tallies: list[_Tally]) -> None:
+    """Add completions to their functions' counts: one read and one write per function, however
+    many completions a batch holds (under load a commit carries dozens)."""
+    totals: dict[str, dict[str, int]] = {}
+    for name, succeeded in tallies:
+        counts = totals.get(name)
+        if counts is None:
+            counts = totals[name] = tx.get(COUNT, "", name) or {"succeeded": 0, "failed": 0}
+        counts["succeeded" if succeeded else "failed"] += 1
+    for name, counts in totals.items():
+        tx.put(COUNT, "", name, counts)
+
+
+def _move(tx: Tx, old_key: str, event: QueuedEvent) -> None:
+    tx.move(EVENT, event.function_name, old_key, _key(event), _to_doc(event))
+
+
+def _alone(work: Callable[[Tx], T], tally: _Tally | None) -> Callable[[Tx], T]:
+    """A unit of a failed batch, rerun alone with its own tally."""
+    if tally is None:
+        return work
+
+    def with_tally(tx: Tx) -> T:
+        result = work(tx)
+        _add_tallies(tx, [tally])
+        return result
+
+    return with_tally
+
+
 class StoreEventQueue:
     def __init__(self, store: QueueStore) -> None:
         self._store = store
@@ -88,6 +130,7 @@ class StoreEventQueue:
         self._pending: list[_Pending] = []
         self._committer: asyncio.Task[None] | None = None
         self._deferred: asyncio.TimerHandle | None = None
+        self._overdue = False  # deferred writes have waited DEFER_S: commit them even alone
         self._commits = 0
         self._committed_units = 0
 
@@ -99,21 +142,33 @@ class StoreEventQueue:
         Cancelling the caller does not take the work back: it may still commit."""
         return await self._join(work, durable=durable)  # type: ignore[no-any-return]
 
-    def _join(self, work: Callable[[Tx], Any], *, durable: bool, defer: bool = False) -> asyncio.Future[Any]:
+    def _join(
+        self, work: Callable[[Tx], Any], *, durable: bool, defer: bool = False, tally: _Tally | None = None
+    ) -> asyncio.Future[Any]:
         """`work` joins the next commit; the future resolves to its result once that is done.
 
         A write that finds no commit running starts one at once (no timer, no waiting for
         company); writes that arrive while it runs form the next batch. A `defer`red write
-        starts none: it waits up to DEFER_S for another write's commit to ride along with."""
+        starts none: it waits up to DEFER_S for another write's commit to ride along with. A
+        `tally` is added to the counts by the same commit (see `_add_tallies`)."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((work, done, durable))
+        self._pending.append(_Pending(work, done, durable, defer, tally))
         if self._committer is None:
             if not defer:
                 self._start_commit()
-            elif self._deferred is None:
-                self._deferred = loop.call_later(DEFER_S, self._start_commit)
+            else:
+                self._defer_commit()
         return done
+
+    def _defer_commit(self) -> None:
+        if self._deferred is None:
+            self._deferred = asyncio.get_running_loop().call_later(DEFER_S, self._deferral_expired)
+
+    def _deferral_expired(self) -> None:
+        self._deferred = None
+        self._overdue = True
+        self._start_commit()
 
     def _start_commit(self) -> None:
         if self._deferred is not None:
@@ -124,24 +179,31 @@ class StoreEventQueue:
 
     async def _commit_pending(self) -> None:
         try:
-            while self._pending:
+            # Deferred writes left alone after a commit keep waiting for company: committing
+            # them at once would make the next enqueue wait behind a commit of their own.
+            while self._pending and (self._overdue or not all(pending.deferred for pending in self._pending)):
+                self._overdue = False
                 batch, self._pending = self._pending, []
                 await self._commit_batch(batch)
         finally:
             self._committer = None
+            if self._pending:
+                self._defer_commit()
 
     async def _commit_batch(self, batch: list[_Pending]) -> None:
         def together(tx: Tx) -> list[Any]:
-            return [work(tx) for work, _, _ in batch]
+            results = [pending.work(tx) for pending in batch]
+            _add_tallies(tx, [pending.tally for pending in batch if pending.tally is not None])
+            return results
 
         try:
-            results = await self._store.atomically(together, durable=any(durable for *_, durable in batch))
+            results = await self._store.atomically(together, durable=any(pending.durable for pending in batch))
         except Exception:
             # One unit failed and took the batch down with it: run each alone, so only the
             # failing one's caller gets the error.
-            for work, done, durable in batch:
+            for work, done, durable, _, tally in batch:
                 try:
-                    result = await self._store.atomically(work, durable=durable)
+                    result = await self._store.atomically(_alone(work, tally), durable=durable)
                 except Exception as exc:
                     if not done.done():
                         done.set_exception(exc)
@@ -151,9 +213,9 @@ class StoreEventQueue:
             return
         self._commits += 1
         self._committed_units += len(batch)
-        for (_, done, _), result in zip(batch, results, strict=True):
-            if not done.done():
-                done.set_result(result)
+        for pending, result in zip(batch, results, strict=True):
+            if not pending.done.done():
+                pending.done.set_result(result)
 
     def commit_statistics(self) -> CommitStatistics:
         return CommitStatistics(self._commits, self._committed_units, len(self._pending))
@@ -194,8 +256,7 @@ class StoreEventQueue:
                 if _due(key) > now_ms:
                     break
                 event = dataclasses.replace(_from_doc(doc), due_ms=now_ms + lease_ms, claimed_by=self.run_id)
-                tx.delete(EVENT, function_name, key)
-                tx.put(EVENT, function_name, _key(event), _to_doc(event))
+                _move(tx, key, event)
                 claimed.append(event)
             return claimed
 
@@ -206,19 +267,15 @@ class StoreEventQueue:
         # slot for it), so it rides with the next enqueue's or claim's commit when one comes.
         def work(tx: Tx) -> None:
             tx.delete(EVENT, event.function_name, _key(event))
-            counts = tx.get(COUNT, "", event.function_name) or {"succeeded": 0, "failed": 0}
-            counts["succeeded" if succeeded else "failed"] += 1
-            tx.put(COUNT, "", event.function_name, counts)
 
-        await self._join(work, durable=False, defer=True)
+        await self._join(work, durable=False, defer=True, tally=(event.function_name, succeeded))
 
     async def reschedule(self, event: QueuedEvent, *, due_ms: int, attempts: int, system_retries: int) -> None:
         moved = dataclasses.replace(event, due_ms=due_ms, attempts=attempts, system_retries=system_retries,
                                     claimed_by=None)
 
         def work(tx: Tx) -> None:
-            tx.delete(EVENT, event.function_name, _key(event))
-            tx.put(EVENT, event.function_name, _key(moved), _to_doc(moved))
+            _move(tx, _key(event), moved)
 
         await self._commit(work, durable=False)
 
@@ -229,8 +286,7 @@ class StoreEventQueue:
                 for key, doc in tx.scan(EVENT, scope):
                     if doc["claimed_by"] not in (None, self.run_id):
                         event = dataclasses.replace(_from_doc(doc), due_ms=now_ms, claimed_by=None)
-                        tx.delete(EVENT, scope, key)
-                        tx.put(EVENT, scope, _key(event), _to_doc(event))
+                        _move(tx, key, event)
                         moved += 1
             return moved
 

@@ -59,6 +59,11 @@ class Tx(Protocol):
     def delete(self, kind: str, scope: str, key: str) -> bool:
         """True when something was deleted."""
 
+    def move(self, kind: str, scope: str, key: str, new_key: str, doc: Document) -> bool:
+        """Give the record at `key` a new key and document, as a delete and a put would, in one
+        write: False (and nothing written) when `key` is absent. `new_key` must be free (or be
+        `key`): taking another record's key is a StoreError."""
+
     def delete_scope(self, kind: str, scope: str) -> int:
         """Delete every record of `kind` in `scope`; returns how many."""
 

@@ -149,6 +149,10 @@ class _SqliteTx:
         sql = "DELETE FROM records WHERE kind = ? AND scope = ? AND key = ?"
         return self._write(sql, (kind, scope, key)) > 0
 
+    def move(self, kind: str, scope: str, key: str, new_key: str, doc: Document) -> bool:
+        sql = "UPDATE records SET key = ?, doc = ? WHERE kind = ? AND scope = ? AND key = ?"
+        return self._write(sql, (new_key, _encode(doc), kind, scope, key)) > 0
+
     def delete_scope(self, kind: str, scope: str) -> int:
         return self._write("DELETE FROM records WHERE kind = ? AND scope = ?", (kind, scope))
 
