@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import subprocess
 import sys
-import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -385,48 +386,73 @@ def _synchronous(store: SqliteMetadataStore) -> int:
     return conn.execute("PRAGMA synchronous").fetchone()[0]
 
 
-def test_non_durable_units_commit_at_normal_and_durable_ones_at_full(tmp_path: Path) -> None:
-    full, normal = 2, 1
+def test_a_durable_unit_returns_once_its_wal_is_fsynced_and_a_non_durable_one_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    normal = 1
+    synced: list[int] = []  # inodes fdatasync'd
+    real_fdatasync = os.fdatasync
+
+    def recording_fdatasync(fd: int) -> None:
+        real_fdatasync(fd)
+        synced.append(os.fstat(fd).st_ino)
+
+    monkeypatch.setattr(os, "fdatasync", recording_fdatasync)
 
     async def main() -> None:
         store = await opened(tmp_path / "m.db")
-        assert await store.atomically(lambda tx: _synchronous(store)) == full
-        assert await store.atomically(lambda tx: (tx.put("k", "s", "a", {}), _synchronous(store))[1],
+        wal_inode = os.stat(tmp_path / "m.db-wal").st_ino
+        synced.clear()
+        # Every commit is at NORMAL; durability is the fsync of the WAL that follows it.
+        assert await store.atomically(lambda tx: (tx.put("k", "s", "a", {}), _synchronous(store))[1]) == normal
+        assert synced == [wal_inode]
+        assert await store.atomically(lambda tx: (tx.put("k", "s", "b", {}), _synchronous(store))[1],
                                       durable=False) == normal
+        assert synced == [wal_inode]
         # A non-durable commit is committed: reads and other connections see it at once.
-        assert await store.read(lambda tx: tx.count("k")) == 1
+        assert await store.read(lambda tx: tx.count("k")) == 2
         other = sqlite3.connect(tmp_path / "m.db")
         try:
-            assert other.execute("SELECT COUNT(*) FROM records WHERE kind = 'k'").fetchone()[0] == 1
+            assert other.execute("SELECT COUNT(*) FROM records WHERE kind = 'k'").fetchone()[0] == 2
         finally:
             other.close()
-        # The next durable unit is back at FULL.
-        assert await store.atomically(lambda tx: _synchronous(store)) == full
+        await store.close()
+
+    run(main())
+
+
+def test_a_failed_fsync_is_a_store_error_for_the_durable_caller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        store = await opened(tmp_path / "m.db")
+
+        def failing(fd: int) -> None:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(os, "fdatasync", failing)
+        with pytest.raises(StoreError, match="fsync"):
+            await store.atomically(lambda tx: tx.put("k", "s", "a", {}))
+        await store.atomically(lambda tx: tx.put("k", "s", "b", {}), durable=False)
+        monkeypatch.undo()
         await store.close()
 
     run(main())
 
 
 def test_reads_see_every_committed_write_and_never_wait_for_one(tmp_path: Path) -> None:
-    """Reads run on their own connection: a read that starts while a write unit is running sees
+    """Reads run on their own connection: a read that runs while a write unit is running sees
     the state before it, and completes without waiting for it; once the write returns, every
     later read sees it."""
 
     async def main() -> None:
         store = await opened(tmp_path / "m.db")
         await store.atomically(lambda tx: tx.put("k", "s", "a", {"n": 0}))
-        entered, release = threading.Event(), threading.Event()
+        reader = store._reader  # white box: the read runs on its thread while the unit runs here
+        assert reader is not None
 
-        def slow_write(tx: Tx) -> None:
+        def write_and_read_meanwhile(tx: Tx) -> Any:
             tx.put("k", "s", "a", {"n": 1})
-            entered.set()
-            assert release.wait(10)
+            return reader.submit(store._run_read, lambda rtx: rtx.get("k", "s", "a")).result(timeout=10)
 
-        write = asyncio.ensure_future(store.atomically(slow_write))
-        assert await asyncio.to_thread(entered.wait, 10)
-        assert await asyncio.wait_for(store.read(lambda tx: tx.get("k", "s", "a")), 5) == {"n": 0}
-        release.set()
-        await write
+        assert await store.atomically(write_and_read_meanwhile) == {"n": 0}
         assert await store.read(lambda tx: tx.get("k", "s", "a")) == {"n": 1}
         assert store.statistics().reads == 2
         await store.close()
