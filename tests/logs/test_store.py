@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from firebox.logs import reads
+from firebox.logs import store as store_module
 from firebox.logs.api import (
     DescribeGroups,
     DescribeStreams,
@@ -27,6 +29,7 @@ from firebox.logs.api import (
     LogStreamNotFound,
 )
 from firebox.logs.store import SqliteLogStore
+from firebox.logs.writes import Writer
 
 DAY_MS = 86_400_000
 T0 = 1_700_000_000_000  # 2023-11-14, in ms
@@ -459,5 +462,65 @@ async def test_a_filling_buffer_does_not_wait_for_the_linger(tmp_path: Path) -> 
             return store.statistics().written == 10
 
         await wait_until(written)
+    finally:
+        await store.stop()
+
+
+@run
+async def test_small_batches_are_written_on_the_loops_thread_and_a_flood_on_the_writer_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[tuple[int, bool]] = []  # (records, written on the event loop's thread)
+    real_insert = Writer.insert
+
+    def recording_insert(self: Writer, batch: Any) -> int:
+        written = real_insert(self, batch)
+        threads.append((written, threading.get_ident() == loop_thread))
+        return written
+
+    loop_thread = threading.get_ident()
+    monkeypatch.setattr(Writer, "insert", recording_insert)
+    store = await started(tmp_path / "logs.db", linger_s=3600)
+    try:
+        store.append_lines(GROUP, STREAM, T0, [f"line {i}\n" for i in range(3)])
+        await store.flush()
+        store.append_lines(GROUP, STREAM, T0 + 1, [f"flood {i}\n" for i in range(store_module.INLINE_RECORDS + 1)])
+        await store.flush()
+        assert threads == [(3, True), (store_module.INLINE_RECORDS + 1, False)]
+        page = await store.get_events(GetEvents(GROUP, STREAM, limit=10_000, start_from_head=True))
+        assert len(page.events) == store_module.INLINE_RECORDS + 4
+    finally:
+        await store.stop()
+
+
+@run
+async def test_checkpoints_run_on_the_writer_thread_every_so_many_records(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    checkpoints: list[bool] = []  # on the event loop's thread?
+    real_checkpoint = store_module._checkpoint
+
+    def recording_checkpoint(conn: sqlite3.Connection) -> None:
+        checkpoints.append(threading.get_ident() == loop_thread)
+        real_checkpoint(conn)
+
+    loop_thread = threading.get_ident()
+    monkeypatch.setattr(store_module, "CHECKPOINT_RECORDS", 10)
+    monkeypatch.setattr(store_module, "_checkpoint", recording_checkpoint)
+    store = await started(tmp_path / "logs.db", linger_s=3600)
+    try:
+        writer = store._writer  # white box: the connection's own checkpoint is off
+        assert writer is not None
+        assert writer.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        for i in range(6):  # batches of 4 records: a checkpoint after the 3rd and the 6th
+            store.append_lines(GROUP, STREAM, T0 + i, [f"line {i}.{j}\n" for j in range(4)])
+            await store.flush()
+        assert checkpoints == [False, False]
+        # Everything is in the database file itself now: a copy without the WAL has it all.
+        copy = tmp_path / "copy.db"
+        copy.write_bytes((tmp_path / "logs.db").read_bytes())
+        conn = sqlite3.connect(copy)
+        try:
+            assert conn.execute("SELECT COUNT(*) FROM log_events").fetchone()[0] == 24
+        finally:
+            conn.close()
     finally:
         await store.stop()
