@@ -37,9 +37,8 @@ more than that, because sqlite3 gives the GIL back around every statement and ta
 after: the thread and the event loop handed the GIL to each other dozens of times per batch,
 and the loop waited each time. Measured at 16 clients (bench: two servers at once, 10
 alternated rounds): 1,487 -> 1,603 warm invokes/s, p99 23.3 -> 18.5 ms; one client: 1,156 ->
-1,241/s. A larger batch (a
-flood) goes to the writer thread, so that the loop is never held for long. Every use of the
-writer's connection, wherever it runs, holds `_write_lock`: one at a time.
+1,241/s. A larger batch (a flood) goes to the writer thread, so that the loop is never held for
+long. Every use of the writer's connection, wherever it runs, holds `_write_lock`: one at a time.
 
 Checkpoints run on the writer thread, holding that lock: the connection's automatic one would
 otherwise run at the end of an inline batch's commit, copying up to 40 MB on the loop's thread.
