@@ -10,10 +10,10 @@ in futex calls, and each commit 2 thread hops, 0.15-0.35 ms, before and after it
 units here, a backlog of async events drained at 1,214/s against 1,031-1,064/s, and 64
 connections had 3,129 events/s accepted against 2,566 while they ran (medians of alternated
 rounds against two servers at once). A unit's statements are page-cache work, tens of
-microseconds; what may take long, the fsync, does not run here (below). `BEGIN IMMEDIATE` takes the write lock up front, so another
-process on the same file (a CLI, a second server by mistake) makes us wait `busy_timeout` rather
-than fail half-way through a unit: that wait would block the loop, which only a second writer
-process can cause.
+microseconds; what may take long, the fsync, does not run here (below). `BEGIN IMMEDIATE`
+takes the write lock up front, so another process on the same file (a CLI, a second server by
+mistake) makes us wait `busy_timeout` rather than fail half-way through a unit: that wait would
+block the loop, which only a second writer process can cause.
 
 Why `read` units have their own thread and connection: in WAL mode a reader never blocks the
 writer nor waits for it. A read sees every unit committed before it began (a snapshot, so
@@ -37,8 +37,8 @@ more per commit here, for the first thousand commits after every start (the WAL 
 clean close). SQLite finds the valid frames by their salts and checksums, never by the file's
 size, so zeros past them are never taken for a frame.
 
-`atomically(work, durable=False)` skips the fsync: it survives kill -9 but not a power cut. The WAL is written in order, so the next durable commit (or a
-checkpoint) makes it durable too. It is for writes that may be lost to a power cut because
+`atomically(work, durable=False)` skips the fsync: it survives kill -9 but not a power cut.
+The WAL is written in order, so the next durable commit (or a checkpoint) makes it durable too. It is for writes that may be lost to a power cut because
 losing them only repeats work, never loses it: the event queue's claims and completions (an
 event whose completion is lost runs again, which at-least-once allows).
 
