@@ -38,9 +38,10 @@ clean close). SQLite finds the valid frames by their salts and checksums, never 
 size, so zeros past them are never taken for a frame.
 
 `atomically(work, durable=False)` skips the fsync: it survives kill -9 but not a power cut.
-The WAL is written in order, so the next durable commit (or a checkpoint) makes it durable too. It is for writes that may be lost to a power cut because
-losing them only repeats work, never loses it: the event queue's claims and completions (an
-event whose completion is lost runs again, which at-least-once allows).
+The WAL is written in order, so the next durable commit (or a checkpoint) makes it durable too.
+It is for writes that may be lost to a power cut because losing them only repeats work, never
+loses it: the event queue's claims and completions (an event whose completion is lost runs
+again, which at-least-once allows).
 
 Known caveats
 -------------
