@@ -227,18 +227,25 @@ def test_a_completion_rides_with_the_next_claims_commit(tmp_path: Path, monkeypa
     asyncio.run(main())
 
 
+async def _completing_during_a_commit(
+        tmp_path: Path) -> tuple[Any, GatedStore, StoreEventQueue, asyncio.Task[None], asyncio.Task[None]]:
+    """A claimed event's completion, started while an enqueue's commit waits at the gate."""
+    store, gated, queue, claimed = await _one_claimed(tmp_path)
+    gated.gate = asyncio.Event()
+    gated.started.clear()
+    running = asyncio.create_task(queue.enqueue(_event(2)))
+    await asyncio.wait_for(gated.started.wait(), timeout=1)
+    finishing = asyncio.create_task(queue.finish(claimed))
+    return store, gated, queue, running, finishing
+
+
 def test_a_completion_that_arrives_during_a_commit_waits_for_the_next_write(tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     # Committed on its own right after the running commit, it would hold up the next enqueue.
     monkeypatch.setattr(queue_module, "DEFER_S", 60.0)
 
     async def main() -> None:
-        store, gated, queue, claimed = await _one_claimed(tmp_path)
-        gated.gate = asyncio.Event()
-        gated.started.clear()
-        running = asyncio.create_task(queue.enqueue(_event(2)))
-        await asyncio.wait_for(gated.started.wait(), timeout=1)
-        finishing = asyncio.create_task(queue.finish(claimed))
+        store, gated, queue, running, finishing = await _completing_during_a_commit(tmp_path)
         for _ in range(20):
             await asyncio.sleep(0)
         gated.gate.set()
@@ -260,12 +267,7 @@ def test_a_completion_left_waiting_after_a_commit_still_commits_when_no_write_co
     monkeypatch.setattr(queue_module, "DEFER_S", 0.0)
 
     async def main() -> None:
-        store, gated, queue, claimed = await _one_claimed(tmp_path)
-        gated.gate = asyncio.Event()
-        gated.started.clear()
-        running = asyncio.create_task(queue.enqueue(_event(2)))
-        await asyncio.wait_for(gated.started.wait(), timeout=1)
-        finishing = asyncio.create_task(queue.finish(claimed))
+        store, gated, queue, running, finishing = await _completing_during_a_commit(tmp_path)
         # The completion waits out the running commit, then DEFER_S (0 here) for company, and
         # commits alone when none comes.
         await asyncio.sleep(0.05)
