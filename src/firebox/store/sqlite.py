@@ -6,7 +6,7 @@ Why write units run on the event loop's thread: units of work are synchronous fu
 without a lock. They used to run on a writer thread, and that cost more than the work: sqlite3
 gives the GIL back around every statement and takes it again after, so each statement of the
 writer thread waited for the event loop to let go of the GIL (measured: 45% of that thread's CPU
-in futex calls, and each commit 2 thread hops, 0.15-0.35 ms, before and after it). With the
+in futex calls, and each commit 2 thread hops, before and after it, 0.13-0.33 ms each). With the
 units here, a backlog of async events drained at 1,214/s against 1,031-1,064/s, and 64
 connections had 3,129 events/s accepted against 2,566 while they ran (medians of alternated
 rounds against two servers at once). A unit's statements are page-cache work, tens of
