@@ -227,6 +227,11 @@ def test_a_completion_rides_with_the_next_claims_commit(tmp_path: Path, monkeypa
     asyncio.run(main())
 
 
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0)
+
+
 async def _completing_during_a_commit(
         tmp_path: Path) -> tuple[Any, GatedStore, StoreEventQueue, asyncio.Task[None], asyncio.Task[None]]:
     """A claimed event's completion, started while an enqueue's commit waits at the gate."""
@@ -270,7 +275,7 @@ def test_a_completion_left_waiting_after_a_commit_still_commits_when_no_write_co
         store, gated, queue, running, finishing = await _completing_during_a_commit(tmp_path)
         # The completion waits out the running commit, then DEFER_S (0 here) for company, and
         # commits alone when none comes.
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(_until(lambda: queue.commit_statistics().pending == 1), timeout=5)
         gated.gate.set()
         await asyncio.wait_for(asyncio.gather(running, finishing), timeout=5)
         assert gated.commits == [True, False, True, False]
