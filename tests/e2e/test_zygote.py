@@ -49,3 +49,40 @@ def test_a_forked_runtime_looks_like_a_bubblewrap_one(lam: Any, server: Any, ser
     assert forked["handlers"] == ["LambdaLoggerHandler"]
     for key in ("cmdline", "environ", "path", "cwd", "uid", "handlers", "level", "converter", "builtins", "argv"):
         assert forked[key] == started[key], (key, forked[key], started[key])
+
+
+CONNECTIONS = """
+import json, os, socket, urllib.error, urllib.request
+
+def established_to_runtime_api():
+    # This sandbox's network namespace holds only the Runtime API's 127.0.0.1:9001 (0x2329).
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    return sum(1 for row in rows if row[3] == "01" and row[2].endswith(":2329"))
+
+def handler(event, context):
+    api = socket.socket(fileno=os.dup(3))
+    try:
+        family, kind = api.family.name, api.type.name
+    finally:
+        api.close()
+    tcp_before = established_to_runtime_api()
+    try:
+        urllib.request.urlopen("http://%s/2018-06-01/runtime/nowhere" % os.environ["AWS_LAMBDA_RUNTIME_API"], timeout=5)
+        listener = "no error"
+    except urllib.error.HTTPError as exc:
+        listener = [exc.code, json.loads(exc.read())["errorType"]]
+    return {"fd3": [family, kind], "inherited": os.get_inheritable(3), "tcp_before": tcp_before,
+            "listener": listener}
+"""
+
+
+def test_a_forked_runtime_talks_to_the_platform_on_its_own_socket(lam: Any) -> None:
+    """The zygote hands our runtime a connected AF_UNIX socket (fd 3, close-on-exec) for the
+    Runtime API, cold and warm: it never connects to 127.0.0.1:9001, which still answers for
+    anything else inside that wants AWS_LAMBDA_RUNTIME_API."""
+    name = python_function(lam, CONNECTIONS, prefix="zygsock")
+    for _ in ("cold", "warm"):
+        seen = ok_json(invoke(lam, name, {}))
+        assert seen == {"fd3": ["AF_UNIX", "SOCK_STREAM"], "inherited": False, "tcp_before": 0,
+                        "listener": [404, "InvalidRequest"]}, seen

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -331,7 +332,33 @@ class RuntimeApiProtocol(asyncio.Protocol):
             self._transport.close()
 
 
-async def serve(channel: RuntimeChannel, sock: object) -> asyncio.AbstractServer:
-    """Serve the Runtime API for one sandbox on its (already listening) socket."""
+class RuntimeApiServer:
+    """One sandbox's Runtime API being served: on its listener, and on the connection the
+    backend gave the runtime, if any. `close()` stops both (connections accepted on the
+    listener end when the sandbox's processes do, as before)."""
+
+    def __init__(self, server: asyncio.AbstractServer, connection: asyncio.BaseTransport | None) -> None:
+        self._server = server
+        self._connection = connection
+
+    def close(self) -> None:
+        self._server.close()
+        if self._connection is not None:
+            self._connection.close()
+
+
+async def serve(channel: RuntimeChannel, listener: socket.socket,
+                connection: socket.socket | None = None) -> RuntimeApiServer:
+    """Serve the Runtime API for one sandbox on its (already listening) socket and, when the
+    backend made one (`SandboxProcess.runtime_api_connection`), on the connected socket whose
+    other end the runtime already holds."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: RuntimeApiProtocol(channel), sock=sock)  # type: ignore[arg-type]
+    server = await loop.create_server(lambda: RuntimeApiProtocol(channel), sock=listener)
+    transport = None
+    if connection is not None:
+        try:
+            transport, _ = await loop.connect_accepted_socket(lambda: RuntimeApiProtocol(channel), sock=connection)
+        except BaseException:
+            server.close()
+            raise
+    return RuntimeApiServer(server, transport)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from firebox import hops
 from firebox.logs.api import MAX_EVENT_BYTES, LogSink
 from firebox.worker.api import InvokeOutcome
-from firebox.worker.runtimeapi import Invocation, RuntimeChannel, RuntimeOutcome, serve
+from firebox.worker.runtimeapi import Invocation, RuntimeApiServer, RuntimeChannel, RuntimeOutcome, serve
 from firebox.worker.sandbox_api import SandboxProcess, SandboxSpec
 
 TAIL_BYTES = 4096
@@ -138,7 +138,7 @@ class Sandbox:
         self._timeout_s = timeout_s
         # A specialised stem cell brings the channel (and server) it was already serving.
         self._channel = channel if channel is not None else RuntimeChannel()
-        self._server: asyncio.AbstractServer | None = None
+        self._server: RuntimeApiServer | None = None
         self._readers: list[asyncio.Task[None]] = []
         self._exit: asyncio.Task[int] | None = None
         self._tail: list[bytes] | None = None
@@ -166,12 +166,13 @@ class Sandbox:
         started_at: float,
         init_timeout_s: float = INIT_TIMEOUT_S,
         *,
-        server: asyncio.AbstractServer | None = None,
+        server: RuntimeApiServer | None = None,
         exit_task: asyncio.Task[int] | None = None,
     ) -> bool:
         """Wait for init to finish: True when the runtime asked for its first event. A stem
         cell being specialised passes the Runtime API server and exit watch it already runs."""
-        self._server = server if server is not None else await serve(self._channel, self.process.runtime_api)
+        self._server = server if server is not None else await serve(
+            self._channel, self.process.runtime_api, self.process.runtime_api_connection)
         self._readers = [
             asyncio.create_task(self._capture(self.process.stdout)),
             asyncio.create_task(self._capture(self.process.stderr)),

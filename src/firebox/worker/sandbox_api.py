@@ -8,6 +8,10 @@ worker's Runtime API server, log capture and lifecycle code) then:
 - accepts connections on `SandboxProcess.runtime_api` (a listening, non-blocking TCP socket) and
   speaks the Lambda Runtime API on them; the runtime inside reaches that socket at
   `AWS_LAMBDA_RUNTIME_API`, which the backend adds to the environment because it owns the address;
+  and speaks it too on `SandboxProcess.runtime_api_connection` when the backend made one: a
+  connected AF_UNIX socket whose other end Firebox's own runtime was started holding (the zygote
+  backend's Python runtimes). A round trip on it costs less than on loopback TCP, and it leaves
+  nothing to connect or accept in a cold start;
 - reads the runtime's output from `stdout` / `stderr` (it MUST keep reading: a full pipe blocks
   the runtime);
 - decides when to `kill()` (timeout, OOM, retirement) and awaits `wait()`, then `cleanup()`.
@@ -139,6 +143,9 @@ class SandboxProcess(Protocol):
     # Accept with `loop.sock_accept` or `asyncio.start_server(sock=...)`. Closed by cleanup().
     runtime_api: socket.socket
     runtime_api_address: str  # as the sandbox sees it: "127.0.0.1:9001" when isolated
+    # CONNECTED, non-blocking stream socket whose other end the runtime holds from its start, or
+    # None. Serve it with `loop.connect_accepted_socket`. Closed by cleanup().
+    runtime_api_connection: socket.socket | None
     stdout: asyncio.StreamReader  # the runtime's output: the platform must keep reading both
     stderr: asyncio.StreamReader
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from firebox.runtimes.api import runtime_family
-from firebox.worker.runtimeapi import RuntimeChannel, serve
+from firebox.worker.runtimeapi import RuntimeApiServer, RuntimeChannel, serve
 from firebox.worker.sandbox_api import SandboxBackend, SandboxSpec
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class StemCell:
     """One running, unspecialised sandbox and the Runtime API server it is polling."""
 
     def __init__(self, key: CellKey, spec: SandboxSpec, process: object, channel: RuntimeChannel,
-                 server: asyncio.AbstractServer, exit_task: asyncio.Task[int]) -> None:
+                 server: RuntimeApiServer, exit_task: asyncio.Task[int]) -> None:
         self.key = key
         self.spec = spec
         self.process = process
@@ -400,9 +400,9 @@ class StemCellPool:
         channel = RuntimeChannel(stem=True)
         assert channel.stem_waiting is not None
         exit_task = asyncio.ensure_future(process.wait())
-        server: asyncio.AbstractServer | None = None
+        server: RuntimeApiServer | None = None
         try:
-            server = await serve(channel, process.runtime_api)
+            server = await serve(channel, process.runtime_api, process.runtime_api_connection)
             done, _ = await asyncio.wait({channel.stem_waiting, exit_task}, timeout=READY_TIMEOUT_S,
                                          return_when=asyncio.FIRST_COMPLETED)
             if channel.stem_waiting not in done:

@@ -48,7 +48,9 @@ ERROR_LOG_LINE_TERMINATE = "\r"
 ERROR_LOG_IDENT = "\u00a0"  # AWS indents traceback lines in error records with NO-BREAK SPACE
 USER_AGENT = "firebox-python/%d.%d.%d" % sys.version_info[:3]
 
-# A stem cell (stem.py) hands over the Runtime API connection it was specialised on.
+# (socket, reader) of a Runtime API connection to use before connecting to AWS_LAMBDA_RUNTIME_API:
+# the one a stem cell (stem.py) was specialised on, or the socket a zygote's child was started
+# with (zygote.py).
 ADOPTED_CONNECTION = None
 
 _request_id = None  # the invocation in progress, for log records

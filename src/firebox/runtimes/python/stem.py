@@ -8,7 +8,8 @@ FIREBOX_RUNTIME_LIBS / AWS_LAMBDA_RUNTIME_API, identical for every Python functi
 1. loads the bootstrap module (so the interpreter's start-up and every import the runtime needs
    are paid before any function asks for a sandbox);
 2. long-polls `GET /2018-06-01/runtime/firebox/specialize`, a Firebox-private route served only
-   to stem cells. The platform answers once it has put one function's code in `/var/task`: the
+   to stem cells (on the Runtime API socket it was started with, `CONNECTION`, when forked by a
+   zygote; else on a new connection to AWS_LAMBDA_RUNTIME_API). The platform answers once it has put one function's code in `/var/task`: the
    body is that function's complete Lambda environment as a JSON object;
 3. replaces `os.environ` with it and runs the bootstrap's `main()`: init (the handler's module is
    imported now, once) and then the usual `/invocation/next` loop.
@@ -48,6 +49,9 @@ import time  # noqa: E402
 SPECIALIZE_PATH = "/2018-06-01/runtime/firebox/specialize"
 BOOTSTRAP = os.path.join(_HERE, "bootstrap.py")
 PRELOADS = {"plain": (), "boto3": ("boto3",)}  # flavour -> modules imported before specialising
+# A connected socket to the Runtime API that the cell was started with (a zygote's child: see
+# zygote.py), used instead of connecting to AWS_LAMBDA_RUNTIME_API.
+CONNECTION = None
 
 
 def load_bootstrap():
@@ -131,13 +135,15 @@ def probe(flavour):
     return 0
 
 
-def wait_for_function(address):
+def wait_for_function(address, sock=None):
     """The function's environment (a dict), from the platform's answer to the long poll, and the
-    connection it came on (socket, reader), still open: the runtime goes on with it."""
-    host, _, port = address.rpartition(":")
-    sock = socket.create_connection((host.strip("[]").encode("ascii") or b"127.0.0.1", int(port)))
-    try:
+    connection it came on (socket, reader), still open: the runtime goes on with it. Asked on
+    `sock` when given, else on a new connection to `address`."""
+    if sock is None:
+        host, _, port = address.rpartition(":")
+        sock = socket.create_connection((host.strip("[]").encode("ascii") or b"127.0.0.1", int(port)))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
         request = "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: firebox-stem\r\n\r\n" % (SPECIALIZE_PATH, address)
         sock.sendall(request.encode("latin-1"))
         reader = sock.makefile("rb")
@@ -192,7 +198,7 @@ def main():
         return 1
     address = os.environ.get("AWS_LAMBDA_RUNTIME_API", "")
     try:
-        environment, connection = wait_for_function(address)
+        environment, connection = wait_for_function(address, CONNECTION)
     except (OSError, ValueError) as exc:
         sys.stderr.write("firebox stem cell: %s\n" % exc)
         return 1

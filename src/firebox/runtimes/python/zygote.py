@@ -31,7 +31,8 @@ of one function's variables can stay in the memory later children inherit), the 
 network namespace (made by
 the platform, the Runtime API listener inside), its cgroup `tasks` files, its code directory as a
 detached read-only mount (open_tree: a bind from the platform's mount namespace could not reach
-the zygote's), the write ends of its stdout and stderr pipes. The zygote forks the SANDBOX
+the zygote's), the write ends of its stdout and stderr pipes and, for the runtime kinds (not
+`script`), the runtime's end of its Runtime API socketpair. The zygote forks the SANDBOX
 process as pid 1 of a new pid namespace (`fork_into_new_pid_namespace`), tells the platform its
 pid, and goes back to waiting. The SANDBOX, as root:
 
@@ -48,9 +49,11 @@ pid, and goes back to waiting. The SANDBOX, as root:
    inheritable, ambient), sets no_new_privs, installs the platform's seccomp filter (the
    bubblewrap backend's deny-list plus refusing new user namespaces through clone and clone3);
 5. says `ready` (or why not) on the control socket, closes it, and becomes the runtime: takes
-   stdout/stderr, closes every other fd, starts a new session, replaces its environment with the
-   function's and runs the command it was asked for, `bootstrap.py` or `stem.py [flavour]`, with
-   the modules the zygote loaded. The zygote reaps it and reports its exit status.
+   stdout/stderr and the Runtime API socket (as fd 3, close-on-exec: the runtime talks to the
+   platform on it, and no process the function starts inherits it), closes every other fd,
+   starts a new session, replaces its environment with the function's and runs the command it
+   was asked for, `bootstrap.py` or `stem.py [flavour]`, with the modules the zygote loaded. The
+   zygote reaps it and reports its exit status.
 
 The runtime is pid 1 of its namespace, with no reaper above it (bubblewrap puts its own init
 there). A forked Python process dirties about 0.7 MB just by running, and an init forked before
@@ -95,6 +98,7 @@ import socket  # noqa: E402
 import struct  # noqa: E402
 import time  # noqa: E402
 
+RUNTIME_API_FD = 3  # where a sandbox's runtime finds its Runtime API socket, when it has one
 SANDBOX_UID = 993
 SANDBOX_GID = 990
 MAX_MESSAGE = 1 << 20
@@ -253,19 +257,24 @@ class Runtime:
             self.stem.load_bootstrap = lambda: self.bootstrap
             self.stem.preload = lambda bootstrap, flavour: None
 
-    def run(self, kind, argv):
+    def run(self, kind, argv, api=None):
         """The child's command, in process: `bootstrap`, `stem` or `script` (argv: the script
-        and its arguments). Returns its exit status."""
+        and its arguments); `api`, the fd of the runtime's Runtime API socket (else it connects
+        to AWS_LAMBDA_RUNTIME_API). Returns its exit status."""
         if kind == "script":
             sys.argv = list(argv)
             sys.path[0:0] = [os.path.dirname(argv[0])]
             runpy.run_path(argv[0], run_name="__main__")
             return 0
+        connection = socket.socket(fileno=api) if api is not None else None
         if kind == "stem":
             prefault(self.working_set)  # idle now: the cold start will not fault these in
             sys.argv = ["-c", self.stem.__file__] + ([] if self.flavour == "plain" else [self.flavour])
+            self.stem.CONNECTION = connection
             return self.stem.main()
         sys.argv = ["-c", self.bootstrap.__file__]
+        if connection is not None:
+            self.bootstrap.ADOPTED_CONNECTION = (connection, connection.makefile("rb"))
         return self.bootstrap.main()
 
 
@@ -600,18 +609,20 @@ def sandbox_child(runtime, request, fds, control):
         private = fds.pop(0)
         with socket.socket(fileno=private) as channel:
             request.update(json.loads(channel.recv(MAX_MESSAGE)))
-        stdout, stderr = isolate(runtime, request, fds)
+        stdout, stderr, api = isolate(runtime, request, fds)
     except BaseException as exc:  # noqa: BLE001 - reported to the platform, then exit
         control.send(json.dumps({"id": request["id"], "error": "%s: %s" % (type(exc).__name__, exc)}).encode())
         os._exit(1)
     control.send(json.dumps({"id": request["id"], "started": True}).encode())
     control.close()
-    run_runtime(runtime, request, stdout, stderr)
+    run_runtime(runtime, request, stdout, stderr, api)
 
 
 def isolate(runtime, request, fds):
+    """Steps 1 to 4 of a spawn; (stdout, stderr, the runtime's Runtime API socket or None)."""
     netns, code, stdout, stderr = fds[:4]
-    cgroup_tasks = fds[4:]
+    api = fds[4] if request.get("runtime_socket") else None
+    cgroup_tasks = fds[5:] if api is not None else fds[4:]
     _check(_libc.setns(netns, CLONE_NEWNET), "setns(net)")
     for fd in cgroup_tasks:
         os.write(fd, b"0")
@@ -646,7 +657,7 @@ def isolate(runtime, request, fds):
         finally:
             os.close(fd)
     runtime.privileges.drop()
-    return stdout, stderr
+    return stdout, stderr, api
 
 
 def show_as(argv, environment):
@@ -705,15 +716,21 @@ def _argv_and_environ_areas():
 _AREAS = None  # set in the zygote by main(); its children inherit it
 
 
-def run_runtime(runtime, request, stdout, stderr):
-    """The function's runtime. Never returns."""
+def run_runtime(runtime, request, stdout, stderr, api=None):
+    """The function's runtime (`api`: the fd of its Runtime API socket, if it has one). Never
+    returns."""
     status = 1
     try:
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(stdout, 1)
         os.dup2(stderr, 2)
-        os.closerange(3, 65536)
+        if api is not None:  # close-on-exec: no program the function runs gets it
+            if api != RUNTIME_API_FD:
+                os.dup2(api, RUNTIME_API_FD, inheritable=False)
+                api = RUNTIME_API_FD
+            os.set_inheritable(api, False)
+        os.closerange(RUNTIME_API_FD + (api is not None), 65536)
         os.setsid()
         os.chdir("/var/task")
         os.environ.clear()
@@ -727,7 +744,7 @@ def run_runtime(runtime, request, stdout, stderr):
         # (copying it) to find no garbage among modules that live as long as the process.
         gc.enable()
         importlib.invalidate_caches()
-        status = runtime.run(request["kind"], request["argv"])
+        status = runtime.run(request["kind"], request["argv"], api)
     except SystemExit as exc:
         status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if not isinstance(exc.code, int) and exc.code is not None:

@@ -139,12 +139,14 @@ class RunningSandbox:
         private_dirs: tuple[Path, ...] = (),
         closers: tuple[Callable[[], None], ...] = (),
         leftovers_of_uid: bool = False,
+        connection: socket.socket | None = None,
     ) -> None:
         self.spec = spec
         self.sandbox_id = spec.sandbox_id
         self.pid = proc.pid
         self.runtime_api = listener
         self.runtime_api_address = address
+        self.runtime_api_connection = connection
         assert proc.stdout is not None and proc.stderr is not None
         self.stdout: asyncio.StreamReader = proc.stdout
         self.stderr: asyncio.StreamReader = proc.stderr
@@ -224,6 +226,8 @@ class RunningSandbox:
         if transport is not None:
             transport.close()  # the pipes: the platform may not have read them to EOF
         self.runtime_api.close()
+        if self.runtime_api_connection is not None:
+            self.runtime_api_connection.close()
         for close in self._closers:
             with contextlib.suppress(OSError):
                 close()

@@ -17,8 +17,11 @@ would have reached; a function whose start-up variables differ gets a zygote of 
 most `max_zygotes` live at once; beyond, bubblewrap).
 
 A spawn: the platform makes the network namespace (with the Runtime API listener inside), the
-cgroups, picks the uid, clones the code directory's mount (detached, read-only) and opens the
-output pipes, and sends them to the zygote with the request; the sandbox's environment and
+cgroups, picks the uid, clones the code directory's mount (detached, read-only), opens the
+output pipes and, for our runtimes (not `script`), a socketpair whose one end the runtime keeps
+as its Runtime API connection (`runtime_api_connection` is the other; the listener stays, for
+whatever else inside wants AWS_LAMBDA_RUNTIME_API), and sends them to the zygote with the
+request; the sandbox's environment and
 command go on a socket of their own that only the forked child reads (the zygote's memory is
 inherited by every later child, so it must never hold a function's variables). The zygote
 answers with the host pid of the forked sandbox, pid 1 of its own pid namespace and the
@@ -237,6 +240,7 @@ class ZygoteBackend(IsolatedBackend):
         theirs: list[int] = []  # what the zygote's child gets: closed here once it is sent
         transports: list[asyncio.BaseTransport] = []
         pidfd: int | None = None
+        connection: socket.socket | None = None  # our end of the runtime's Runtime API socket
         try:
             net, uid, cgroup = await self._take(spec, held)
             # The environment and command go to the child alone, never through the zygote (whose
@@ -249,15 +253,23 @@ class ZygoteBackend(IsolatedBackend):
                 read_end, write_end = os.pipe2(os.O_CLOEXEC)
                 mine.append(read_end)
                 theirs.append(write_end)
+            if how.kind != "script":
+                # Our runtimes (bootstrap, stem) start holding a connected socket to the Runtime
+                # API: no connect in the cold start, and cheaper round trips than loopback TCP.
+                connection, runtime_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                connection.setblocking(False)
+                theirs.append(runtime_end.detach())
             for path in cgroup.self_paths if cgroup is not None else ():
                 theirs.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
-            # In the order the child takes them: its socket, netns, code, stdout, stderr, cgroups.
+            # In the order the child takes them: its socket, netns, code, stdout, stderr, the
+            # runtime's socket (unless `script`), cgroups.
             fds = [theirs[0], net.netns_fd, *theirs[1:]]
             environment = {**spec.environment, RUNTIME_API_VARIABLE: f"{netns.RUNTIME_API_HOST}:{self._port}"}
             request = {
                 "id": spec.sandbox_id, "uid": uid, "hostname": _hostname(spec.sandbox_id),
                 "tmp_bytes": spec.ephemeral_bytes, "shm_bytes": min(_SHM_BYTES, spec.memory_bytes),
                 "max_open_files": spec.max_open_files, "max_processes": spec.max_processes,
+                "runtime_socket": connection is not None,
             }
             with socket.socket(fileno=mine.pop(0)) as private:
                 private.send(json.dumps({"kind": how.kind, "argv": list(how.argv), "cmdline": list(spec.command),
@@ -277,6 +289,8 @@ class ZygoteBackend(IsolatedBackend):
             transports.append(err_transport)
         except BaseException:
             self._ledger.failed()
+            if connection is not None:
+                connection.close()
             for fd in (*mine, *theirs):
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -293,7 +307,7 @@ class ZygoteBackend(IsolatedBackend):
         sandbox = RunningSandbox(
             spec=spec, proc=process, listener=net.listener, address=net.address,  # type: ignore[arg-type]
             cgroup=cgroup, uid=uid, bwrap=True, extra_kill=handle.kill, release_uid=self._uids.release,
-            on_cleanup=self._ledger.forget, closers=(handle.close,),
+            on_cleanup=self._ledger.forget, closers=(handle.close,), connection=connection,
         )
         self._forked += 1
         self._ledger.spawned(sandbox, started)
