@@ -466,19 +466,26 @@ async def test_a_filling_buffer_does_not_wait_for_the_linger(tmp_path: Path) -> 
         await store.stop()
 
 
-@run
-async def test_small_batches_are_written_on_the_loops_thread_and_a_flood_on_the_writer_thread(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    threads: list[tuple[int, bool]] = []  # (records, written on the event loop's thread)
+def _record_insert_threads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
+    """(records, written on this event loop's thread) of each batch written from now on."""
+    threads: list[tuple[int, bool]] = []
     real_insert = Writer.insert
+    loop_thread = threading.get_ident()
 
     def recording_insert(self: Writer, batch: Any) -> int:
         written = real_insert(self, batch)
         threads.append((written, threading.get_ident() == loop_thread))
         return written
 
-    loop_thread = threading.get_ident()
     monkeypatch.setattr(Writer, "insert", recording_insert)
+    return threads
+
+
+@run
+async def test_with_a_busy_loop_small_batches_are_written_on_its_thread_and_a_flood_on_the_writer_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    threads = _record_insert_threads(monkeypatch)
+    monkeypatch.setattr(store_module, "BUSY_LOOP_S", 0.0)  # any time to come back is "busy"
     store = await started(tmp_path / "logs.db", linger_s=3600)
     try:
         store.append_lines(GROUP, STREAM, T0, [f"line {i}\n" for i in range(3)])
@@ -490,6 +497,30 @@ async def test_small_batches_are_written_on_the_loops_thread_and_a_flood_on_the_
         assert len(page.events) == store_module.INLINE_RECORDS + 4
     finally:
         await store.stop()
+
+
+@run
+async def test_with_an_idle_loop_small_batches_are_written_on_the_writer_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    threads = _record_insert_threads(monkeypatch)
+    monkeypatch.setattr(store_module, "BUSY_LOOP_S", 3600.0)  # never busy
+    store = await started(tmp_path / "logs.db", linger_s=3600)
+    try:
+        store.append_lines(GROUP, STREAM, T0, [f"line {i}\n" for i in range(3)])
+        await store.flush()
+        assert threads == [(3, False)]
+    finally:
+        await store.stop()
+
+
+@run
+async def test_a_loop_with_work_queued_is_busy_and_one_without_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(store_module, "BUSY_LOOP_S", 0.002)
+    loop.call_soon(time.sleep, 0.005)  # queued before the yield: the loop runs it first
+    assert await store_module._loop_is_busy()
+    monkeypatch.setattr(store_module, "BUSY_LOOP_S", 1.0)  # a bound, not a guess at the speed
+    assert not await store_module._loop_is_busy()
 
 
 @run
