@@ -47,6 +47,7 @@ from one killed by SIGKILL (as in a shell).
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import socket
 from collections.abc import Mapping
@@ -107,16 +108,20 @@ class SandboxSpec:
             problems.append("memory_mb and ephemeral_storage_mb must be positive")
         if self.max_processes < 1 or self.max_open_files < 16:
             problems.append("max_processes must be >= 1 and max_open_files >= 16")
+        # os.path, not Path(...).is_absolute(): building Path objects was most of this check's
+        # cost, and a spec is made on every cold start.
         for path in (self.code_dir, self.runtime_dir, *(host for host, _ in self.extra_ro_binds)):
-            if not Path(path).is_absolute():
+            if not os.path.isabs(path):
                 problems.append(f"host path {path} must be absolute")
         for _, target in self.extra_ro_binds:
             if not target.startswith("/") or "/../" in target + "/" or target.rstrip("/") in _RESERVED:
                 problems.append(f"bad sandbox path {target!r} for an extra bind")
         if problems:
             raise ValueError("invalid SandboxSpec: " + "; ".join(problems))
-        object.__setattr__(self, "code_dir", Path(self.code_dir))
-        object.__setattr__(self, "runtime_dir", Path(self.runtime_dir))
+        if not isinstance(self.code_dir, Path):
+            object.__setattr__(self, "code_dir", Path(self.code_dir))
+        if not isinstance(self.runtime_dir, Path):
+            object.__setattr__(self, "runtime_dir", Path(self.runtime_dir))
         object.__setattr__(self, "command", tuple(self.command))
         object.__setattr__(self, "environment", MappingProxyType(dict(self.environment)))
 
