@@ -128,3 +128,102 @@ def test_results_are_encoded_as_json_dumps_with_aws_defaults(bootstrap: ModuleTy
     assert bootstrap._encode_json({"a": "\u00e9", "n": decimal.Decimal("2"), "f": decimal.Decimal("0.5")}) == \
         '{"a": "\u00e9", "n": 2, "f": 0.5}'.encode()
     assert bootstrap._encode_json("\ud800") == b'"\\ud800"'  # a lone surrogate is escaped, not an error
+
+
+# -- the handler module's import -------------------------------------------------------------
+
+
+@pytest.fixture
+def task_root(tmp_path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A task root first on sys.path, and a unique module name; its modules are forgotten after.
+    sys.meta_path holds the standard finders only, as in a runtime (pytest adds its own)."""
+    import sys
+    import uuid
+
+    name = "handler_" + uuid.uuid4().hex[:12]
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    monkeypatch.setattr(sys, "meta_path", [finder for finder in sys.meta_path
+                                           if getattr(finder, "__module__", "").startswith("_frozen_importlib")])
+    yield tmp_path, name
+    for module in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[module]
+
+
+def _counting_import_module(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """importlib.import_module, recording the names it is asked for (the slow way's calls)."""
+    import importlib
+
+    calls: list[str] = []
+    real = importlib.import_module
+
+    def counting(name: str, package: str | None = None) -> ModuleType:
+        calls.append(name)
+        return real(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", counting)
+    return calls
+
+
+def test_a_plain_handler_module_is_loaded_as_the_path_finder_would_load_it(
+        bootstrap: ModuleType, task_root, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import sys
+
+    root, name = task_root
+    (root / f"{name}.py").write_text("import sys\nSELF = sys.modules[__name__]\ndef handler(e, c):\n    return 1\n")
+    expected = importlib.util.find_spec(name)  # what the import system would do (finds, loads nothing)
+    assert expected is not None
+    calls = _counting_import_module(monkeypatch)
+    module = bootstrap.import_handler_module(name)
+    assert calls == []  # the short way
+    assert sys.modules[name] is module and module.SELF is module
+    spec = module.__spec__
+    for field in ("name", "origin", "cached", "parent", "has_location", "submodule_search_locations"):
+        assert getattr(spec, field) == getattr(expected, field), field
+    assert type(spec.loader) is type(expected.loader)
+    assert (module.__file__, module.__cached__, module.__package__) == (expected.origin, expected.cached, "")
+
+
+@pytest.mark.parametrize("neighbour", ["package", "namespace", "extension", "no_source", "finder"])
+def test_a_handler_module_with_a_possible_rival_is_imported_the_usual_way(
+        bootstrap: ModuleType, task_root, monkeypatch: pytest.MonkeyPatch, neighbour: str) -> None:  # type: ignore[no-untyped-def]
+    root, name = task_root
+    if neighbour != "no_source":
+        (root / f"{name}.py").write_text("WHO = 'module'\n")
+    if neighbour == "package":
+        (root / name).mkdir()
+        (root / name / "__init__.py").write_text("WHO = 'package'\n")
+    elif neighbour == "namespace":
+        (root / name).mkdir()
+    elif neighbour == "extension":
+        (root / f"{name}.abi3.so").write_bytes(b"")
+    elif neighbour == "no_source":
+        (root / f"{name}.pyc").write_bytes(b"")
+    else:  # a finder of someone else's ahead of the path finder: it may have a say
+        import sys
+
+        monkeypatch.setattr(sys, "meta_path", [_FindsNothing(), *sys.meta_path])
+    calls = _counting_import_module(monkeypatch)
+    try:
+        module = bootstrap.import_handler_module(name)
+    except ImportError:  # the empty .so or .pyc: the import system's own verdict
+        assert neighbour in ("extension", "no_source")
+    else:
+        assert module.WHO == ("package" if neighbour == "package" else "module")
+    assert calls == [name]
+
+
+class _FindsNothing:
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        return None
+
+
+def test_a_handler_module_that_fails_is_not_left_half_imported(
+        bootstrap: ModuleType, task_root, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import sys
+
+    root, name = task_root
+    (root / f"{name}.py").write_text("import a_module_nobody_has_" + name + "\n")
+    calls = _counting_import_module(monkeypatch)
+    with pytest.raises(ImportError, match="No module named"):
+        bootstrap.import_handler_module(name)
+    assert name not in sys.modules and calls == []
