@@ -1,7 +1,7 @@
 """Invoke benchmark: cold start, warm latency and throughput of a Python hello function, next to
 a raw HTTP hello baseline measured in the same run (the ratio is the figure).
 
-    .venv/bin/python bench/invoke.py [--cold 10] [--warm 1000] [--requests 3000]
+    .venv/bin/python bench/invoke.py [--cold 30] [--warm 1000] [--requests 3000]
                                      [--concurrency 1,8,16,32,128] [--scale-out 100] [--out FILE]
 
 It starts a real Firebox server (isolated sandboxes, fresh data dir) and a bare uvicorn app on free
@@ -555,7 +555,8 @@ def report(results: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cold", type=int, default=10, help="cold starts per kind (python, node, boto3)")
+    parser.add_argument("--cold", type=int, default=30,
+                        help="cold starts per kind (python, node, boto3); a p50 of 10 swung by 0.7 ms between runs")
     parser.add_argument("--cold-gap-ms", type=float, default=250.0, help="pause between cold starts")
     parser.add_argument("--warm", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=3000, help="requests per concurrency level (each side)")

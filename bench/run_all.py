@@ -38,7 +38,7 @@ TIMEOUT_S = 20 * 60  # per benchmark: far above what the default sizes take
 # name: (script, default arguments, --quick arguments)
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "invoke": ("invoke.py",
-               ["--cold", "10", "--warm", "1000", "--requests", "2000", "--concurrency", "1,8,16,32,128",
+               ["--cold", "30", "--warm", "1000", "--requests", "2000", "--concurrency", "1,8,16,32,128",
                 "--scale-out", "100"],
                ["--cold", "3", "--warm", "200", "--requests", "300", "--concurrency", "1,16", "--scale-out", "20"]),
     "hops": ("hops.py", ["--invokes", "2000"], ["--invokes", "200"]),
