@@ -7,8 +7,11 @@
 //                                counts results for SECONDS, then prints results/s and exits
 //     runtime_api fd:N SECONDS   the same on listening socket N, inherited: a sandbox's own
 //                                Runtime API socket, which lives in its network namespace
+//     runtime_api conn:N SECONDS the same on socket N, inherited and connected already: the
+//                                platform's end of a zygote-forked runtime's socketpair
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -47,12 +50,15 @@ static double now(void) {
 
 int main(int argc, char **argv) {
     if (argc != 3) {
-        fprintf(stderr, "usage: runtime_api PORT|fd:N SECONDS\n");
+        fprintf(stderr, "usage: runtime_api PORT|fd:N|conn:N SECONDS\n");
         return 2;
     }
-    int one = 1, listener;
+    int one = 1, listener = -1, runtime = -1;
     double seconds = atof(argv[2]);
-    if (strncmp(argv[1], "fd:", 3) == 0) {
+    if (strncmp(argv[1], "conn:", 5) == 0) {
+        runtime = atoi(argv[1] + 5);  // the platform's end is non-blocking: this program blocks
+        fcntl(runtime, F_SETFL, fcntl(runtime, F_GETFL) & ~O_NONBLOCK);
+    } else if (strncmp(argv[1], "fd:", 3) == 0) {
         listener = atoi(argv[1] + 3);  // may be non-blocking (the platform's): wait, then accept
         struct pollfd ready = {.fd = listener, .events = POLLIN};
         if (poll(&ready, 1, 30000) != 1) {
@@ -69,7 +75,8 @@ int main(int argc, char **argv) {
             return 1;
         }
     }
-    int runtime = accept(listener, NULL, NULL);
+    if (runtime < 0)
+        runtime = accept(listener, NULL, NULL);
     if (runtime < 0) {
         perror("runtime_api: accept");
         return 1;

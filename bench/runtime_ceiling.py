@@ -118,8 +118,9 @@ def measure(api: Path, task: Path, runtimes: int, seconds: float) -> dict[str, A
 
 async def measure_sandboxed(api: Path, task: Path, runtimes: int, seconds: float) -> dict[str, Any]:
     """The same, each runtime in a sandbox of the zygote backend (its namespaces, uid, seccomp
-    filter and memory cgroup), its Runtime API socket handed to its own runtime_api.c: what
-    isolation adds to the runtime's CPU per invocation, without the platform around it."""
+    filter and memory cgroup), its Runtime API socket (its socketpair's other end, or its
+    listener) handed to its own runtime_api.c: what isolation adds to the runtime's CPU per
+    invocation, without the platform around it."""
     backend = ZygoteBackend(uid_range=UIDS)
     if (problem := backend.probe() or getattr(backend, "zygote_problem", None)) is not None:
         raise SystemExit(f"zygote backend: {problem}")
@@ -134,9 +135,14 @@ async def measure_sandboxed(api: Path, task: Path, runtimes: int, seconds: float
             )
             sandbox = await backend.spawn(spec)
             sandboxes.append(sandbox)
-            listener = sandbox.runtime_api.fileno()
+            # The runtime's own socketpair when the backend made one (it then never connects
+            # to the listener), else the listener.
+            if sandbox.runtime_api_connection is not None:
+                fd, where = sandbox.runtime_api_connection.fileno(), "conn"
+            else:
+                fd, where = sandbox.runtime_api.fileno(), "fd"
             apis.append(subprocess.Popen(  # noqa: ASYNC220 - starting it does not block; `count` waits, on a thread
-                [str(api), f"fd:{listener}", str(seconds)], stdout=subprocess.PIPE, text=True, pass_fds=(listener,)))
+                [str(api), f"{where}:{fd}", str(seconds)], stdout=subprocess.PIPE, text=True, pass_fds=(fd,)))
         return {"where": "zygote sandbox", **await asyncio.to_thread(count, apis, lambda: pids_of_uids(UIDS), seconds)}
     finally:
         stop_all(apis)

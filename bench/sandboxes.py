@@ -118,7 +118,9 @@ async def measure(kind: str, code: Path, count: int, concurrency: int) -> dict[s
             started = time.perf_counter()
             sandbox = await backend.spawn(spec)
             sandboxes.append(sandbox)
-            connection, _ = await asyncio.wait_for(loop.sock_accept(sandbox.runtime_api), 30)
+            connection = sandbox.runtime_api_connection  # a zygote-forked runtime's own socketpair
+            if connection is None:
+                connection, _ = await asyncio.wait_for(loop.sock_accept(sandbox.runtime_api), 30)
             connections.append(connection)
             await asyncio.wait_for(serve_one_invocation(loop, connection), 30)
             latencies.append(time.perf_counter() - started)
