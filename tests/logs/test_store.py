@@ -513,6 +513,31 @@ async def test_with_an_idle_loop_small_batches_are_written_on_the_writer_thread(
         await store.stop()
 
 
+@pytest.mark.parametrize("busy", [True, False])
+@run
+async def test_the_writer_lingers_longer_after_a_batch_of_an_idle_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busy: bool) -> None:
+    monkeypatch.setattr(store_module, "BUSY_LOOP_S", 0.0 if busy else 3600.0)
+    store = await started(tmp_path / "logs.db", linger_s=0.001)
+    lingers: list[float] = []  # what the writer waited for, before each batch
+    real_linger = store._linger  # white box: the wait itself is asyncio's
+
+    async def recording_linger(seconds: float) -> None:
+        lingers.append(seconds)
+        await real_linger(seconds)
+
+    monkeypatch.setattr(store, "_linger", recording_linger)
+    try:
+        for i in range(3):
+            store.append_lines(GROUP, STREAM, T0 + i, [f"line {i}\n"])
+            await store.flush()
+        # The first batch lingers as after a busy loop; the next ones by what the last one saw.
+        factor = 1 if busy else store_module.IDLE_LINGER_FACTOR
+        assert lingers == [0.001, 0.001 * factor, 0.001 * factor]
+    finally:
+        await store.stop()
+
+
 @run
 async def test_a_loop_with_work_queued_is_busy_and_one_without_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
     loop = asyncio.get_running_loop()
