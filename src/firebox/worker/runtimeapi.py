@@ -1,4 +1,4 @@
-"""The Lambda Runtime API (2018-06-01), served to one sandbox on the socket its backend made.
+"""The Lambda Runtime API (2018-06-01), served to one sandbox on the sockets its backend made.
 
     GET  /2018-06-01/runtime/invocation/next            long poll: the next event
     POST /2018-06-01/runtime/invocation/{id}/response   202: the function's result
@@ -357,7 +357,11 @@ async def serve(channel: RuntimeChannel, listener: socket.socket,
     transport = None
     if connection is not None:
         try:
-            transport, _ = await loop.connect_accepted_socket(lambda: RuntimeApiProtocol(channel), sock=connection)
+            # A duplicate for the transport, which closes it (uvloop: by its number, whenever
+            # its close completes); the backend's cleanup closes the original, so neither can
+            # close a number that was reused meanwhile.
+            transport, _ = await loop.connect_accepted_socket(lambda: RuntimeApiProtocol(channel),
+                                                              sock=connection.dup())
         except BaseException:
             server.close()
             raise

@@ -9,8 +9,9 @@ FIREBOX_RUNTIME_LIBS / AWS_LAMBDA_RUNTIME_API, identical for every Python functi
    are paid before any function asks for a sandbox);
 2. long-polls `GET /2018-06-01/runtime/firebox/specialize`, a Firebox-private route served only
    to stem cells (on the Runtime API socket it was started with, `CONNECTION`, when forked by a
-   zygote; else on a new connection to AWS_LAMBDA_RUNTIME_API). The platform answers once it has put one function's code in `/var/task`: the
-   body is that function's complete Lambda environment as a JSON object;
+   zygote; else on a new connection to AWS_LAMBDA_RUNTIME_API). The platform answers once it
+   has put one function's code in `/var/task`: the body is that function's complete Lambda
+   environment as a JSON object;
 3. replaces `os.environ` with it and runs the bootstrap's `main()`: init (the handler's module is
    imported now, once) and then the usual `/invocation/next` loop.
 

@@ -21,9 +21,9 @@ cgroups, picks the uid, clones the code directory's mount (detached, read-only),
 output pipes and, for our runtimes (not `script`), a socketpair whose one end the runtime keeps
 as its Runtime API connection (`runtime_api_connection` is the other; the listener stays, for
 whatever else inside wants AWS_LAMBDA_RUNTIME_API), and sends them to the zygote with the
-request; the sandbox's environment and
-command go on a socket of their own that only the forked child reads (the zygote's memory is
-inherited by every later child, so it must never hold a function's variables). The zygote
+request; the sandbox's environment and command go on a socket of their own that only the
+forked child reads (the zygote's memory is inherited by every later child, so it must never
+hold a function's variables). The zygote
 answers with the host pid of the forked sandbox, pid 1 of its own pid namespace and the
 runtime itself, on which the backend opens a pidfd: `kill()` SIGKILLs it, which ends the whole
 pid namespace; the zygote reaps it and reports its exit status. A zygote's address space holds
