@@ -114,6 +114,32 @@ def test_returned_documents_are_copies(tmp_path: Path) -> None:
     run(main())
 
 
+def test_scan_values_reads_one_field_of_each_record_in_key_order(tmp_path: Path) -> None:
+    def fill(tx: Tx) -> None:
+        tx.put("event", "fn1", "b", {"owner": "run-2", "n": 2, "payload": "x" * 1000})
+        tx.put("event", "fn1", "a", {"owner": None, "n": 1.5})
+        tx.put("event", "fn1", "c", {"n": 3, "flag": True})  # no owner at all
+        tx.put("event", "fn2", "a", {"owner": "elsewhere"})
+
+    async def main() -> None:
+        store = await opened(tmp_path / "m.db")
+        await store.atomically(fill)
+
+        def check(tx: Tx) -> None:
+            assert tx.scan_values("event", "fn1", "owner") == [("a", None), ("b", "run-2"), ("c", None)]
+            assert tx.scan_values("event", "fn1", "n") == [("a", 1.5), ("b", 2), ("c", 3)]
+            assert tx.scan_values("event", "fn1", "flag") == [("a", None), ("b", None), ("c", 1)]
+            assert tx.scan_values("event", "nope", "owner") == []
+            for bad in ("", "a.b", "a[0]", '"x"', "$"):
+                with pytest.raises(ValueError, match="not a field name"):
+                    tx.scan_values("event", "fn1", bad)
+
+        await store.read(check)
+        await store.close()
+
+    asyncio.run(main())
+
+
 def test_scan_order_after_limit_scopes_count_delete_scope(tmp_path: Path) -> None:
     def fill(tx: Tx) -> None:
         for key in ["b", "a", "c", "B", "aa", "0003", "0010"]:

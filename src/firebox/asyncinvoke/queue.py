@@ -283,8 +283,9 @@ class StoreEventQueue:
         def work(tx: Tx) -> int:
             moved = 0
             for scope in tx.scopes(EVENT):
-                for key, doc in tx.scan(EVENT, scope):
-                    if doc["claimed_by"] not in (None, self.run_id):
+                # Only the orphans' documents are read whole (at a start, usually none).
+                for key, owner in tx.scan_values(EVENT, scope, "claimed_by"):
+                    if owner not in (None, self.run_id) and (doc := tx.get(EVENT, scope, key)) is not None:
                         event = dataclasses.replace(_from_doc(doc), due_ms=now_ms, claimed_by=None)
                         _move(tx, key, event)
                         moved += 1
@@ -298,8 +299,8 @@ class StoreEventQueue:
             names = set(tx.scopes(EVENT)) | {key for key, _ in tx.scan(COUNT, "")}
             for name in sorted(names):
                 queued = in_flight = retrying = 0
-                for key, doc in tx.scan(EVENT, name):
-                    if doc["claimed_by"] is not None:
+                for key, owner in tx.scan_values(EVENT, name, "claimed_by"):  # no payload decoded
+                    if owner is not None:
                         in_flight += 1
                     elif _due(key) <= now_ms:
                         queued += 1

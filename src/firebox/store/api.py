@@ -73,6 +73,11 @@ class Tx(Protocol):
         """(key, doc) pairs of one scope in ascending key order, keys strictly after `after`,
         at most `limit` of them (None: all; a negative limit is a ValueError)."""
 
+    def scan_values(self, kind: str, scope: str, field: str) -> list[tuple[str, Any]]:
+        """(key, doc[field]) pairs of one scope in ascending key order, None where the field is
+        absent, without decoding whole documents. For scalar fields only (a string, a number
+        or null; a boolean comes back as 1 or 0); `field` is an identifier."""
+
     def scopes(self, kind: str) -> list[str]:
         """Every scope that holds at least one record of `kind`, ascending."""
 

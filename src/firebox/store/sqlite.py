@@ -66,6 +66,7 @@ import contextlib
 import inspect
 import json
 import os
+import re
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -92,6 +93,7 @@ _SCOPES = (
     " WHERE s.scope IS NOT NULL"
     ") SELECT scope FROM s WHERE scope IS NOT NULL"
 )
+_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what scan_values takes as a JSON path
 _BUSY_TIMEOUT_MS = 5000  # how long another process's write lock is waited for
 _PAGE_SIZE = 4096
 _WAL_PAGES = 1000  # SQLite's wal_autocheckpoint default: the WAL starts over past this
@@ -209,6 +211,14 @@ class _SqliteTx:
         # TEXT compares with the BINARY collation: memcmp of UTF-8, the byte order api.py promises.
         rows = self._read(sql + " ORDER BY key LIMIT ?", params + (-1 if limit is None else limit,))
         return [(key, json.loads(doc)) for key, doc in rows]
+
+    def scan_values(self, kind: str, scope: str, field: str) -> list[tuple[str, Any]]:
+        # json_extract in SQLite parses each document without the GIL, and builds no dict:
+        # about half the time of json.loads for the event queue's documents.
+        if not _FIELD.fullmatch(field):
+            raise ValueError(f"not a field name: {field!r}")
+        sql = "SELECT key, json_extract(doc, ?) FROM records WHERE kind = ? AND scope = ? ORDER BY key"
+        return [(key, value) for key, value in self._read(sql, (f"$.{field}", kind, scope))]
 
     def scopes(self, kind: str) -> list[str]:
         # One index seek per scope (a loose index scan), not a walk over every record of the
