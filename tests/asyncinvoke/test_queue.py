@@ -251,8 +251,7 @@ def test_a_completion_that_arrives_during_a_commit_waits_for_the_next_write(tmp_
 
     async def main() -> None:
         store, gated, queue, running, finishing = await _completing_during_a_commit(tmp_path)
-        for _ in range(20):
-            await asyncio.sleep(0)
+        await asyncio.wait_for(_until(lambda: queue.commit_statistics().pending == 1), timeout=5)
         gated.gate.set()
         await asyncio.wait_for(running, timeout=5)
         for _ in range(20):  # a commit started for the completion would have reached the store
@@ -337,9 +336,7 @@ def test_a_batchs_completions_write_each_functions_count_once(tmp_path: Path, mo
         claimed = await queue.claim("f", 2_000, 8, 60_000) + await queue.claim("g", 2_000, 8, 60_000)
         outcomes = [True, True, False, True, False, True, True]  # f: 3 succeeded, 2 failed; g: 2 succeeded
         finishing = [asyncio.create_task(queue.finish(e, succeeded=ok)) for e, ok in zip(claimed, outcomes, strict=True)]
-        for _ in range(20):
-            await asyncio.sleep(0)
-        assert queue.commit_statistics().pending == 7
+        await asyncio.wait_for(_until(lambda: queue.commit_statistics().pending == 7), timeout=5)
         await asyncio.wait_for(queue.enqueue(_event(7, "f")), timeout=5)  # the completions ride along
         await asyncio.wait_for(asyncio.gather(*finishing), timeout=5)
         assert sorted(count_writes) == ["f", "g"]  # one write per function for seven completions
