@@ -172,7 +172,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         (code / "hello.py").chmod(0o644)
         results = {"benchmark": "sandboxes", "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()},
                    "settings": vars(args), "backends": []}
-        for kind in ("bubblewrap", "zygote"):
+        for kind in args.backends.split(","):
             results["backends"].append(await measure(kind, code, args.count, args.concurrency))
         return results
     finally:
@@ -203,6 +203,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--backends", default="bubblewrap,zygote",
+                        help="which to measure, comma-separated (bubblewrap is the ratio's baseline)")
     out_argument(parser, "sandboxes")
     args = parser.parse_args()
     if os.geteuid() != 0:

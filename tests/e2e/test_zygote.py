@@ -10,13 +10,26 @@ from .engine_fixtures import invoke, ok_json, python_function
 from .helpers import wait_for
 
 FINGERPRINT = """
-import builtins, logging, os, sys
+import builtins, logging, os, signal, sys
+
+# Values that differ between two functions, or two sandboxes, of one platform.
+OWN = ("_X_AMZN_TRACE_ID", "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME")
 
 def handler(event, context):
     root = logging.getLogger()
+    with open("/tmp/arrived_at_run_time.py", "w") as module:
+        module.write("X = 1\\n")
+    sys.path.append("/tmp")
+    try:
+        import arrived_at_run_time
+    finally:
+        sys.path.remove("/tmp")
     return {
         "cmdline": open("/proc/self/cmdline", "rb").read().rstrip(b"\\0").decode().split("\\0"),
-        "environ": sorted(name for name in os.environ if name not in ("_X_AMZN_TRACE_ID",)),
+        "environ": sorted((name, "" if name in OWN else value) for name, value in os.environ.items()),
+        "c_environ": sorted(line.partition("=")[0] for line in os.popen("env").read().splitlines() if "=" in line),
+        "signals": [signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL, signal.getsignal(signal.SIGINT) is signal.default_int_handler],
+        "imported": arrived_at_run_time.X,
         "path": sys.path,
         "cwd": os.getcwd(),
         "uid": [os.getuid(), os.getgid()],
@@ -25,7 +38,7 @@ def handler(event, context):
         "converter": logging.Formatter.converter.__name__,
         "builtins": [name for name in ("exit", "quit", "help") if hasattr(builtins, name)],
         "rehearsal": [name for name in sys.modules if "rehearsal" in name] + [p for p in sys.path if p.startswith("/tmp")],
-        "tmp": os.listdir("/tmp"),
+        "tmp": sorted(set(os.listdir("/tmp")) - {"arrived_at_run_time.py", "__pycache__"}),
         "argv": sys.argv,
     }
 """
@@ -47,7 +60,10 @@ def test_a_forked_runtime_looks_like_a_bubblewrap_one(lam: Any, server: Any, ser
     forked, started = seen
     assert forked["rehearsal"] == [] and forked["tmp"] == []
     assert forked["handlers"] == ["LambdaLoggerHandler"]
-    for key in ("cmdline", "environ", "path", "cwd", "uid", "handlers", "level", "converter", "builtins", "argv"):
+    assert forked["signals"] == [True, True] and forked["imported"] == 1
+    assert {name for name, _ in forked["environ"]} | {"_", "SHLVL"} >= set(forked["c_environ"]) - {"PWD"}
+    for key in ("cmdline", "environ", "c_environ", "path", "cwd", "uid", "handlers", "level", "converter", "builtins",
+                "argv", "signals", "imported"):
         assert forked[key] == started[key], (key, forked[key], started[key])
 
 

@@ -227,3 +227,47 @@ def test_a_handler_module_that_fails_is_not_left_half_imported(
     with pytest.raises(ImportError, match="No module named"):
         bootstrap.import_handler_module(name)
     assert name not in sys.modules and calls == []
+
+
+def _filled_finder(path: str):  # type: ignore[no-untyped-def]
+    """The path finder's FileFinder for `path`, its listing read (as after an import there)."""
+    from importlib import _bootstrap_external, machinery
+
+    finder = machinery.FileFinder(path, *_bootstrap_external._get_supported_file_loaders())
+    finder.find_spec("a_module_nobody_has")
+    return finder
+
+
+def test_only_the_listings_of_folders_a_sandbox_changes_are_forgotten(
+        bootstrap: ModuleType, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import sys
+    from importlib import _bootstrap_external
+
+    root = tmp_path / "task"
+    root.mkdir()
+    (root / "lib").mkdir()
+    (tmp_path / "taskforce").mkdir()  # the task root's name is a prefix of its name, not a parent
+    (tmp_path / "writable").mkdir()
+    monkeypatch.setattr(bootstrap, "WRITABLE_FOLDERS", (str(tmp_path / "writable"),))  # for /tmp, /dev/shm
+    standard = os.path.dirname(os.__file__)
+    kept = {path: _filled_finder(path) for path in (standard, str(tmp_path), str(tmp_path / "taskforce"))}
+    forgotten = {path: _filled_finder(path) for path in (str(root), str(root / "lib"), str(tmp_path / "writable"))}
+    listings = {path: finder._path_cache for path, finder in kept.items()}
+    cache = {**kept, **forgotten, "relative/folder": _filled_finder(str(tmp_path)), "/a/missing/folder": None}
+    monkeypatch.setattr(sys, "path_importer_cache", cache)
+    epoch = _bootstrap_external._NamespacePath._epoch
+
+    # The task root's folder gets a module, and its mtime is set back: only a forgotten listing sees it.
+    old = os.stat(root)
+    (root / "arrived.py").write_text("X = 1\n")
+    os.utime(root, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert forgotten[str(root)].find_spec("arrived") is None
+
+    bootstrap.forget_changed_listings(str(root) + "/")
+    assert set(cache) == set(kept) | set(forgotten)  # the relative path and the missing folder are gone
+    for path, finder in kept.items():
+        assert finder._path_mtime != -1 and finder._path_cache is listings[path], path
+        assert finder.find_spec("a_module_nobody_has") is None and finder._path_cache is listings[path]
+    assert all(finder._path_mtime == -1 for finder in forgotten.values())
+    assert forgotten[str(root)].find_spec("arrived") is not None
+    assert _bootstrap_external._NamespacePath._epoch == epoch + 1

@@ -617,6 +617,32 @@ def setup_path(task_root):
             sys.path.append(extra)
 
 
+WRITABLE_FOLDERS = ("/tmp", "/dev/shm")  # new and empty in each sandbox
+
+
+def forget_changed_listings(task_root):
+    """importlib.invalidate_caches(), for the folders whose contents a sandbox can have changed
+    since this interpreter imported from them: the task root (empty in a zygote or an
+    unspecialised stem cell, then the function's code), /tmp and /dev/shm (new in each
+    sandbox). The path finders of every other folder, on the sandbox's read-only root (the
+    standard library, the platform's libraries), keep their listings, which are still right:
+    a function's first import of a standard module that no one imported yet does not list
+    the standard library again, and far fewer of the zygote's objects (pages) are written.
+    As invalidate_caches does, missing folders (None) and relative paths are forgotten and
+    namespace packages recompute their portions."""
+    changed = tuple(root.rstrip("/") or "/" for root in (task_root, *WRITABLE_FOLDERS))
+    for path, finder in list(sys.path_importer_cache.items()):
+        if finder is None or not os.path.isabs(path):
+            del sys.path_importer_cache[path]
+        elif any(path == root or path.startswith(root + "/") for root in changed):
+            invalidate = getattr(finder, "invalidate_caches", None)
+            if invalidate is not None:
+                invalidate()
+    namespace_path = getattr(importlib._bootstrap_external, "_NamespacePath", None)
+    if namespace_path is not None and hasattr(namespace_path, "_epoch"):
+        namespace_path._epoch += 1
+
+
 def setup_builtins():
     """`exit` / `quit` / `help`, which `site` adds and `-S` leaves out."""
     if "site" in sys.modules and not sys.flags.no_site:

@@ -207,7 +207,7 @@ def main():
     wanted["AWS_LAMBDA_RUNTIME_API"] = address
     become(os.environ, wanted)
     time.tzset()
-    importlib.invalidate_caches()  # /var/task was empty until now
+    bootstrap.forget_changed_listings(wanted.get("LAMBDA_TASK_ROOT") or "/var/task")  # it was empty until now
     if len(sys.argv) > 1:
         sys.argv[1:] = [BOOTSTRAP]  # what a bootstrap-started runtime shows
     # The runtime asks for its first event on the connection it was specialised on: no new
