@@ -264,3 +264,42 @@ def test_a_node_function_with_node_options_gets_a_fresh_sandbox(lam: Any, isolat
     assert "/var/runtime/nodejs/bootstrap.mjs" in seen["cmdline"] and "stem.mjs" not in seen["cmdline"]
     assert seen["env"]["NODE_OPTIONS"] == "--max-old-space-size=100" and seen["env"]["OWN"] == "opt"
     assert _specialised(isolated_backend, "nodejs20.x/plain") == before
+
+
+LOGGING_SOURCE = """
+import logging, os, sys
+
+def handler(event, context):
+    root = logging.getLogger()
+    logging.debug("debug-line")
+    logging.warning("warning-line")
+    with open("/proc/self/cmdline", "rb") as f:
+        cmdline = f.read().decode(errors="replace")
+    return {"handlers": [(type(h).__name__, type(h.formatter).__name__) for h in root.handlers],
+            "level": root.level, "path0": sys.path[0], "cwd": os.getcwd(), "cmdline": cmdline}
+"""
+
+
+def test_a_cell_set_up_for_text_logs_serves_a_json_function_as_a_fresh_runtime_would(
+        lam: Any, isolated_backend: FireboxServer) -> None:  # noqa: F811
+    """A cell sets up logging before it has a function (bootstrap.prepare_init); a function
+    whose log format or level differs gets them set up again, with nothing of the first left."""
+    _wait_for_ready_cell(isolated_backend)
+    text = python_function(lam, LOGGING_SOURCE, prefix="stemlog")
+    json_debug = python_function(lam, LOGGING_SOURCE, prefix="stemlog", LoggingConfig={
+        "LogFormat": "JSON", "ApplicationLogLevel": "DEBUG", "SystemLogLevel": "INFO"})
+    seen = {}
+    for name in (text, json_debug):
+        _wait_for_ready_cell(isolated_backend)
+        result = invoke(lam, name, {}, LogType="Tail")
+        seen[name] = (ok_json(result), result.log or "")
+        assert "/var/runtime/python/stem.py" in seen[name][0]["cmdline"], "the cold start did not use a stem cell"
+    (text_seen, text_log), (json_seen, json_log) = seen[text], seen[json_debug]
+    assert text_seen["handlers"] == [["LambdaLoggerHandler", "TextFormatter"]] and text_seen["level"] == 30
+    assert json_seen["handlers"] == [["LambdaLoggerHandler", "JsonFormatter"]] and json_seen["level"] == 10
+    for result in (text_seen, json_seen):
+        assert result["path0"] == "/var/task" and result["cwd"] == "/var/task"
+    assert "[WARNING]" in text_log and "warning-line" in text_log and "debug-line" not in text_log
+    records = [json.loads(line) for line in json_log.splitlines() if line.startswith("{")]
+    assert [(r["level"], r["message"]) for r in records if r.get("message", "").endswith("-line")] == [
+        ("DEBUG", "debug-line"), ("WARNING", "warning-line")], json_log

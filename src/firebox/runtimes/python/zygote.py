@@ -513,7 +513,7 @@ class _RehearsalState:
                     delattr(builtins, name)
             else:
                 setattr(builtins, name, value)
-        bootstrap.ADOPTED_CONNECTION = None
+        bootstrap.ADOPTED_CONNECTION = bootstrap._PREPARED = None
         bootstrap._request_id = bootstrap._tenant_id = None
         time.tzset()
 
