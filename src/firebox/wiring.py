@@ -93,7 +93,7 @@ async def build_platform(settings: Settings) -> Platform:
     backend = choose_backend(None if settings.sandbox_backend == "auto" else settings.sandbox_backend)
     code_cache = CodeCache(data_dir / "code", blobs, settings.limits)
     worker = LocalWorker(backend, code_cache, logs, runtimes, python_libs=settings.python_libs or default_python_libs(),
-                         stem_cells=settings.stem_cells)
+                         stem_cells=settings.stem_cells, region=settings.region)
     if settings.keep_alive_policy == "hybrid":
         policy: KeepAlivePolicy = HybridHistogramPolicy(fallback_keep_alive_s=settings.keep_alive_s)
     else:

@@ -237,6 +237,48 @@ def test_stop_leaves_nothing_behind(loop) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def test_a_cell_starts_with_the_likely_variables_and_its_function_sees_its_own(loop) -> None:
+    """Cells start with the variables most functions have (`likely_environment`); a function
+    whose values differ (another region, 192 MB, version 3, JSON logs) sees exactly its own."""
+    base = Path(tempfile.mkdtemp(prefix="firebox-test-stem-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    backend = IsolatedBackend(uid_range=UIDS)
+    codes = Codes(base)
+    codes.add_files(f"{7:064x}", {"app.py": "import os\n\ndef handler(event, context):\n    return dict(os.environ)\n"})
+    worker = LocalWorker(backend, codes, Logs(), HostRuntimes({"python3.11": Path(PYTHON)}, "x86_64"),  # type: ignore[arg-type]
+                         stem_cells=1, region="eu-west-1")
+    function = spec("envs", f"{7:064x}", version="3", log_format="JSON")
+
+    async def scenario() -> None:
+        await worker.start()
+        try:
+            await _until(lambda: worker.stem_statistics()["ready"] == 1, "a ready cell")
+            cell = worker._cell_spec("a" * 32, CellKey("python3.11", 512), base)
+            assert {k: v for k, v in cell.environment.items() if k.startswith("AWS_")} == {
+                "AWS_EXECUTION_ENV": "AWS_Lambda_python3.11", "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+                "AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "eu-west-1", "AWS_LAMBDA_LOG_FORMAT": "Text",
+                "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128"}
+            boto3_cell = worker._cell_spec("b" * 32, CellKey("python3.11", 512, "boto3"), base)
+            assert "AWS_LAMBDA_FUNCTION_MEMORY_SIZE" not in boto3_cell.environment
+            sandbox = await worker.create_sandbox(function)
+            assert isinstance(sandbox, Sandbox) and worker.stem_statistics()["specialised"] == 1
+            seen = json.loads(await _invoke(sandbox))
+            expected = dict(sandbox.spec.environment, AWS_LAMBDA_RUNTIME_API=seen["AWS_LAMBDA_RUNTIME_API"],
+                            _X_AMZN_TRACE_ID="Root=1")
+            assert seen == expected
+            assert (seen["AWS_REGION"], seen["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"]) == ("us-east-1", "192")
+            assert (seen["AWS_LAMBDA_FUNCTION_VERSION"], seen["AWS_LAMBDA_LOG_FORMAT"]) == ("3", "JSON")
+            await sandbox.destroy()
+        finally:
+            await worker.stop()
+            await backend.close()
+
+    try:
+        run(loop, scenario())
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def test_specialize_route_is_one_shot_and_stem_only(loop) -> None:
     async def scenario() -> None:
         plain = RuntimeChannel()

@@ -80,6 +80,22 @@ NEUTRAL_ENV = {
     "LD_LIBRARY_PATH": "/var/lang/lib:/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:/var/task:/var/task/lib:/opt/lib",
 }
 
+
+def likely_environment(runtime: str, region: str | None, *, guesses: bool) -> dict[str, str]:
+    """Lambda variables a stem cell of `runtime` starts with besides NEUTRAL_ENV: those every
+    function it can serve has (the region, the execution environment, on-demand initialisation)
+    and, with `guesses`, the values most functions have (text logs, $LATEST, 128 MB). At its
+    specialisation a cell sets only the variables that differ, each a libc call in the cold
+    start (measured, all seven: 0.29 -> 0.21 ms for the Python cell's environment)."""
+    env = {"AWS_EXECUTION_ENV": f"AWS_Lambda_{runtime}", "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand"}
+    if region is not None:
+        env.update({"AWS_REGION": region, "AWS_DEFAULT_REGION": region})
+    if guesses:
+        env.update({"AWS_LAMBDA_LOG_FORMAT": "Text", "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+                    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128"})
+    return env
+
+
 # A function's own variables with these names or prefixes act while the interpreter or libc
 # starts (PYTHONPATH, PYTHONHASHSEED, LD_PRELOAD, LC_ALL, MALLOC_ARENA_MAX...): a stem cell has
 # started already, so such a function gets a freshly started sandbox instead. Node.js reads
@@ -181,12 +197,14 @@ class LocalWorker:
         *,
         python_libs: Path | None = None,
         stem_cells: int = 0,
+        region: str | None = None,
     ) -> None:
         self.backend = backend
         self._code_cache = code_cache
         self._logs = logs
         self._runtimes = runtimes
         self._python_libs = python_libs
+        self._region = region  # the platform's: every function's AWS_REGION (for stem cells)
         self._created = 0
         self._init_failures = 0
         self._specialised: dict[str, int] = {}  # kind of cell -> sandboxes made from one
@@ -282,7 +300,9 @@ class LocalWorker:
         interpreter = self._runtimes.interpreters.get(key.runtime)
         if interpreter is None:
             raise RuntimeError(f"no interpreter for {key.runtime}")
-        environment = dict(NEUTRAL_ENV)
+        # The guessed values stay out of a cell that imports boto3 before it has a function:
+        # that import sees what a fresh runtime of the function would see.
+        environment = {**NEUTRAL_ENV, **likely_environment(key.runtime, self._region, guesses=key.flavour == "plain")}
         libs = self._python_libs if runtime_family(key.runtime) == "python" else None
         if libs is not None:
             environment["FIREBOX_RUNTIME_LIBS"] = SANDBOX_LIBS
