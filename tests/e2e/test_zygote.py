@@ -102,3 +102,28 @@ def test_a_forked_runtime_talks_to_the_platform_on_its_own_socket(lam: Any) -> N
         seen = ok_json(invoke(lam, name, {}))
         assert seen == {"fd3": ["AF_UNIX", "SOCK_STREAM"], "inherited": False, "tcp_before": 0,
                         "listener": [404, "InvalidRequest"]}, seen
+
+
+LOGGING = """
+import logging
+
+def handler(event, context):
+    root = logging.getLogger()
+    logging.debug("debug-line")
+    logging.warning("warning-line")
+    return {"handlers": [[type(h).__name__, type(h.formatter).__name__] for h in root.handlers], "level": root.level}
+"""
+
+
+def test_a_forked_runtime_logs_as_its_function_asks_though_its_zygote_set_up_text_logs(lam: Any) -> None:
+    """The zygote sets up the runtime's logging before it forks (bootstrap.prepare_init), for
+    text at the root's own level; a JSON function at DEBUG gets exactly its own set-up."""
+    text = python_function(lam, LOGGING, prefix="zyglog")
+    json_debug = python_function(lam, LOGGING, prefix="zyglog", LoggingConfig={
+        "LogFormat": "JSON", "ApplicationLogLevel": "DEBUG", "SystemLogLevel": "INFO"})
+    for name, formatter, level in ((text, "TextFormatter", 30), (json_debug, "JsonFormatter", 10)):
+        for _ in ("cold", "warm"):
+            result = invoke(lam, name, {}, LogType="Tail")
+            assert ok_json(result) == {"handlers": [["LambdaLoggerHandler", formatter]], "level": level}
+            log = result.log or ""
+            assert "warning-line" in log and ("debug-line" in log) == (level == 10), log

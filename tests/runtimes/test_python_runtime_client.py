@@ -271,3 +271,49 @@ def test_only_the_listings_of_folders_a_sandbox_changes_are_forgotten(
     assert all(finder._path_mtime == -1 for finder in forgotten.values())
     assert forgotten[str(root)].find_spec("arrived") is not None
     assert _bootstrap_external._NamespacePath._epoch == epoch + 1
+
+
+def test_prepared_init_is_redone_only_where_the_environment_changed(
+        bootstrap: ModuleType, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import logging
+    import sys
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, logging.Formatter.converter)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LAMBDA_TASK_ROOT", str(tmp_path))
+    for name in ("FIREBOX_RUNTIME_LIBS", "AWS_LAMBDA_LOG_FORMAT", "AWS_LAMBDA_LOG_LEVEL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(bootstrap, "_PREPARED", None)
+
+    def ours() -> list[tuple[str, str]]:
+        return [(type(h).__name__, type(h.formatter).__name__) for h in root.handlers if h not in saved[0]]
+
+    try:
+        bootstrap.prepare_init()
+        first = bootstrap._PREPARED
+        assert ours() == [("LambdaLoggerHandler", "TextFormatter")] and root.level == saved[1]
+        assert sys.path[0] == str(tmp_path)
+        bootstrap.prepare_init()  # nothing changed: nothing redone
+        assert bootstrap._PREPARED[4] is first[4] and len(ours()) == 1 and sys.path.count(str(tmp_path)) == 1
+        monkeypatch.setenv("AWS_LAMBDA_LOG_FORMAT", "JSON")
+        monkeypatch.setenv("AWS_LAMBDA_LOG_LEVEL", "DEBUG")
+        bootstrap.prepare_init()
+        assert ours() == [("LambdaLoggerHandler", "JsonFormatter")] and root.level == logging.DEBUG
+        assert bootstrap._PREPARED[4] is not first[4] and bootstrap._LOG_FORMAT_JSON is True
+        monkeypatch.delenv("AWS_LAMBDA_LOG_FORMAT")
+        monkeypatch.delenv("AWS_LAMBDA_LOG_LEVEL")
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        monkeypatch.setenv("LAMBDA_TASK_ROOT", str(elsewhere))
+        bootstrap.prepare_init()  # back to text at the root's own level; sys.path from the start
+        assert ours() == [("LambdaLoggerHandler", "TextFormatter")] and root.level == saved[1]
+        assert sys.path[0] == str(elsewhere) and str(tmp_path) not in sys.path and os.getcwd() == str(elsewhere)
+    finally:
+        for handler in list(root.handlers):
+            if handler not in saved[0]:
+                root.removeHandler(handler)
+        root.setLevel(saved[1])
+        logging.Formatter.converter = saved[2]
+        bootstrap._PREPARED = None

@@ -796,43 +796,52 @@ def _set_up_process(task_root):
 _PREPARED = None
 
 
+def _prepare(prepared):
+    """Make init's function-independent set-up match the environment: all of it when
+    `prepared` is None, else only the parts whose variables changed since `prepared` (what
+    this returned then). Returns the new state."""
+    global _LOG_FORMAT_JSON
+    placement, choice = _placement(), _logging_choice()
+    _LOG_FORMAT_JSON = choice[0]
+    if prepared is None:
+        path, level, handler = list(sys.path), logging.getLogger().level, None
+    else:
+        path, level, handler = prepared[2:]
+    if prepared is None or prepared[0] != placement:
+        sys.path[:] = path
+        _set_up_process(placement[0])
+    if prepared is None or prepared[1] != choice:
+        root = logging.getLogger()
+        if handler is not None:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(level)
+        handler = setup_logging()
+    return placement, choice, path, level, handler
+
+
 def prepare_init():
     """Init's steps that need nothing of the function: stdio, builtins, sys.path, the working
-    directory and logging, done by a stem cell (stem.py) while it waits for a function, with
-    its neutral environment. `main()` then redoes only the steps whose variables the
-    function's environment changes (the log format or level, in practice), and a cold start
-    no longer pays for the rest (measured, two servers alternated, 60 cold starts each way
-    twice: Init Duration p50 1.88 -> 1.71 and 1.91 -> 1.79 ms)."""
-    global _LOG_FORMAT_JSON, _PREPARED
-    placement, choice = _placement(), _logging_choice()
-    path, level = list(sys.path), logging.getLogger().level
-    _LOG_FORMAT_JSON = choice[0]
-    _set_up_process(placement[0])
-    _PREPARED = (placement, choice, path, level, setup_logging())
+    directory and logging, done ahead with the environment at hand: by a Python zygote
+    (zygote.py) before it forks anything, and by a stem cell (stem.py) while it waits for a
+    function. Run again, or by `main()`, it redoes only the steps whose variables have changed
+    since (the log format or level, in practice), so a cold start no longer pays for the rest
+    (measured, two servers alternated, 60 cold starts each way twice: Init Duration p50
+    1.88 -> 1.71 and 1.91 -> 1.79 ms), nor does every forked sandbox copy what they write."""
+    global _PREPARED
+    _PREPARED = _prepare(_PREPARED)
 
 
 def main():
-    global _LOG_FORMAT_JSON, _PREPARED
+    global _PREPARED
+    # Read again here (`_prepare`): a stem cell (stem.py) loads this module before it has the
+    # function's environment.
     prepared, _PREPARED = _PREPARED, None
-    # Read again here: a stem cell (stem.py) loads this module before it has the function's
-    # environment.
-    placement, choice = _placement(), _logging_choice()
-    _LOG_FORMAT_JSON = choice[0]
-    if prepared is None or prepared[0] != placement:
-        if prepared is not None:
-            sys.path[:] = prepared[2]
-        _set_up_process(placement[0])
+    _prepare(prepared)
     try:
         client = RuntimeClient(os.environ.get("AWS_LAMBDA_RUNTIME_API", ""))
         if ADOPTED_CONNECTION is not None:
             client._sock, client._reader = ADOPTED_CONNECTION
-        if prepared is None or prepared[1] != choice:
-            if prepared is not None:
-                root = logging.getLogger()
-                root.removeHandler(prepared[4])
-                prepared[4].close()
-                root.setLevel(prepared[3])
-            setup_logging()
         try:
             request_handler = get_handler(os.environ.get("_HANDLER", ""))
         except FaultException as exc:

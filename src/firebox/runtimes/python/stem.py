@@ -197,7 +197,7 @@ def main():
     except Exception as exc:  # noqa: BLE001 - the platform's libraries are broken: this cell is useless
         sys.stderr.write("firebox stem cell: preloading %s failed: %r\n" % (flavour, exc))
         return 1
-    bootstrap.prepare_init()  # what the runtime's init can do before there is a function
+    bootstrap.prepare_init()  # what init can do without a function (a zygote's child: done there)
     address = os.environ.get("AWS_LAMBDA_RUNTIME_API", "")
     try:
         environment, connection = wait_for_function(address, CONNECTION)
