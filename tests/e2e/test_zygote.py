@@ -15,6 +15,10 @@ import builtins, logging, os, signal, sys
 # Values that differ between two functions, or two sandboxes, of one platform.
 OWN = ("_X_AMZN_TRACE_ID", "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME")
 
+def c_environ():
+    pairs = dict(line.partition("=")[::2] for line in os.popen("env").read().splitlines() if "=" in line)
+    return {name: value for name, value in pairs.items() if name not in ("_", "SHLVL", "PWD")}
+
 def handler(event, context):
     root = logging.getLogger()
     with open("/tmp/arrived_at_run_time.py", "w") as module:
@@ -28,6 +32,8 @@ def handler(event, context):
         "cmdline": open("/proc/self/cmdline", "rb").read().rstrip(b"\\0").decode().split("\\0"),
         "environ": sorted((name, "" if name in OWN else value) for name, value in os.environ.items()),
         "c_environ": sorted(line.partition("=")[0] for line in os.popen("env").read().splitlines() if "=" in line),
+        # What a program the function starts inherits (libc's environment) against os.environ.
+        "c_environ_differs": sorted(set(c_environ().items()) ^ {(k, v) for k, v in os.environ.items() if k != "PWD"}),
         "signals": [signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL, signal.getsignal(signal.SIGINT) is signal.default_int_handler],
         "imported": arrived_at_run_time.X,
         "path": sys.path,
@@ -61,6 +67,7 @@ def test_a_forked_runtime_looks_like_a_bubblewrap_one(lam: Any, server: Any, ser
     assert forked["rehearsal"] == [] and forked["tmp"] == []
     assert forked["handlers"] == ["LambdaLoggerHandler"]
     assert forked["signals"] == [True, True] and forked["imported"] == 1
+    assert forked["c_environ_differs"] == [] and started["c_environ_differs"] == []
     assert {name for name, _ in forked["environ"]} | {"_", "SHLVL"} >= set(forked["c_environ"]) - {"PWD"}
     for key in ("cmdline", "environ", "c_environ", "path", "cwd", "uid", "handlers", "level", "converter", "builtins",
                 "argv", "signals", "imported"):

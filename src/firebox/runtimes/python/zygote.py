@@ -884,6 +884,12 @@ def main():
         build_root(config)
         global _AREAS
         _AREAS = _argv_and_environ_areas()
+        # Every child overwrites the environment area (`show_as`), where libc's strings of this
+        # process's variables start out: each variable set once more gets its own copy, so a
+        # child's libc environment stays right for the variables it does not change (the
+        # rehearsal's clean-up did it too, but only by the way).
+        for name, value in list(os.environ.items()):
+            os.environ[name] = value
         runtime = Runtime(config["flavour"], base64.b64decode(config["seccomp"]))
         rehearsed = rehearse(runtime) if config.get("rehearse", True) else None
         if runtime.flavour != "script":
