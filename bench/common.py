@@ -149,6 +149,15 @@ def busy_seconds() -> float:
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
+def minor_faults(pid: int) -> int:
+    """A process's minor page faults so far (/proc/<pid>/stat: each copy-on-write copy is one),
+    0 when it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def on_cpu_ns(pid: int, *, only_thread: int | None = None, skip_thread: int | None = None) -> int:
     """Nanoseconds on a CPU of `pid`'s threads (one thread, or all but one); 0 when it is gone."""
     total = 0

@@ -4,15 +4,19 @@
     .venv/bin/python bench/sandboxes.py [--count 200] [--concurrency 16]
 
 For each backend, `--count` sandboxes of Firebox's Python runtime (the real bootstrap command,
-a hello handler, precompiled as the platform precompiles every Python package) are started with at most `--concurrency` starts in flight, each served ONE
-invocation by a minimal Runtime API responder here, and kept idle (their runtime waits on its
-next `GET /invocation/next`, as a warm sandbox does):
+a hello handler, precompiled as the platform precompiles every Python package) are started
+with at most `--concurrency` starts in flight, each served ONE invocation by a minimal Runtime
+API responder here, and kept idle (their runtime waits on its next `GET /invocation/next`, as
+a warm sandbox does):
 - creation: sandboxes per second until the last one's first invocation was answered, the latency
   of each (spawn() to its response), and the machine's CPU time per sandbox (all processes,
   /proc/stat), by part: this process (the backend's side of each spawn: cgroups, the network
   namespace, the spawn request; and this benchmark's Runtime API responder), the zygotes, the
   sandboxes themselves (alive and idle at the end, so their whole lives), and the rest (kernel
   threads, softirqs, bubblewrap's own processes);
+- page faults: each idle sandbox's minor faults (for a fork, nearly all copies of pages it
+  shared with its zygote) and the zygotes' per sandbox (the pages they write again after each
+  fork), what most of a forked sandbox's memory and much of its CPU are;
 - density: the PSS of every process of the sandboxes (and, for zygotes, of the zygote itself,
   shared among them) divided by their number, and what fits in 1 GB at that.
 The bubblewrap backend is the baseline: the ratio is the figure. This measures the backends
@@ -34,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import busy_seconds, on_cpu_ns, out_argument, percentile, pss_kb, publish
+from common import busy_seconds, minor_faults, on_cpu_ns, out_argument, percentile, pss_kb, publish
 
 from firebox.runtimes.api import RUNTIME_DIR, bootstrap_command
 from firebox.worker.backends import IsolatedBackend, ZygoteBackend
@@ -137,6 +141,7 @@ async def measure(kind: str, code: Path, count: int, concurrency: int) -> dict[s
         latencies.clear()
         zygotes = [z._proc.pid for z in getattr(backend, "_zygotes", {}).values() if z._proc]
         ours, zygotes_ns = on_cpu_ns(os.getpid()), sum(on_cpu_ns(pid) for pid in zygotes)
+        zygotes_faults = sum(minor_faults(pid) for pid in zygotes)
         busy, began = busy_seconds(), time.perf_counter()
         await asyncio.gather(*(one() for _ in range(count)))
         elapsed, cpu = time.perf_counter() - began, busy_seconds() - busy
@@ -145,6 +150,10 @@ async def measure(kind: str, code: Path, count: int, concurrency: int) -> dict[s
                  "zygotes": sum(on_cpu_ns(pid) for pid in zygotes) - zygotes_ns,
                  "sandboxes": sum(on_cpu_ns(pid) for pid in pids_of_uids(UIDS))}
         cpu_ms = {part: ns / 1e6 / count for part, ns in parts.items()}
+        # Page faults: a forked sandbox's are mostly copies of pages it shares with its zygote,
+        # and the zygote's, copies of the pages it writes again after each fork.
+        faults = {"sandboxes": sum(minor_faults(pid) for pid in pids_of_uids(UIDS)) / count,
+                  "zygotes": (sum(minor_faults(pid) for pid in zygotes) - zygotes_faults) / count}
         cpu_ms["rest"] = 1000 * cpu / count - sum(cpu_ms.values())
         await asyncio.sleep(0.5)  # idle
         total_kb = sum(pss_kb(pid) for pid in pids_of_uids(UIDS))
@@ -153,7 +162,7 @@ async def measure(kind: str, code: Path, count: int, concurrency: int) -> dict[s
         return {
             "backend": kind, "count": count, "concurrency": concurrency,
             "created_per_s": count / elapsed, "seconds": elapsed, "cpu_ms_per_sandbox": 1000 * cpu / count,
-            "cpu_ms_per_sandbox_by_part": cpu_ms,
+            "cpu_ms_per_sandbox_by_part": cpu_ms, "page_faults_per_sandbox": faults,
             "latency_p50_ms": 1000 * statistics.median(latencies), "latency_p99_ms": 1000 * percentile(latencies, 99),
             "pss_per_sandbox_mb": per_sandbox_mb, "zygotes_pss_mb": zygotes_kb / 1024, "per_gb": 1024 / per_sandbox_mb,
         }
@@ -199,6 +208,9 @@ def report(results: dict[str, Any]) -> None:
               f"{row['latency_p99_ms']:8.1f}ms {row['pss_per_sandbox_mb']:10.2f}MB {row['per_gb']:7.0f} {ratio[0]:>16s} {ratio[1]:>13s}")
     print("machine CPU per sandbox created, by part: " + "; ".join(
         f"{name} " + ", ".join(f"{part} {ms:.2f}" for part, ms in row["cpu_ms_per_sandbox_by_part"].items()) + " ms"
+        for name, row in rows.items()))
+    print("minor page faults per sandbox created: " + "; ".join(
+        f"{name} " + ", ".join(f"{part} {n:.0f}" for part, n in row.get("page_faults_per_sandbox", {}).items())
         for name, row in rows.items()))
     zygote = rows.get("zygote")
     if zygote:
