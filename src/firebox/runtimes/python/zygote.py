@@ -105,6 +105,7 @@ RUNTIME_API_FD = 3  # where a sandbox's runtime finds its Runtime API socket, wh
 SANDBOX_UID = 993
 SANDBOX_GID = 990
 MAX_MESSAGE = 1 << 20
+_ROOM_VARIABLE = "FIREBOX_ZYGOTE_ROOM"  # the platform's padding of the environment area (show_as)
 MAX_FDS = 16
 
 CLONE_NEWNS = 0x00020000
@@ -666,20 +667,37 @@ def isolate(runtime, request, fds):
 def show_as(argv, environment):
     """Make /proc/self/cmdline and /proc/self/environ (and those of the processes forked from
     here) show the sandbox's command and environment instead of the zygote's: both are rewritten
-    in place, NUL-padded (readers see trailing empty strings), in the areas the kernel shows. The
-    platform starts the zygote with room in both (a padding argument and variable), because the
-    kernel's way of moving them (PR_SET_MM) needs CAP_SYS_RESOURCE, which a host may withhold
-    even from root."""
-    (arg_start, arg_end), (env_start, env_end) = _AREAS
+    in place, in the areas the kernel shows, whose rest is NULs (readers see trailing empty
+    strings). The platform starts the zygote with room in both (a padding argument and
+    variable), because the kernel's way of moving them (PR_SET_MM) needs CAP_SYS_RESOURCE, which
+    a host may withhold even from root. The zygote has cleared its own (`clear_areas`), so this
+    writes the entries and NULs over what remains of the zygote's, and no more: each page
+    written is a page copied."""
     cmdline = [arg.encode() + b"\0" for arg in argv]
     environ = [("%s=%s" % item).encode() + b"\0" for item in environment.items()]
-    for start, end, entries in ((arg_start, arg_end, cmdline), (env_start, env_end, environ)):
+    for (start, end), used, entries in zip(_AREAS, _AREAS_USED, (cmdline, environ)):
         data, room = b"", end - start
         for entry in entries:  # whole entries only
             if len(data) + len(entry) > room:
                 break
             data += entry
-        ctypes.memmove(start, data.ljust(room, b"\0"), room)
+        ctypes.memmove(start, data, len(data))
+        if used > len(data):
+            ctypes.memset(start + len(data), 0, used - len(data))
+
+
+def clear_areas():
+    """The zygote's own command line without the room (what `ps` shows of it) and an empty
+    environment area, everything else NULs: its variables must have left the area first
+    (main). Sets `_AREAS_USED`, how much of each area holds anything."""
+    global _AREAS_USED
+    own = b"".join(arg.encode() + b"\0" for arg in getattr(sys, "orig_argv", sys.argv) if arg.strip(" "))
+    (arg_start, arg_end), (env_start, env_end) = _AREAS
+    own = own[:arg_end - arg_start]
+    ctypes.memmove(arg_start, own, len(own))
+    ctypes.memset(arg_start + len(own), 0, arg_end - arg_start - len(own))
+    ctypes.memset(env_start, 0, env_end - env_start)
+    _AREAS_USED = (len(own), 0)
 
 
 class Privileges:
@@ -717,6 +735,7 @@ def _argv_and_environ_areas():
 
 
 _AREAS = None  # set in the zygote by main(); its children inherit it
+_AREAS_USED = None  # set by clear_areas, in the zygote
 
 
 def run_runtime(runtime, request, stdout, stderr, api=None):
@@ -891,9 +910,12 @@ def main():
         # Every child overwrites the environment area (`show_as`), where libc's strings of this
         # process's variables start out: each variable set once more gets its own copy, so a
         # child's libc environment stays right for the variables it does not change (the
-        # rehearsal's clean-up did it too, but only by the way).
+        # rehearsal's clean-up did it too, but only by the way). Then both areas are cleared,
+        # so that a child writes only its own entries there.
+        os.environ.pop(_ROOM_VARIABLE, None)
         for name, value in list(os.environ.items()):
             os.environ[name] = value
+        clear_areas()
         runtime = Runtime(config["flavour"], base64.b64decode(config["seccomp"]))
         rehearsed = rehearse(runtime) if config.get("rehearse", True) else None
         if runtime.flavour != "script":
