@@ -6,6 +6,7 @@ import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -123,3 +124,68 @@ def _state(pid: int) -> str:
             return stat.read().rpartition(b")")[2].split()[0].decode()
     except OSError:
         return "X"
+
+
+class _HeldWatcher(asyncio.AbstractChildWatcher):
+    """A child watcher that reaps a process only when told (`release`): one that has exited
+    stays a zombie meanwhile, as it does for a moment under asyncio's own watcher thread."""
+
+    def __init__(self) -> None:
+        self._callbacks: dict[int, tuple[Any, tuple[Any, ...]]] = {}
+
+    def add_child_handler(self, pid: int, callback: Any, *args: Any) -> None:
+        self._callbacks[pid] = (callback, args)
+
+    def remove_child_handler(self, pid: int) -> bool:
+        return self._callbacks.pop(pid, None) is not None
+
+    def attach_loop(self, loop: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def is_active(self) -> bool:
+        return True
+
+    def __enter__(self) -> _HeldWatcher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def release(self, pid: int) -> None:
+        callback, args = self._callbacks.pop(pid)
+        try:
+            code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        except ChildProcessError:
+            code = 255  # what asyncio's watchers report when someone else reaped the process
+        callback(pid, code, *args)
+
+
+@pytest.mark.skipif(not hasattr(asyncio, "set_child_watcher"), reason="no child watchers (Python 3.14+)")
+def test_a_kill_after_the_exit_leaves_the_status_to_the_watcher(loop, backend: ProcessBackend, code: Path) -> None:
+    """kill() between a sandbox's exit and asyncio reaping it must not reap it itself
+    (Popen.kill polls, that is waitpid, first): the watcher would then find no child and
+    report 255 instead of the exit status."""
+    watcher = _HeldWatcher()
+    previous = asyncio.get_child_watcher()
+    asyncio.set_child_watcher(watcher)
+
+    async def main() -> None:
+        sandbox = await backend.spawn(make_spec(code, "exit3.py"))
+        try:
+            deadline = asyncio.get_running_loop().time() + 10
+            while _state(sandbox.pid) != "Z":
+                assert asyncio.get_running_loop().time() < deadline, "the sandbox did not exit"
+                await asyncio.sleep(0.01)
+            sandbox.kill()
+            watcher.release(sandbox.pid)
+            assert await asyncio.wait_for(sandbox.wait(), 10) == 3
+        finally:
+            await sandbox.cleanup()
+
+    try:
+        run(loop, main())
+    finally:
+        asyncio.set_child_watcher(previous)

@@ -159,10 +159,21 @@ class RunningSandbox:
         self._release_uid = release_uid
         self._on_cleanup = on_cleanup
         self._private_dirs = private_dirs
-        self._closers = closers
         self._leftovers_of_uid = leftovers_of_uid
         self._cleanup: asyncio.Future[None] | None = None
         self._status: int | None = None
+        # For SIGKILL, not Popen.kill: that polls first (a waitpid), and can so reap the process
+        # between its exit and asyncio's child watcher, which then reports 255 for it instead
+        # of its status. A pidfd neither reaps it nor ever reaches another process by its pid.
+        self._pidfd: int | None = None
+        self._kill_by_pid = False  # a kernel without pidfds (before 5.3)
+        try:
+            self._pidfd = os.pidfd_open(proc.pid)
+        except ProcessLookupError:
+            pass  # gone already, and reaped: nothing to kill, and its pid may be another's now
+        except OSError:
+            self._kill_by_pid = True
+        self._closers = (*closers, self._close_pidfd)
 
     @property
     def returncode(self) -> int | None:
@@ -182,10 +193,21 @@ class RunningSandbox:
         ends_all = self._extra_kill()
         spare = frozenset({self._proc.pid}) if ends_all else frozenset()
         if not ends_all and self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
+            self._sigkill()
         if self.cgroup is not None and not self.cgroup.removed:
             self.cgroup.kill(exclude=spare)
+
+    def _sigkill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            elif self._kill_by_pid:
+                os.kill(self.pid, signal.SIGKILL)
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
 
     def memory_peak_bytes(self) -> int | None:
         return self.cgroup.memory_peak() if self.cgroup is not None else None
