@@ -138,3 +138,49 @@ def describe(pids: list[int]) -> list[str]:
             cmd, state = f"<{exc}>", []
         out.append(f"{pid} {cmd[:80]} {state}")
     return out
+
+
+def process_state(pid: int) -> str:
+    """A process's state letter (/proc/<pid>/stat): "Z" for a zombie, "X" once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0].decode()
+    except OSError:
+        return "X"
+
+
+class HeldWatcher(asyncio.AbstractChildWatcher):
+    """A child watcher that reaps a process only when told (`release`): one that has exited
+    stays a zombie meanwhile, as it does for a moment under asyncio's own watcher thread."""
+
+    def __init__(self) -> None:
+        self._callbacks: dict[int, tuple[Any, tuple[Any, ...]]] = {}
+
+    def add_child_handler(self, pid: int, callback: Any, *args: Any) -> None:
+        self._callbacks[pid] = (callback, args)
+
+    def remove_child_handler(self, pid: int) -> bool:
+        return self._callbacks.pop(pid, None) is not None
+
+    def attach_loop(self, loop: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def is_active(self) -> bool:
+        return True
+
+    def __enter__(self) -> HeldWatcher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def release(self, pid: int) -> None:
+        callback, args = self._callbacks.pop(pid)
+        try:
+            code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        except ChildProcessError:
+            code = 255  # what asyncio's watchers report when someone else reaped the process
+        callback(pid, code, *args)

@@ -6,14 +6,13 @@ import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from firebox.worker.backends import ProcessBackend
 from firebox.worker.backends._common import pids_of_uid
 from firebox.worker.backends.process import _Rewriter
-from sandbox_helpers import TEST_UIDS, Agent, make_spec, run, world_dir
+from sandbox_helpers import TEST_UIDS, Agent, HeldWatcher, make_spec, process_state, run, world_dir
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +87,7 @@ def test_kill_ends_the_process_group_and_cleanup_releases(loop, backend: Process
         agent.conn.close()
         assert sandbox.runtime_api.fileno() == -1
         deadline = asyncio.get_running_loop().time() + 5
-        while os.path.exists(f"/proc/{child}") and _state(child) not in ("Z", "X"):
+        while os.path.exists(f"/proc/{child}") and process_state(child) not in ("Z", "X"):
             assert asyncio.get_running_loop().time() < deadline, "the grandchild survived kill()"
             await asyncio.sleep(0.01)
         if sandbox.uid is not None:
@@ -118,57 +117,12 @@ def test_rewriter_maps_sandbox_paths_component_by_component(code: Path) -> None:
     assert rewrite.value("/opt/python:/usr/lib") == "/srv/boto:/usr/lib"
 
 
-def _state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rpartition(b")")[2].split()[0].decode()
-    except OSError:
-        return "X"
-
-
-class _HeldWatcher(asyncio.AbstractChildWatcher):
-    """A child watcher that reaps a process only when told (`release`): one that has exited
-    stays a zombie meanwhile, as it does for a moment under asyncio's own watcher thread."""
-
-    def __init__(self) -> None:
-        self._callbacks: dict[int, tuple[Any, tuple[Any, ...]]] = {}
-
-    def add_child_handler(self, pid: int, callback: Any, *args: Any) -> None:
-        self._callbacks[pid] = (callback, args)
-
-    def remove_child_handler(self, pid: int) -> bool:
-        return self._callbacks.pop(pid, None) is not None
-
-    def attach_loop(self, loop: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def is_active(self) -> bool:
-        return True
-
-    def __enter__(self) -> _HeldWatcher:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        pass
-
-    def release(self, pid: int) -> None:
-        callback, args = self._callbacks.pop(pid)
-        try:
-            code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-        except ChildProcessError:
-            code = 255  # what asyncio's watchers report when someone else reaped the process
-        callback(pid, code, *args)
-
-
 @pytest.mark.skipif(not hasattr(asyncio, "set_child_watcher"), reason="no child watchers (Python 3.14+)")
 def test_a_kill_after_the_exit_leaves_the_status_to_the_watcher(loop, backend: ProcessBackend, code: Path) -> None:
     """kill() between a sandbox's exit and asyncio reaping it must not reap it itself
     (Popen.kill polls, that is waitpid, first): the watcher would then find no child and
     report 255 instead of the exit status."""
-    watcher = _HeldWatcher()
+    watcher = HeldWatcher()
     previous = asyncio.get_child_watcher()
     asyncio.set_child_watcher(watcher)
 
@@ -176,7 +130,7 @@ def test_a_kill_after_the_exit_leaves_the_status_to_the_watcher(loop, backend: P
         sandbox = await backend.spawn(make_spec(code, "exit3.py"))
         try:
             deadline = asyncio.get_running_loop().time() + 10
-            while _state(sandbox.pid) != "Z":
+            while process_state(sandbox.pid) != "Z":
                 assert asyncio.get_running_loop().time() < deadline, "the sandbox did not exit"
                 await asyncio.sleep(0.01)
             sandbox.kill()

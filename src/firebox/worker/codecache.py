@@ -41,7 +41,6 @@ Not here yet: eviction of packages no version uses any more (`remove`, for the r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 import re
@@ -55,6 +54,7 @@ from pathlib import Path
 from firebox.codezip import safe_extract
 from firebox.settings import Limits
 from firebox.store.api import BlobStore
+from firebox.worker.subprocesses import sigkill
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _STAGING_PREFIX = ".staging-"
@@ -305,8 +305,7 @@ async def _compile(python: Path, tree: Path) -> None:
     try:
         await asyncio.wait_for(proc.wait(), _COMPILE_TIMEOUT_S)
     except asyncio.TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+        sigkill(proc)
         await proc.wait()
 
 

@@ -82,6 +82,7 @@ from firebox.worker.backends._common import (
 )
 from firebox.worker.cgroups import CgroupDriver, CgroupsUnavailable, SandboxCgroup
 from firebox.worker.sandbox_api import RUNTIME_API_VARIABLE, SandboxSpec
+from firebox.worker.subprocesses import sigkill
 
 log = logging.getLogger(__name__)
 
@@ -356,9 +357,7 @@ class IsolatedBackend:
             if proc is not None:
                 if held.cgroup is not None:
                     held.cgroup.kill()  # the sandbox's own processes too: they hold the pipes
-                if proc.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
+                sigkill(proc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(proc.wait()), _INFO_TIMEOUT_S)
                 if (transport := getattr(proc, "_transport", None)) is not None:

@@ -31,6 +31,7 @@ from typing import NamedTuple
 from firebox.errors import ServiceError
 from firebox.runtimes.api import RUNTIME_DIR
 from firebox.worker.backends.isolated import _InitHandle
+from firebox.worker.subprocesses import sigkill
 
 log = logging.getLogger(__name__)
 
@@ -272,8 +273,7 @@ class Zygote:
             try:
                 await asyncio.wait_for(self._proc.wait(), 5)
             except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self._proc.kill()
+                sigkill(self._proc)
                 await self._proc.wait()
         if self._stderr_task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
