@@ -40,3 +40,16 @@ def test_nothing_is_counted_before_install(pauses: gcpauses._Pauses) -> None:
     assert not stats["installed"]
     assert all(row["collections"] == 0 for row in stats["generations"].values())
 
+
+
+def test_the_frozen_objects_are_counted_once_when_frozen(pauses: gcpauses._Pauses,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counting them walks the whole permanent generation (milliseconds): not on every GET
+    /_firebox/stats."""
+    counted = []
+    monkeypatch.setattr(gc, "freeze", lambda: None)
+    monkeypatch.setattr(gc, "get_freeze_count", lambda: counted.append(1) or 1234)
+    gcpauses.freeze_startup_objects()
+    for _ in range(3):
+        assert gcpauses.statistics()["frozen_objects"] == 1234
+    assert len(counted) == 1
