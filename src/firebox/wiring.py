@@ -117,7 +117,9 @@ async def build_platform(settings: Settings) -> Platform:
     counter = LocalCounter(settings.limits.account_concurrency)
     invoker = LocalInvoker(registry, counter, workers, scope)
 
-    queue = StoreEventQueue(store)
+    # Quiet: no function runs anywhere (sync or async, every run holds a counter slot); then a
+    # lone enqueue's fsync may hold the event loop (see asyncinvoke/queue.py).
+    queue = StoreEventQueue(store, quiet=lambda: not counter.statistics().in_use)
     events = AsyncInvokeService(queue, registry)
     dispatch = DispatchSettings(
         retry_base_s=settings.async_retry_base_s,

@@ -29,20 +29,23 @@ def _event(n: int, name: str = "f", due_ms: int = 1_000) -> QueuedEvent:
 
 class GatedStore:
     """Runs units on a real store, but each commit first waits for `gate` (when set), and
-    every call is recorded: (units in the batch as seen by the caller, durable)."""
+    every call is recorded: whether it was durable (`commits`), and whether it asked for its
+    fsync on the loop's thread (`synced_here`)."""
 
     def __init__(self, store: SqliteMetadataStore) -> None:
         self.store = store
         self.gate: asyncio.Event | None = None
         self.commits: list[bool] = []
+        self.synced_here: list[bool] = []
         self.started = asyncio.Event()
 
-    async def atomically(self, work: Callable[[Tx], T], *, durable: bool = True) -> T:
+    async def atomically(self, work: Callable[[Tx], T], *, durable: bool = True, sync_here: bool = False) -> T:
         self.commits.append(durable)
+        self.synced_here.append(sync_here)
         self.started.set()
         if self.gate is not None:
             await self.gate.wait()
-        return await self.store.atomically(work, durable=durable)
+        return await self.store.atomically(work, durable=durable, sync_here=sync_here)
 
     async def read(self, work: Callable[[Tx], T]) -> T:
         return await self.store.read(work)
@@ -89,6 +92,35 @@ def test_events_arriving_during_a_commit_share_the_next_one(tmp_path: Path) -> N
         assert (stats.commits, stats.units, stats.pending) == (2, 21, 0)
         assert gated.commits == [True, True]
         assert await store.read(lambda tx: tx.count(EVENT, "f")) == 21
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_only_a_lone_write_while_quiet_asks_for_its_fsync_on_the_loops_thread(tmp_path: Path) -> None:
+    """A batch of several writes, or any write while the platform is busy, leaves the fsync to
+    the store's thread, so that the loop serves others meanwhile."""
+
+    async def main() -> None:
+        store = await _open(tmp_path)
+        gated = GatedStore(store)
+        quiet = True
+        queue = StoreEventQueue(gated, quiet=lambda: quiet)
+        await queue.enqueue(_event(0))  # alone, quiet
+        quiet = False
+        await queue.enqueue(_event(1))  # alone, busy
+        quiet = True
+        gated.gate = asyncio.Event()
+        gated.started.clear()
+        first = asyncio.create_task(queue.enqueue(_event(2)))  # alone: its commit starts at once
+        await asyncio.wait_for(gated.started.wait(), timeout=1)
+        rest = [asyncio.create_task(queue.enqueue(_event(n))) for n in (3, 4)]  # the next batch: two
+        await asyncio.sleep(0)
+        gated.gate.set()
+        await asyncio.wait_for(asyncio.gather(first, *rest), timeout=5)
+        assert gated.synced_here == [True, False, True, False]
+        assert gated.commits == [True, True, True, True]
+        assert await store.read(lambda tx: tx.count(EVENT, "f")) == 5
         await store.close()
 
     asyncio.run(main())
@@ -324,8 +356,9 @@ def test_a_batchs_completions_write_each_functions_count_once(tmp_path: Path, mo
         count_writes: list[str] = []
         real_atomically = gated.atomically
 
-        async def counting(work: Callable[[Tx], T], *, durable: bool = True) -> T:
-            return await real_atomically(lambda tx: work(CountingTx(tx, count_writes)), durable=durable)  # type: ignore[arg-type]
+        async def counting(work: Callable[[Tx], T], *, durable: bool = True, sync_here: bool = False) -> T:
+            return await real_atomically(lambda tx: work(CountingTx(tx, count_writes)),  # type: ignore[arg-type]
+                                         durable=durable, sync_here=sync_here)
 
         gated.atomically = counting  # type: ignore[method-assign]
         queue = StoreEventQueue(gated)

@@ -7,6 +7,8 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from firebox.store.api import Tx
 from firebox.store.sqlite import (
     _WAL_BYTES,
     SCHEMA_VERSION,
+    SYNC_HERE_MAX_S,
     SqliteMetadataStore,
     SqliteStatistics,
 )
@@ -441,6 +444,85 @@ def test_a_durable_unit_returns_once_its_wal_is_fsynced_and_a_non_durable_one_at
             assert other.execute("SELECT COUNT(*) FROM records WHERE kind = 'k'").fetchone()[0] == 2
         finally:
             other.close()
+        await store.close()
+
+    run(main())
+
+
+def _recording_fsyncs(monkeypatch: pytest.MonkeyPatch, delay_s: float = 0.0,
+                      hold: threading.Event | None = None) -> list[str]:
+    """Record the name of the thread of every fdatasync; each takes at least `delay_s`, and
+    waits for `hold` when given."""
+    threads: list[str] = []
+    real_fdatasync = os.fdatasync
+
+    def recording(fd: int) -> None:
+        if hold is not None:
+            hold.wait(10)
+        time.sleep(delay_s)
+        real_fdatasync(fd)
+        threads.append(threading.current_thread().name)
+
+    monkeypatch.setattr(os, "fdatasync", recording)
+    return threads
+
+
+def test_sync_here_fsyncs_on_the_callers_thread_and_otherwise_the_sync_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        store = await opened(tmp_path / "m.db")
+        threads = _recording_fsyncs(monkeypatch)
+        await store.atomically(lambda tx: tx.put("k", "s", "a", {}))
+        await store.atomically(lambda tx: tx.put("k", "s", "b", {}), sync_here=True)
+        await store.atomically(lambda tx: tx.put("k", "s", "c", {}), durable=False, sync_here=True)
+        main_thread = threading.current_thread().name
+        assert len(threads) == 2
+        assert threads[0].startswith("firebox-sqlite-sync") and threads[1] == main_thread
+        assert await store.read(lambda tx: tx.count("k")) == 3
+        await store.close()
+
+    run(main())
+
+
+def test_after_a_slow_fsync_sync_here_goes_back_to_the_sync_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk that turned slow would hold the event loop: its next fsyncs run on the sync thread
+    until one is quick again."""
+
+    async def main() -> None:
+        store = await opened(tmp_path / "m.db")
+        threads = _recording_fsyncs(monkeypatch, delay_s=2 * SYNC_HERE_MAX_S)  # at least that slow
+        main_thread = threading.current_thread().name
+        await store.atomically(lambda tx: tx.put("k", "s", "a", {}), sync_here=True)  # after a quick one
+        await store.atomically(lambda tx: tx.put("k", "s", "b", {}), sync_here=True)  # after a slow one
+        assert threads[0] == main_thread and threads[1].startswith("firebox-sqlite-sync")
+        monkeypatch.undo()
+        threads = _recording_fsyncs(monkeypatch)
+        await store.atomically(lambda tx: tx.put("k", "s", "c", {}), sync_here=True)  # still after a slow one
+        await store.atomically(lambda tx: tx.put("k", "s", "d", {}), sync_here=True)  # the disk is quick again
+        assert threads[0].startswith("firebox-sqlite-sync") and threads[1] == main_thread
+        await store.close()
+
+    run(main())
+
+
+def test_sync_here_waits_for_an_fsync_running_on_the_sync_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two threads never sync at once: while the sync thread's fsync runs, a `sync_here`
+    commit's fsync queues behind it there, and the event loop is not held meanwhile."""
+
+    async def main() -> None:
+        store = await opened(tmp_path / "m.db")
+        hold = threading.Event()
+        threads = _recording_fsyncs(monkeypatch, hold=hold)
+        first = asyncio.create_task(store.atomically(lambda tx: tx.put("k", "s", "a", {})))
+        await asyncio.sleep(0)  # its unit committed, its fsync held on the sync thread
+        second = asyncio.create_task(store.atomically(lambda tx: tx.put("k", "s", "b", {}), sync_here=True))
+        await asyncio.sleep(0)
+        assert not second.done()  # the loop was not held: it is here, running this test
+        hold.set()
+        await asyncio.wait_for(asyncio.gather(first, second), timeout=10)
+        assert len(threads) == 2 and all(name.startswith("firebox-sqlite-sync") for name in threads)
         await store.close()
 
     run(main())

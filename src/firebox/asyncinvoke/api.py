@@ -77,7 +77,9 @@ class QueueStore(Protocol):
     """What the queue needs of the metadata store: `store.api.MetadataStore`, plus commits
     without fsync for the writes whose loss to a power cut only repeats work (queue.py)."""
 
-    async def atomically(self, work: Callable[[Tx], T], *, durable: bool = True) -> T: ...
+    async def atomically(self, work: Callable[[Tx], T], *, durable: bool = True, sync_here: bool = False) -> T:
+        """`sync_here`: the caller knows nothing else needs the event loop during the fsync,
+        which may then run on the loop's own thread (store/sqlite.py)."""
     async def read(self, work: Callable[[Tx], T]) -> T: ...
 
 

@@ -27,6 +27,12 @@ after DEFER_S. That holds for completions that arrive while a commit runs, too: 
 committed on their own right after it but wait for company again (a sequential client's events
 made one such lone commit for every other event).
 
+A lone write while the platform is otherwise idle (`quiet`: no function running, as the wiring
+tells from the concurrency counter) asks the store to fsync on the event loop's own thread
+(`sync_here`): nothing else needs the loop meanwhile, and the sync thread's two wake-ups would
+cost more than they save (store/sqlite.py). A batch of several writes, or any write while
+functions run, keeps the sync thread, so that the loop goes on serving during the fsync.
+
 Known caveats: a lost completion also undoes its count in `statistics()`.
 """
 
@@ -124,8 +130,10 @@ def _alone(work: Callable[[Tx], T], tally: _Tally | None) -> Callable[[Tx], T]:
 
 
 class StoreEventQueue:
-    def __init__(self, store: QueueStore) -> None:
+    def __init__(self, store: QueueStore, *, quiet: Callable[[], bool] = lambda: False) -> None:
+        """`quiet()`: whether nothing but this queue's commits may need the event loop now."""
         self._store = store
+        self._quiet = quiet
         self.run_id = uuid.uuid4().hex
         self._pending: list[_Pending] = []
         self._committer: asyncio.Task[None] | None = None
@@ -197,7 +205,8 @@ class StoreEventQueue:
             return results
 
         try:
-            results = await self._store.atomically(together, durable=any(pending.durable for pending in batch))
+            results = await self._store.atomically(together, durable=any(pending.durable for pending in batch),
+                                                   sync_here=len(batch) == 1 and self._quiet())
         except Exception:
             # One unit failed and took the batch down with it: run each alone, so only the
             # failing one's caller gets the error.
