@@ -1,7 +1,7 @@
 """Invoke benchmark: cold start, warm latency and throughput of a Python hello function, next to
 a raw HTTP hello baseline measured in the same run (the ratio is the figure).
 
-    .venv/bin/python bench/invoke.py [--cold 30] [--warm 1000] [--requests 3000]
+    .venv/bin/python bench/invoke.py [--cold 30] [--warm 1000] [--after-idle 20] [--requests 3000]
                                      [--concurrency 1,8,16,32,128] [--scale-out 100] [--out FILE]
 
 It starts a real Firebox server (isolated sandboxes, fresh data dir) and a bare uvicorn app on free
@@ -15,6 +15,10 @@ What is measured, and against what:
   (interpreter start, import, call, exit: what a cold start costs without a platform);
 - warm invoke latency, sequential, and the platform overhead (client time minus the REPORT's
   Duration); baseline: the raw uvicorn hello;
+- the same warm invoke after IDLE_S of silence (`--after-idle` of them, one Firebox and one
+  baseline request in turn): what a function called now and then sees. On the 2-core VM every
+  step is several times slower after a pause, the baseline's as much as ours (its CPUs idle
+  and wake up cold), so the cold starts below pay that too;
 - throughput and latency at each number of concurrent clients (keep-alive connections), each
   row after an untimed warm-up at its concurrency, so that it measures warm sandboxes only;
 - scale-out: `--scale-out` simultaneous first invocations of a function that sleeps 0.5 s: time
@@ -93,6 +97,26 @@ async def sequential(port: int, path: str, count: int) -> list[float]:
         timings.append((time.perf_counter() - start) * 1000)
         assert status == 200, status
     await conn.close()
+    return timings
+
+
+IDLE_S = 0.25  # the pause before each request of `after_idle`
+
+
+async def after_idle(port: int, path: str, baseline_port: int, count: int) -> tuple[list[float], list[float]]:
+    """`count` requests to each of Firebox and the baseline, in turn, each after IDLE_S of
+    silence: (Firebox's latencies, the baseline's), in ms."""
+    conns = [await Connection.open("127.0.0.1", port), await Connection.open("127.0.0.1", baseline_port)]
+    timings: tuple[list[float], list[float]] = ([], [])
+    for _ in range(count):
+        for conn, target, out in zip(conns, (path, "/"), timings, strict=True):
+            await asyncio.sleep(IDLE_S)
+            start = time.perf_counter()
+            status, _ = await conn.post(target, b"{}")
+            out.append((time.perf_counter() - start) * 1000)
+            assert status == 200, status
+    for conn in conns:
+        await conn.close()
     return timings
 
 
@@ -432,6 +456,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             results["baseline_warm"] = summary(baseline_warm)
             # All --warm of them: the p99 of 500 (their fifth slowest) swung 0.95-1.89 ms.
             results["warm_overhead"] = await overhead(fport, invoke_path, args.warm)
+            if args.after_idle:
+                idle, idle_base = await after_idle(fport, invoke_path, args.baseline_port, args.after_idle)
+                results["after_idle"] = {"pause_s": IDLE_S, "firebox": summary(idle), "baseline": summary(idle_base)}
             results["samples"] = {"warm": samples(warm), "baseline_warm": samples(baseline_warm)}
             for cold in results["cold_start"].values():
                 cold["breakdown"] = breakdown(cold, results["warm_overhead"]["p50_ms"])
@@ -523,6 +550,9 @@ def report(results: dict[str, Any]) -> None:
     warm, base = results["warm"], results["baseline_warm"]
     row("warm invoke, sequential (baseline: raw uvicorn)", warm, base)
     row("warm platform overhead (client minus Duration)", results["warm_overhead"], base)
+    if idle := results.get("after_idle"):
+        row(f"warm invoke after {idle['pause_s'] * 1000:.0f} ms idle (baseline: the same)", idle["firebox"],
+            idle["baseline"])
 
     print(f"\n{'clients':<9}{'firebox/s':>11}{'base/s':>9}{'ratio':>7}{'fb p50':>10}{'fb p99':>10}"
           f"{'base p50':>10}{'base p99':>10}{'p99 ratio':>10}")
@@ -560,6 +590,8 @@ def main() -> None:
                         help="cold starts per kind (python, node, boto3); a p50 of 10 swung by 0.7 ms between runs")
     parser.add_argument("--cold-gap-ms", type=float, default=250.0, help="pause between cold starts")
     parser.add_argument("--warm", type=int, default=1000)
+    parser.add_argument("--after-idle", type=int, default=20,
+                        help=f"warm invokes after {IDLE_S * 1000:.0f} ms of silence, and as many baseline requests (0: none)")
     parser.add_argument("--requests", type=int, default=3000, help="requests per concurrency level (each side)")
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 16, 32, 128])
     parser.add_argument("--scale-out", type=int, default=100, help="simultaneous first invocations (0: skip)")
