@@ -453,6 +453,47 @@ async def test_flush_does_not_wait_for_the_linger(tmp_path: Path) -> None:
 
 
 @run
+async def test_a_read_sees_the_records_appended_before_it_however_long_the_linger(tmp_path: Path) -> None:
+    store = await started(tmp_path / "logs.db", linger_s=3600)
+    try:
+        store.append(GROUP, STREAM, records(T0, 3))
+        page = await asyncio.wait_for(store.get_events(GetEvents(GROUP, STREAM, start_from_head=True)), timeout=10)
+        assert [event.message for event in page.events] == ["line 0\n", "line 1\n", "line 2\n"]
+        store.append(GROUP, STREAM, records(T0 + 3, 1, "more"))
+        found = await asyncio.wait_for(store.filter_events(FilterEvents(GROUP, pattern="more")), timeout=10)
+        assert [event.message for event in found.events] == ["more 0\n"]
+    finally:
+        await store.stop()
+
+
+@run
+async def test_a_read_waits_for_a_stuck_writer_only_so_long(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a flood (here: a writer that cannot finish) a read goes on with what is stored."""
+    monkeypatch.setattr(store_module, "BUSY_LOOP_S", 3600.0)  # never busy: batches on the writer thread
+    monkeypatch.setattr(store_module, "READ_CATCH_UP_S", 0.05)
+    release = threading.Event()
+    real_insert = Writer.insert
+
+    def stuck_insert(self: Writer, batch: Any) -> int:
+        release.wait(30)
+        return real_insert(self, batch)
+
+    monkeypatch.setattr(Writer, "insert", stuck_insert)
+    store = await started(tmp_path / "logs.db", linger_s=3600)
+    try:
+        store.append(GROUP, STREAM, records(T0, 2))
+        groups = await asyncio.wait_for(store.describe_groups(DescribeGroups()), timeout=10)
+        assert [group.name for group in groups.groups] == []  # nothing stored yet, and no wait for it
+        release.set()
+        await store.flush()
+        page = await store.get_events(GetEvents(GROUP, STREAM, start_from_head=True))
+        assert len(page.events) == 2
+    finally:
+        release.set()
+        await store.stop()
+
+
+@run
 async def test_a_filling_buffer_does_not_wait_for_the_linger(tmp_path: Path) -> None:
     store = await started(tmp_path / "logs.db", linger_s=3600, batch_records=40)
     try:
