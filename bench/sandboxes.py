@@ -31,7 +31,6 @@ import os
 import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +41,7 @@ from common import busy_seconds, minor_faults, on_cpu_ns, out_argument, percenti
 
 from firebox.runtimes.api import RUNTIME_DIR, bootstrap_command
 from firebox.worker.backends import IsolatedBackend, ZygoteBackend
+from firebox.worker.codecache import compile_package, normalise_modes
 from firebox.worker.sandbox_api import SandboxSpec
 
 PYTHON = "/usr/bin/python3.11"
@@ -177,15 +177,11 @@ async def measure(kind: str, code: Path, count: int, concurrency: int) -> dict[s
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     code = Path(tempfile.mkdtemp(prefix="firebox-bench-sandboxes-", dir="/tmp"))
     try:
-        os.chmod(code, 0o755)
         (code / "hello.py").write_text(HANDLER)
-        (code / "hello.py").chmod(0o644)
-        # As the platform prepares every Python package (worker/codecache.py): precompiled by
-        # the sandbox's interpreter, so a sandbox reads the bytecode instead of compiling.
-        subprocess.run([PYTHON, "-I", "-m", "compileall", "-q", "-d", "/var/task", str(code)], check=True,
-                       stdin=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
-        for path in (code / "__pycache__", *(code / "__pycache__").iterdir()):
-            path.chmod(0o755 if path.is_dir() else 0o644)
+        # Prepared as the platform prepares every Python package: precompiled by the sandbox's
+        # interpreter (a sandbox then reads the bytecode instead of compiling), modes normalised.
+        await compile_package(Path(PYTHON), code)
+        normalise_modes(code)
         results = {"benchmark": "sandboxes", "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()},
                    "settings": vars(args), "backends": []}
         for kind in args.backends.split(","):

@@ -144,10 +144,10 @@ class CodeCache:
                 if compiled_with == tag:
                     return final
             if python is not None and not self._marker(sha256_hex, tag).exists():
-                await _compile(python, final)
+                await compile_package(python, final)
                 self._stats["compiles"] += 1
                 self._marker(sha256_hex, tag).touch()
-                await asyncio.to_thread(_normalise, final)
+                await asyncio.to_thread(normalise_modes, final)
             else:
                 self._stats["hits"] += 1
             return final
@@ -170,9 +170,9 @@ class CodeCache:
             )
             self._stats["unpacks"] += 1
             if python is not None:
-                await _compile(python, tree)
+                await compile_package(python, tree)
                 self._stats["compiles"] += 1
-            await asyncio.to_thread(_normalise, tree)
+            await asyncio.to_thread(normalise_modes, tree)
             final = self.path(sha256_hex)
             try:
                 os.rename(tree, final)
@@ -295,7 +295,7 @@ def _python_key(python: Path | None) -> str | None:
     return re.sub(r"[^A-Za-z0-9._-]", "_", str(python).strip("/"))
 
 
-async def _compile(python: Path, tree: Path) -> None:
+async def compile_package(python: Path, tree: Path) -> None:
     """Precompile .py files with the sandbox's own interpreter; failures are the user's."""
     proc = await asyncio.create_subprocess_exec(
         str(python), "-I", "-m", "compileall", "-q", "-j", "0", "-d", "/var/task", str(tree),
@@ -309,7 +309,7 @@ async def _compile(python: Path, tree: Path) -> None:
         await proc.wait()
 
 
-def _normalise(tree: Path) -> None:
+def normalise_modes(tree: Path) -> None:
     """Directories 0755, files 0644 (0755 when any execute bit is set); symlinks untouched."""
     os.chmod(tree, 0o755)
     for directory, subdirs, files in os.walk(tree):
