@@ -329,7 +329,7 @@ class SqliteMetadataStore:
     def _may_sync_here(self) -> bool:
         # The sync thread idle: the two never use the WAL's descriptor at once.
         thread_idle = self._thread_sync is None or self._thread_sync.done()
-        return thread_idle and self._last_sync_s <= SYNC_HERE_MAX_S and not self._closed
+        return thread_idle and self._last_sync_s <= SYNC_HERE_MAX_S
 
     async def read(self, work: Callable[[Tx], T]) -> T:
         return await self._submit(self._reader, self._run_read, work)
