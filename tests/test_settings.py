@@ -24,6 +24,7 @@ def test_environment_and_overrides() -> None:
     assert settings.data_dir == Path("/tmp/x")
     assert settings.limits.account_concurrency == 50
     assert settings.limits.min_unreserved_concurrency == 50
+    assert Settings.from_env({"FIREBOX_LOG_LINGER_S": "0.5"}).log_linger_s == 0.5
 
 
 @pytest.mark.parametrize(
@@ -35,6 +36,8 @@ def test_environment_and_overrides() -> None:
         {"FIREBOX_KEEP_ALIVE_POLICY": "forever"},
         {"FIREBOX_ACCOUNT_CONCURRENCY": "0"},
         {"FIREBOX_TRACE_HOPS": "maybe"},
+        {"FIREBOX_LOG_LINGER_S": "-1"},
+        {"FIREBOX_LOG_LINGER_S": "60"},
     ],
 )
 def test_bad_values_are_refused(env: dict[str, str]) -> None:

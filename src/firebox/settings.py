@@ -70,6 +70,10 @@ class Settings:
     python_libs: Path | None = None
     # How often the log store deletes events older than their group's RetentionInDays.
     log_sweep_interval_s: float = 60.0
+    # How long the log writer waits after a first record for others to share its transaction
+    # (logs/store.py; longer when the server is mostly idle). What waits there dies with the
+    # process; an asynchronous event's completion waits for it.
+    log_linger_s: float = 0.010
     # Asynchronous invocation: the first retry of a failed event waits this long, the second
     # twice as long (Lambda: about 1 and 2 minutes); events in flight at once, overall and per
     # function (the per-function cap keeps one function's flood from starving the others).
@@ -101,6 +105,7 @@ class Settings:
             "keep_alive_s": float,
             "python_libs": Path,
             "log_sweep_interval_s": float,
+            "log_linger_s": float,
             "async_retry_base_s": float,
             "async_concurrency": int,
             "async_per_function": int,
@@ -130,6 +135,8 @@ class Settings:
             raise ValueError(f"account concurrency must be at least 1, got {self.limits.account_concurrency}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"invalid port {self.port}")
+        if not 0 <= self.log_linger_s <= 10:
+            raise ValueError(f"log linger must be between 0 and 10 seconds, got {self.log_linger_s}")
         if self.stem_cells < 0:
             raise ValueError(f"stem cells must be 0 or more, got {self.stem_cells}")
         if self.keep_alive_policy not in ("hybrid", "fixed"):

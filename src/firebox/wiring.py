@@ -85,7 +85,8 @@ async def build_platform(settings: Settings) -> Platform:
     store = SqliteMetadataStore(data_dir / "firebox.db")
     await store.open()
     blobs = LocalBlobStore(data_dir / "blobs")
-    logs = SqliteLogStore(data_dir / "logs.db", sweep_interval_s=settings.log_sweep_interval_s)
+    logs = SqliteLogStore(data_dir / "logs.db", sweep_interval_s=settings.log_sweep_interval_s,
+                          linger_s=settings.log_linger_s)
     runtimes = host.probe()
     scope = Scope(account_id=settings.account_id, region=settings.region)
 
@@ -126,7 +127,8 @@ async def build_platform(settings: Settings) -> Platform:
         concurrency=settings.async_concurrency,
         per_function=settings.async_per_function,
     )
-    events.attach(Dispatcher(queue, invoker, registry, Targets(scope, events.accept), scope, dispatch))
+    events.attach(Dispatcher(queue, invoker, registry, Targets(scope, events.accept), scope, dispatch,
+                             logs_written=logs.written))
 
     if settings.trace_hops:
         hops.enable()

@@ -3,8 +3,8 @@ the loop then sleeps (a pass with no room must not touch the store; due events t
 must not make the loop spin: a finishing run wakes it; a pass woken only by finished runs claims
 for the functions left waiting without listing the queue again), admission (an event accepted
 with room runs without a pass or a claim, never ahead of events waiting for room), and
-completions (a run gives its slot back before its removal from the queue commits; `stop` waits
-for such removals)."""
+completions (a run gives its slot back before its removal from the queue commits, which waits
+for the log records appended before it; `stop` waits for such removals)."""
 
 from __future__ import annotations
 
@@ -320,6 +320,41 @@ def test_a_run_gives_its_slot_back_before_its_completion_commits_and_stop_waits_
         queue.committed.set_result(None)
         await asyncio.wait_for(stopping, timeout=5)
         assert (queue.finished, queue.cancelled) == (["req-1", "req-2"], [])
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_completion_commits_only_once_the_log_records_before_it_are_written() -> None:
+    """The crash-safety of logs: an event's removal waits on the log barrier, without holding
+    its slot meanwhile."""
+
+    async def main() -> None:
+        queue, invoker = RunningQueue([]), RecordingInvoker()
+        logs_written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        barriers = []
+
+        async def written() -> None:
+            barriers.append(len(invoker.invoked))
+            await logs_written
+
+        dispatcher = Dispatcher(queue, invoker, ConfigRegistry(), None,  # type: ignore[arg-type]
+                                Scope("000000000000", "us-east-1"), DispatchSettings(per_function=1),
+                                clock=lambda: NOW_S, logs_written=written)
+        await dispatcher.start()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        claimed = dispatcher.admit(_accepted(1), None)
+        assert claimed is not None
+        dispatcher.run_admitted(claimed, done)
+        await _until(lambda: barriers == [1], "the completion to wait on the log barrier")
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert (invoker.invoked, dispatcher.in_flight, queue.finished) == (["req-1"], 0, [])
+        logs_written.set_result(None)
+        await _until(lambda: queue.finished == ["req-1"], "the completion once the logs are written")
+        await dispatcher.stop()
 
     asyncio.run(asyncio.wait_for(main(), 30))
 

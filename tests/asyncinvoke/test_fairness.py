@@ -16,7 +16,7 @@ from typing import Any
 
 from tests.e2e.helpers import FireboxServer, wait_for
 
-from .support import create_worker, event_stats, runs, send_event, wait_drained
+from .support import create_worker, event_stats, log_lines, logs_client, runs, send_event, wait_drained, wait_stats
 
 FLOOD = 300
 FLOOD_SLEEP_S = 0.2  # 300 x 0.2 s / 8 in flight = a backlog of ~7.5 s
@@ -57,29 +57,47 @@ def test_flood_of_one_function_does_not_starve_another(aserver: FireboxServer, l
     assert delay_ms < GENEROUS_BOUND_MS, f"g waited {delay_ms} ms behind f's flood (bound {GENEROUS_BOUND_MS} ms)"
 
 
+def _intervals(logs: Any, name: str) -> list[tuple[int, int]]:
+    """Each invocation's [START, END] timestamps (ms), from the platform's lines in its log."""
+    starts: dict[str, int] = {}
+    spans = []
+    for line in log_lines(logs, name):
+        word, _, rest = line.message.partition(" RequestId: ")
+        request_id = rest.split(" ", 1)[0]
+        if word == "START":
+            starts[request_id] = line.timestamp_ms
+        elif word == "END" and request_id in starts:
+            spans.append((starts.pop(request_id), line.timestamp_ms))
+    return spans
+
+
+def _peak(spans: list[tuple[int, int]]) -> int:
+    """The most intervals open at once; one that ends when another starts does not overlap it."""
+    edges = sorted([(end, -1) for _, end in spans] + [(start, 1) for start, _ in spans])
+    running = peak = 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
 def test_concurrency_caps_per_function_and_overall(server_factory: Any) -> None:
-    """FIREBOX_ASYNC_PER_FUNCTION and FIREBOX_ASYNC_CONCURRENCY bound the events in flight (as
-    /_firebox/events counts them), and every event still runs."""
+    """FIREBOX_ASYNC_PER_FUNCTION and FIREBOX_ASYNC_CONCURRENCY bound the invocations running
+    at once (their START..END spans in the logs), and every event still runs."""
     srv = server_factory(env={"FIREBOX_ASYNC_CONCURRENCY": "3", "FIREBOX_ASYNC_PER_FUNCTION": "2"})
     lam = srv.client()
     names = [create_worker(lam, sleep=0.3, prefix=f"cap{i}") for i in range(3)]
     for name in names:
         for i in range(6):
             send_event(lam, name, {"i": i})
-    peaks = {name: 0 for name in names}
-    peak_total = 0
-
-    def drained() -> bool:
-        nonlocal peak_total
-        stats = event_stats(srv)
-        mine = [stats.get(n, {}) for n in names]
-        for name, s in zip(names, mine):
-            peaks[name] = max(peaks[name], s.get("in_flight", 0))
-        peak_total = max(peak_total, sum(s.get("in_flight", 0) for s in mine))
-        return all(s.get("succeeded", 0) == 6 for s in mine)
-
-    wait_for(drained, deadline_s=60, what="18 capped events to run")
-    print(f"\ncaps: peak in flight per function {list(peaks.values())} (cap 2), overall {peak_total} (cap 3)")
-    assert all(p <= 2 for p in peaks.values()), peaks
+    for name in names:
+        wait_stats(srv, name, deadline_s=60, succeeded=6)
+    logs = logs_client(srv)
+    spans = {name: _intervals(logs, name) for name in names}
+    assert all(len(s) == 6 for s in spans.values()), spans
+    peaks = [_peak(s) for s in spans.values()]
+    peak_total = _peak([span for s in spans.values() for span in s])
+    print(f"\ncaps: peak running per function {peaks} (cap 2), overall {peak_total} (cap 3)")
+    assert all(p <= 2 for p in peaks), peaks
     assert peak_total <= 3, peak_total
     assert peak_total >= 2, "the caps should still let events run side by side"

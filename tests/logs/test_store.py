@@ -494,6 +494,65 @@ async def test_a_read_waits_for_a_stuck_writer_only_so_long(tmp_path: Path, monk
 
 
 @run
+async def test_written_waits_for_the_records_appended_before_it_and_not_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The barrier an async event's completion waits on: it resolves once every record appended
+    before the call is written, whatever is appended after."""
+    monkeypatch.setattr(store_module, "BUSY_LOOP_S", 3600.0)  # never busy: batches on the writer thread
+    gate = threading.Semaphore(0)  # one release lets one batch be written
+    real_insert = Writer.insert
+
+    def gated_insert(self: Writer, batch: Any) -> int:
+        gate.acquire(timeout=30)
+        return real_insert(self, batch)
+
+    monkeypatch.setattr(Writer, "insert", gated_insert)
+    store = await started(tmp_path / "logs.db", linger_s=0)
+    try:
+        store.append(GROUP, STREAM, records(T0, 2))
+
+        async def taken() -> bool:
+            return store.statistics().buffered == 0
+
+        await wait_until(taken)  # the first batch is being written, held at the gate
+        first = asyncio.create_task(store.written())
+        await asyncio.sleep(0)  # the call is made (its task has started)
+        store.append(GROUP, STREAM, records(T0 + 2, 1, "later"))
+        second = asyncio.create_task(store.written())
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not first.done() and not second.done()
+        gate.release()
+        await asyncio.wait_for(first, timeout=10)
+        assert store.statistics().written == 2
+        await asyncio.sleep(0.05)
+        assert not second.done()  # the record appended after the first call is still held
+        gate.release()
+        await asyncio.wait_for(second, timeout=10)
+        assert store.statistics().written == 3
+    finally:
+        gate.release()
+        gate.release()
+        await store.stop()
+
+
+@run
+async def test_written_returns_when_a_batch_could_not_be_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_insert(self: Writer, batch: Any) -> int:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(Writer, "insert", failing_insert)
+    store = await started(tmp_path / "logs.db", linger_s=0)
+    try:
+        store.append(GROUP, STREAM, records(T0, 2))
+        await asyncio.wait_for(store.written(), timeout=10)
+        assert store.statistics().failed == 2
+    finally:
+        await store.stop()
+
+
+@run
 async def test_a_filling_buffer_does_not_wait_for_the_linger(tmp_path: Path) -> None:
     store = await started(tmp_path / "logs.db", linger_s=3600, batch_records=40)
     try:

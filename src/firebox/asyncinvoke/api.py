@@ -60,7 +60,7 @@ class QueuedEvent:
 @dataclass(frozen=True)
 class FunctionEventStats:
     queued: int  # due now, waiting for a dispatcher
-    in_flight: int  # claimed, running
+    in_flight: int  # claimed: running, or ran and its outcome waits for its log lines to be written
     retrying: int  # waiting for a retry or a backoff
     failed: int  # sent to failure handling (destination / dead-letter / dropped)
     succeeded: int

@@ -34,6 +34,11 @@ Retry arithmetic (Lambda's): function errors are retried `retry_base_s * attempt
 failure (60 s then 120 s by default); throttles and platform errors back off
 `min(1 s * 2^(n-1), 300 s)` and do not count as attempts.
 
+Crash safety of logs: an invocation's log lines are buffered by the log store for a few
+milliseconds before they are written. An event's outcome (its removal, its rescheduling) is
+committed only once every log record appended before it is written (`logs_written`), so a
+crash in between runs the event again rather than leaving it done without its lines.
+
 Known caveats: events are at-least-once. An event whose invocation finished but whose
 completion was not yet committed when the server died runs again after restart.
 """
@@ -45,7 +50,7 @@ import dataclasses
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from firebox.arns import LATEST, FunctionRef, Scope
@@ -85,8 +90,12 @@ class Dispatcher:
         settings: DispatchSettings,
         *,
         clock: Callable[[], float] = time.time,
+        logs_written: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """`logs_written`: waits until the log records appended so far are written (the log
+        store's `written`); None when nothing logs."""
         self._queue = queue
+        self._logs_written = logs_written
         self._invoker = invoker
         self._registry = registry
         self._targets = targets
@@ -306,9 +315,18 @@ class Dispatcher:
         the slot is given back as soon as the outcome is known. Losing this write to a crash
         only runs the event again (at-least-once), and no claim can take the event meanwhile,
         its key being its lease end."""
-        write = asyncio.ensure_future(self._queue.finish(event, succeeded=succeeded))
+        write = asyncio.ensure_future(self._complete(event, succeeded))
         self._finishing.add(write)
         write.add_done_callback(self._finished)
+
+    async def _complete(self, event: QueuedEvent, succeeded: bool) -> None:
+        await self._after_logs()
+        await self._queue.finish(event, succeeded=succeeded)
+
+    async def _after_logs(self) -> None:
+        """Wait until the lines of the invocation just ended are written (see "Crash safety")."""
+        if self._logs_written is not None:
+            await self._logs_written()
 
     def _finished(self, write: asyncio.Future[None]) -> None:
         self._finishing.discard(write)
@@ -323,6 +341,7 @@ class Dispatcher:
         )
 
     async def _reschedule(self, event: QueuedEvent, *, due_ms: int, attempts: int, system_retries: int) -> None:
+        await self._after_logs()
         await self._queue.reschedule(event, due_ms=due_ms, attempts=attempts, system_retries=system_retries)
         self.notify()  # the next pass reads the new due time, which may come before the loop's
 

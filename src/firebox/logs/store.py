@@ -36,10 +36,12 @@ held it five times longer: 16 clients, p99 15.5 -> 20.5 ms). It does not linger 
 passes `batch_records` / 4 or its bytes a quarter of `max_bytes` (a flood is written as fast as
 before), nor when someone waits in `flush()`.
 
-Why not longer: what is buffered dies with the process. 500 ms lowered that p99 further (by
-0.05-0.37 ms in four runs), but a SIGKILL then lost the output of invocations whose completion
-was already stored: tests/asyncinvoke/test_durability.py, whose handler prints and then sleeps
-200 ms, found events that had run and left no line.
+Crash safety: what is buffered dies with the process. An asynchronous event's completion is
+committed only once the records appended before it are written (`written()`, awaited by the
+dispatcher), so a SIGKILL in the linger runs the event again rather than leaving it done without
+its lines (tests/asyncinvoke/test_durability.py, with a 2 s linger and a handler that returns at
+once). A synchronous invocation's lines still waiting are lost with the process: its caller has
+its answer, and the window is the linger.
 
 Visibility: a read first waits for the records appended before it (`_catch_up`: the writer is
 hurried, at most READ_CATCH_UP_S), so that a log read right after an invocation shows its lines,
@@ -198,6 +200,10 @@ class SqliteLogStore:
         self._hurry = asyncio.Event()  # write now: a flush waits, or the buffer is filling
         self._progress = asyncio.Event()
         self._writing = False
+        # Segments pushed into the buffer so far, taken from it by the writer, and settled:
+        # the first `_settled` of them are written or lost to a failed write. `written()`
+        # compares the first and the last (the buffer is first in, first out).
+        self._pushed = self._taken = self._settled = 0
         self._write_lock = asyncio.Lock()  # the writer's connection: one use at a time
         self._unchecked = 0  # records written since the last checkpoint
         self._tasks: list[asyncio.Task[None]] = []
@@ -224,6 +230,7 @@ class SqliteLogStore:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             self._tasks = []
+            self._progress.set()  # whoever waits in written() gives up: nothing will be written
         loop = asyncio.get_running_loop()
         if self._reader is not None:
             conn, self._reader = self._reader, None
@@ -293,6 +300,7 @@ class SqliteLogStore:
 
     def _push(self, segment: Segment, use: list[int]) -> None:
         self._segments.append(segment)
+        self._pushed += 1
         self._buffered += len(segment.messages)
         self._buffered_bytes += segment.size
         use[0] += len(segment.messages)
@@ -306,11 +314,21 @@ class SqliteLogStore:
             self._progress.clear()
             await self._progress.wait()
 
+    async def written(self) -> None:
+        """Wait until every record appended so far is written to the database (or lost to a
+        failed write), without hurrying the writer: a completion that must not outlive its
+        invocation's lines waits on this before it commits (see "Crash safety")."""
+        target = self._pushed
+        while self._settled < target and self._tasks:
+            self._progress.clear()
+            await self._progress.wait()
+
     def _take_batch(self) -> list[Segment]:
         batch: list[Segment] = []
         count = size = 0
         while self._segments and count < self._batch_records and size < BATCH_BYTES:
             segment = self._segments.popleft()
+            self._taken += 1
             batch.append(segment)
             count += len(segment.messages)
             size += segment.size
@@ -344,6 +362,7 @@ class SqliteLogStore:
                 # instead of making a batch of its own right after (the linger would be lost).
                 busy = await _loop_is_busy()
                 batch = self._take_batch()
+                taken = self._taken
                 self._writing = True
                 try:
                     self._written += await self._insert(batch, inline=busy)
@@ -353,6 +372,7 @@ class SqliteLogStore:
                     self._failed += lost
                     log.exception("could not write %d log records", lost)
                 finally:
+                    self._settled = taken
                     self._writing = False
                     self._progress.set()
             self._progress.set()
