@@ -80,7 +80,7 @@ def test_sigkill_mid_backlog_loses_no_accepted_event(server_factory: Any) -> Non
 
 
 LINGERING_EVENTS = 12
-LINGER_S = 2.0  # the log writer holds records 2 s (10 s when idle): a window no completion may use
+LINGER_S = 1.0  # the log writer holds records 1 s (50 s when idle): a window no completion may use
 
 
 def test_sigkill_keeps_the_log_lines_of_every_completed_event(server_factory: Any) -> None:

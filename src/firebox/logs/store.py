@@ -27,21 +27,24 @@ Commit cadence: a transaction costs the writer thread (and the GIL it shares wit
 far more than the rows in it, and a warm invocation adds only 3 records (START, END, REPORT). So
 the writer lingers `linger_s` (10 ms) after the first record arrives before taking a batch: under
 load one commit carries many invocations' records. When the event loop was not busy at the last
-batch (see below), it lingers IDLE_LINGER_FACTOR times longer (50 ms): a batch written on the
+batch (see below), it lingers IDLE_LINGER_FACTOR times longer (500 ms): a batch written on the
 writer thread still takes the GIL from the loop dozens of times, and a request that arrives
-meanwhile waits, so fewer, larger batches leave fewer requests waiting (one client, warm
-overhead p99: 1.31 -> 0.92 ms and 1.42 -> 1.12 ms in two runs, with the same throughput; a busy
-loop keeps 10 ms, since its batches are written on its own thread, where five times the records
-held it five times longer: 16 clients, p99 15.5 -> 20.5 ms). It does not linger when the buffer
-passes `batch_records` / 4 or its bytes a quarter of `max_bytes` (a flood is written as fast as
-before), nor when someone waits in `flush()`.
+meanwhile waits, so fewer, larger batches leave fewer requests waiting. One client, warm
+overhead p99: 50 ms against 10, 1.31 -> 0.92 ms and 1.42 -> 1.12 ms; 500 ms against 50 (12
+alternated rounds of 500, three runs), 1.32 -> 0.96, 1.78 -> 1.59 and 1.43 -> 1.06 ms, the p50
+unchanged. A busy loop keeps 10 ms, since its batches are written on its own thread, where five
+times the records held it five times longer: 16 clients, p99 15.5 -> 20.5 ms. It does not
+linger when the buffer passes `batch_records` / 4 or its bytes a quarter of `max_bytes` (a flood
+is written as fast as before), nor when someone waits in `flush()`.
 
 Crash safety: what is buffered dies with the process. An asynchronous event's completion is
 committed only once the records appended before it are written (`written()`, awaited by the
 dispatcher), so a SIGKILL in the linger runs the event again rather than leaving it done without
-its lines (tests/asyncinvoke/test_durability.py, with a 2 s linger and a handler that returns at
+its lines (tests/asyncinvoke/test_durability.py, with a 1 s linger and a handler that returns at
 once). A synchronous invocation's lines still waiting are lost with the process: its caller has
-its answer, and the window is the linger.
+its answer, and the window is the linger (half a second while the server is mostly idle). The
+linger was 50 ms at most before events waited on their lines: a SIGKILL during a 500 ms linger
+lost the output of events already done.
 
 Visibility: a read first waits for the records appended before it (`_catch_up`: the writer is
 hurried, at most READ_CATCH_UP_S), so that a log read right after an invocation shows its lines,
@@ -120,7 +123,7 @@ BATCH_RECORDS = 20_000
 BATCH_BYTES = 8 * 1024 * 1024
 SWEEP_INTERVAL_S = 60.0
 WRITE_LINGER_S = 0.010
-IDLE_LINGER_FACTOR = 5  # ...times longer when the event loop was not busy at the last batch
+IDLE_LINGER_FACTOR = 50  # ...times longer when the event loop was not busy at the last batch
 READ_CATCH_UP_S = 0.5  # a read waits at most this long for the records appended before it
 INLINE_RECORDS = 500  # a batch of at most this many records may be written on the event loop's thread
 BUSY_LOOP_S = 0.00025  # ...when the loop takes longer than this to come back to a task that yields
