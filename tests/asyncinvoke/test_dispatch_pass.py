@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from firebox.arns import FunctionRef, Scope
 from firebox.asyncinvoke.api import QueuedEvent
 from firebox.asyncinvoke.dispatcher import LEASE_MS, Dispatcher, DispatchSettings
@@ -324,12 +326,33 @@ def test_a_run_gives_its_slot_back_before_its_completion_commits_and_stop_waits_
     asyncio.run(asyncio.wait_for(main(), 30))
 
 
-def test_a_completion_commits_only_once_the_log_records_before_it_are_written() -> None:
-    """The crash-safety of logs: an event's removal waits on the log barrier, without holding
-    its slot meanwhile."""
+class FailingInvoker(RecordingInvoker):
+    async def invoke(self, request: Any) -> Any:
+        self.invoked.append(request.request_id)
+
+        class Result:
+            payload, executed_version, function_error = b"{}", "$LATEST", "Unhandled"
+
+        return Result()
+
+
+class RetryingQueue(RunningQueue):
+    def __init__(self) -> None:
+        super().__init__([])
+        self.rescheduled: list[tuple[str, int]] = []
+
+    async def reschedule(self, event: QueuedEvent, *, due_ms: int, attempts: int, system_retries: int) -> None:
+        self.rescheduled.append((event.request_id, attempts))
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_an_outcome_commits_only_once_the_log_records_before_it_are_written(fails: bool) -> None:
+    """The crash-safety of logs: an event's removal, or its retry after a function error,
+    waits on the log barrier (a removal without holding its slot meanwhile)."""
 
     async def main() -> None:
-        queue, invoker = RunningQueue([]), RecordingInvoker()
+        queue = RetryingQueue()
+        invoker = FailingInvoker() if fails else RecordingInvoker()
         logs_written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         barriers = []
 
@@ -348,12 +371,16 @@ def test_a_completion_commits_only_once_the_log_records_before_it_are_written() 
         claimed = dispatcher.admit(_accepted(1), None)
         assert claimed is not None
         dispatcher.run_admitted(claimed, done)
-        await _until(lambda: barriers == [1], "the completion to wait on the log barrier")
+        await _until(lambda: barriers == [1], "the outcome to wait on the log barrier")
         for _ in range(50):
             await asyncio.sleep(0)
-        assert (invoker.invoked, dispatcher.in_flight, queue.finished) == (["req-1"], 0, [])
+        assert (invoker.invoked, queue.finished, queue.rescheduled) == (["req-1"], [], [])
+        assert dispatcher.in_flight == (1 if fails else 0)  # a retry is committed before the slot goes
         logs_written.set_result(None)
-        await _until(lambda: queue.finished == ["req-1"], "the completion once the logs are written")
+        if fails:
+            await _until(lambda: queue.rescheduled == [("req-1", 1)], "the retry once the logs are written")
+        else:
+            await _until(lambda: queue.finished == ["req-1"], "the completion once the logs are written")
         await dispatcher.stop()
 
     asyncio.run(asyncio.wait_for(main(), 30))

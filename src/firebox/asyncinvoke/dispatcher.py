@@ -35,9 +35,10 @@ failure (60 s then 120 s by default); throttles and platform errors back off
 `min(1 s * 2^(n-1), 300 s)` and do not count as attempts.
 
 Crash safety of logs: an invocation's log lines are buffered by the log store for a few
-milliseconds before they are written. An event's outcome (its removal, its rescheduling) is
-committed only once every log record appended before it is written (`logs_written`), so a
-crash in between runs the event again rather than leaving it done without its lines.
+milliseconds before they are written. An event's outcome (its removal, or its retry after a
+function error, which counts an attempt) is committed only once every log record appended
+before it is written (`logs_written`), so a crash in between runs the event again rather than
+leaving it done without its lines. A throttle's backoff ran nothing and does not wait.
 
 Known caveats: events are at-least-once. An event whose invocation finished but whose
 completion was not yet committed when the server died runs again after restart.
@@ -306,6 +307,7 @@ class Dispatcher:
         attempts = event.attempts + 1
         if attempts <= retries:
             due = self._now_ms() + int(self._settings.retry_base_s * attempts * 1000)
+            await self._after_logs()  # the attempt counts: its lines first
             await self._reschedule(event, due_ms=due, attempts=attempts, system_retries=event.system_retries)
             return
         await self._fail(dataclasses.replace(event, attempts=attempts), config, "RetriesExhausted", response)
@@ -341,7 +343,6 @@ class Dispatcher:
         )
 
     async def _reschedule(self, event: QueuedEvent, *, due_ms: int, attempts: int, system_retries: int) -> None:
-        await self._after_logs()
         await self._queue.reschedule(event, due_ms=due_ms, attempts=attempts, system_retries=system_retries)
         self.notify()  # the next pass reads the new due time, which may come before the loop's
 
