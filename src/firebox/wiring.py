@@ -118,9 +118,9 @@ async def build_platform(settings: Settings) -> Platform:
     counter = LocalCounter(settings.limits.account_concurrency)
     invoker = LocalInvoker(registry, counter, workers, scope)
 
-    # Quiet: no function runs anywhere (sync or async, every run holds a counter slot); then a
-    # lone enqueue's fsync may hold the event loop (see asyncinvoke/queue.py).
-    queue = StoreEventQueue(store, quiet=lambda: not counter.statistics().in_use)
+    # Quiet: no caller waits on an invocation (queued events may run: nobody waits on them);
+    # then a lone enqueue's fsync may hold the event loop (see asyncinvoke/queue.py).
+    queue = StoreEventQueue(store, quiet=lambda: not invoker.callers_waiting)
     events = AsyncInvokeService(queue, registry)
     dispatch = DispatchSettings(
         retry_base_s=settings.async_retry_base_s,

@@ -98,9 +98,11 @@ class RunningQueue(FakeQueue):
 class RecordingInvoker:
     def __init__(self) -> None:
         self.invoked: list[str] = []
+        self.queued: list[bool] = []  # each request's `queued`: the dispatcher's say so
 
     async def invoke(self, request: Any) -> Any:
         self.invoked.append(request.request_id)
+        self.queued.append(request.queued)
 
         class Result:
             payload, executed_version, function_error = b"null", "$LATEST", None
@@ -146,6 +148,7 @@ def test_an_event_accepted_with_room_is_admitted_claimed_and_run_once_stored() -
         for _ in range(50):
             await asyncio.sleep(0)
         assert (invoker.invoked, queue.finished, dispatcher.in_flight) == (["req-1"], ["req-1"], 0)
+        assert invoker.queued == [True]  # nobody waits on it: the queue's fsync may hold the loop
         # No event waited for room: the finished run does not send the loop to read the queue.
         assert queue.reads == reads
         await dispatcher.stop()

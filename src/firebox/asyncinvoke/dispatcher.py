@@ -281,7 +281,8 @@ class Dispatcher:
             return
         try:
             result = await self._invoker.invoke(
-                InvokeRequest(event.ref, event.payload, event.request_id, InvocationType.REQUEST_RESPONSE)
+                InvokeRequest(event.ref, event.payload, event.request_id, InvocationType.REQUEST_RESPONSE,
+                              queued=True)
             )
         except ResourceNotFound:
             log.warning("dropping event %s: function %s no longer exists", event.request_id, event.function_name)

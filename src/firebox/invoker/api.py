@@ -40,6 +40,8 @@ class InvokeRequest:
     invocation_type: InvocationType = InvocationType.REQUEST_RESPONSE
     tail_log: bool = False
     client_context: str | None = None  # base64 JSON, as sent in X-Amz-Client-Context
+    # An event of the asynchronous queue: nobody waits on its answer (`LocalInvoker.callers_waiting`).
+    queued: bool = False
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,12 @@ class LocalInvoker:
         # FunctionSpec per (name, version, RevisionId): every change of a version gets a new
         # RevisionId, so a cached spec is never stale, and warm invokes skip hashing it again.
         self._specs: dict[tuple[str, str, str], FunctionSpec] = {}
+        self._callers_waiting = 0
+
+    @property
+    def callers_waiting(self) -> int:
+        """Invocations in progress whose caller waits on the answer: all but queued events."""
+        return self._callers_waiting
 
     async def _route(self, ref: FunctionRef) -> FunctionRef:
         """An alias with weights sends a share of invocations to its additional version."""
@@ -104,6 +110,15 @@ class LocalInvoker:
         return spec
 
     async def invoke(self, request: InvokeRequest) -> InvokeResult:
+        if request.queued:
+            return await self._invoke(request)
+        self._callers_waiting += 1
+        try:
+            return await self._invoke(request)
+        finally:
+            self._callers_waiting -= 1
+
+    async def _invoke(self, request: InvokeRequest) -> InvokeResult:
         client_context = decode_client_context(request.client_context)
         details = await self._registry.get_function(await self._route(request.ref))
         config = details.config
