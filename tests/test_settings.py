@@ -37,7 +37,7 @@ def test_environment_and_overrides() -> None:
         {"FIREBOX_ACCOUNT_CONCURRENCY": "0"},
         {"FIREBOX_TRACE_HOPS": "maybe"},
         {"FIREBOX_LOG_LINGER_S": "-1"},
-        {"FIREBOX_LOG_LINGER_S": "60"},
+        {"FIREBOX_LOG_LINGER_S": "1.5"},
     ],
 )
 def test_bad_values_are_refused(env: dict[str, str]) -> None:

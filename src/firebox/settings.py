@@ -135,8 +135,9 @@ class Settings:
             raise ValueError(f"account concurrency must be at least 1, got {self.limits.account_concurrency}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"invalid port {self.port}")
-        if not 0 <= self.log_linger_s <= 10:
-            raise ValueError(f"log linger must be between 0 and 10 seconds, got {self.log_linger_s}")
+        # At most 1 s: fifty times that while idle, which async completions then wait for.
+        if not 0 <= self.log_linger_s <= 1:
+            raise ValueError(f"log linger must be between 0 and 1 second, got {self.log_linger_s}")
         if self.stem_cells < 0:
             raise ValueError(f"stem cells must be 0 or more, got {self.stem_cells}")
         if self.keep_alive_policy not in ("hybrid", "fixed"):
