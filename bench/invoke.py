@@ -120,7 +120,9 @@ async def after_idle(port: int, path: str, baseline_port: int, count: int) -> tu
     return timings
 
 
-async def throughput(port: int, path: str, requests: int, concurrency: int) -> dict[str, float]:
+async def concurrently(port: int, path: str, requests: int, concurrency: int) -> tuple[list[float], float]:
+    """`requests` POSTs from `concurrency` clients, each on its own keep-alive connection and
+    sending its next request when the last is answered: (each latency in ms, seconds in all)."""
     connections = [await Connection.open("127.0.0.1", port) for _ in range(concurrency)]
     remaining = requests
     latencies: list[float] = []
@@ -139,6 +141,11 @@ async def throughput(port: int, path: str, requests: int, concurrency: int) -> d
     elapsed = time.perf_counter() - start
     for conn in connections:
         await conn.close()
+    return latencies, elapsed
+
+
+async def throughput(port: int, path: str, requests: int, concurrency: int) -> dict[str, float]:
+    latencies, elapsed = await concurrently(port, path, requests, concurrency)
     return {"concurrency": concurrency, "requests": requests, "per_s": requests / elapsed,
             "p50_ms": statistics.median(latencies), "p90_ms": percentile(latencies, 90),
             "p99_ms": percentile(latencies, 99), "max_ms": max(latencies), "cdf": cdf(latencies)}
