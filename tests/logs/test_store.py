@@ -553,6 +553,27 @@ async def test_written_returns_when_a_batch_could_not_be_written(
 
 
 @run
+async def test_written_does_not_wait_for_a_writer_that_died(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer survives failed writes; should it die all the same, the async completions
+    waiting on written() go on (their events stay at-least-once) instead of hanging."""
+    store = await started(tmp_path / "logs.db", linger_s=0)
+
+    def broken_take() -> Any:
+        raise RuntimeError("a bug in the writer")
+
+    monkeypatch.setattr(store, "_take_batch", broken_take)
+    try:
+        waiting = asyncio.create_task(store.written())
+        await asyncio.sleep(0)
+        store.append(GROUP, STREAM, records(T0, 1))  # wakes the writer, which dies on it
+        late = asyncio.create_task(store.written())
+        await asyncio.wait_for(asyncio.gather(waiting, late), timeout=10)
+    finally:
+        monkeypatch.undo()
+        await store.stop()
+
+
+@run
 async def test_a_filling_buffer_does_not_wait_for_the_linger(tmp_path: Path) -> None:
     store = await started(tmp_path / "logs.db", linger_s=3600, batch_records=40)
     try:

@@ -223,6 +223,9 @@ class SqliteLogStore:
             asyncio.create_task(self._write_forever(), name="firebox-log-writer"),
             asyncio.create_task(self._sweep_forever(), name="firebox-log-sweeper"),
         ]
+        # A writer that died (a bug: it survives failed writes) writes nothing more: whoever
+        # waits in written() must not wait for it.
+        self._tasks[0].add_done_callback(self._writer_ended)
 
     async def stop(self) -> None:
         if self._tasks:
@@ -230,7 +233,7 @@ class SqliteLogStore:
                 await asyncio.wait_for(self.flush(), timeout=5)
             for task in reversed(self._tasks):
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, Exception):  # a dead writer is logged
                     await task
             self._tasks = []
             self._progress.set()  # whoever waits in written() gives up: nothing will be written
@@ -311,7 +314,7 @@ class SqliteLogStore:
 
     async def flush(self) -> None:
         """Wait until everything appended so far is committed (or lost to a failed write)."""
-        while self._segments or self._dropped or self._writing:
+        while (self._segments or self._dropped or self._writing) and self._writer_alive():
             self._wake.set()
             self._hurry.set()
             self._progress.clear()
@@ -322,9 +325,17 @@ class SqliteLogStore:
         failed write), without hurrying the writer: a completion that must not outlive its
         invocation's lines waits on this before it commits (see "Crash safety")."""
         target = self._pushed
-        while self._settled < target and self._tasks:
+        while self._settled < target and self._writer_alive():
             self._progress.clear()
             await self._progress.wait()
+
+    def _writer_alive(self) -> bool:
+        return bool(self._tasks) and not self._tasks[0].done()
+
+    def _writer_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the log writer stopped: %r", task.exception())
+        self._progress.set()
 
     def _take_batch(self) -> list[Segment]:
         batch: list[Segment] = []
