@@ -110,47 +110,43 @@ class LocalInvoker:
         return spec
 
     async def invoke(self, request: InvokeRequest) -> InvokeResult:
-        if request.queued:
-            return await self._invoke(request)
-        self._callers_waiting += 1
+        waits = not request.queued  # a queued event's caller is the dispatcher: nobody waits
+        self._callers_waiting += waits
         try:
-            return await self._invoke(request)
-        finally:
-            self._callers_waiting -= 1
-
-    async def _invoke(self, request: InvokeRequest) -> InvokeResult:
-        client_context = decode_client_context(request.client_context)
-        details = await self._registry.get_function(await self._route(request.ref))
-        config = details.config
-        if config.state is State.PENDING:
-            raise ResourceConflict(
-                "The operation cannot be performed at this time. The function is currently in the following state: Pending"
-            )
-        if config.state is State.FAILED:
-            raise ResourceConflict(
-                f"The function could not be invoked because it is in the Failed state: {config.state_reason}"
-            )
-        if request.invocation_type is InvocationType.DRY_RUN:
-            return InvokeResult(b"", config.version)
-        spec = self._spec(config)
-        hops.mark("resolved")
-        token = await self._counter.acquire_nowait(config.name, details.reserved_concurrency)
-        hops.mark("counted")
-        try:
-            lease = await self._workers.lease(spec)
-            hops.mark("leased")
-            try:
-                outcome = await self._workers.invoke(
-                    lease,
-                    request_id=request.request_id,
-                    payload=request.payload or b"{}",
-                    invoked_arn=self._scope.function_arn(request.ref.name, request.ref.qualifier),
-                    client_context=client_context,
+            client_context = decode_client_context(request.client_context)
+            details = await self._registry.get_function(await self._route(request.ref))
+            config = details.config
+            if config.state is State.PENDING:
+                raise ResourceConflict(
+                    "The operation cannot be performed at this time. The function is currently in the following state: Pending"
                 )
+            if config.state is State.FAILED:
+                raise ResourceConflict(
+                    f"The function could not be invoked because it is in the Failed state: {config.state_reason}"
+                )
+            if request.invocation_type is InvocationType.DRY_RUN:
+                return InvokeResult(b"", config.version)
+            spec = self._spec(config)
+            hops.mark("resolved")
+            token = await self._counter.acquire_nowait(config.name, details.reserved_concurrency)
+            hops.mark("counted")
+            try:
+                lease = await self._workers.lease(spec)
+                hops.mark("leased")
+                try:
+                    outcome = await self._workers.invoke(
+                        lease,
+                        request_id=request.request_id,
+                        payload=request.payload or b"{}",
+                        invoked_arn=self._scope.function_arn(request.ref.name, request.ref.qualifier),
+                        client_context=client_context,
+                    )
+                finally:
+                    await self._workers.release(lease)
             finally:
-                await self._workers.release(lease)
+                await self._counter.release(token)
+            hops.mark("released")
+            tail = base64.b64encode(outcome.log_tail).decode() if request.tail_log else None
+            return InvokeResult(outcome.payload, config.version, outcome.function_error, tail)
         finally:
-            await self._counter.release(token)
-        hops.mark("released")
-        tail = base64.b64encode(outcome.log_tail).decode() if request.tail_log else None
-        return InvokeResult(outcome.payload, config.version, outcome.function_error, tail)
+            self._callers_waiting -= waits

@@ -30,9 +30,9 @@ once the event is durable (ANATOMY invariant 6). The fsync is on its own thread 
 0.15-0.4 ms here; the loop meanwhile runs other units, whose frames the next fsync covers.
 
 Except when the caller says nothing else needs the loop meanwhile (`sync_here`: the event queue
-says so for a lone write while no function runs). The thread then costs more than it saves: it
-has to be woken, and so does the loop after it, each a wake-up of an idle CPU, about 0.1 ms
-apiece on the 2-core VM. Measured, sequential Event invokes with dispatching off, 8 alternated
+says so for a lone write while no caller waits on an invocation). The thread then costs more
+than it saves: it has to be woken, and so does the loop after it, each a wake-up of an idle
+CPU, about 0.1 ms apiece on the 2-core VM. Measured, sequential Event invokes with dispatching off, 8 alternated
 rounds of 200: p50 0.94 -> 0.78 ms. The store honours it only while the last fsync took at most
 SYNC_HERE_MAX_S and no fsync is running on the thread: a disk that has turned slow holds the
 loop once, then the syncs go back to the thread until one is quick again.
