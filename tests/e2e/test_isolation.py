@@ -22,6 +22,7 @@ from .engine_fixtures import (
     healthy_fn,  # noqa: F401  (fixture)
     invoke,
     isolated_backend,  # noqa: F401  (fixture)
+    node_function,
     ok_json,
     python_function,
 )
@@ -480,6 +481,40 @@ def test_unprivileged_uid_and_no_capabilities(lam: Any, healthy: None) -> None:
     assert status.get("Seccomp") == "2", f"a seccomp filter is on: {status.get('Seccomp')}"
     for label, outcome in seen["attempts"].items():
         assert outcome != "SUCCEEDED", (label, seen["attempts"])
+
+
+SCHED_BATCH = 3  # <sched.h>; field 41 of /proc/<pid>/stat
+
+
+def test_sandboxes_never_preempt_the_platform_when_woken(lam: Any, healthy: None) -> None:
+    """Every process of a sandbox, and what it starts, runs under SCHED_BATCH (see
+    `backends/_common.py:yield_to_platform`): the Python runtime forked from a zygote, and
+    the Node.js one started by bubblewrap."""
+    python = python_function(lam, """
+        import subprocess
+
+
+        def policy(stat):
+            return int(stat.rpartition(")")[2].split()[38])
+
+
+        def handler(event, context):
+            with open("/proc/self/stat") as f:
+                own = policy(f.read())
+            child = policy(subprocess.run(["cat", "/proc/self/stat"], capture_output=True, text=True).stdout)
+            return {"own": own, "child": child}
+    """, prefix="isosched")
+    node = node_function(lam, {"index.js": """
+        const fs = require("fs");
+        const { execFileSync } = require("child_process");
+        const policy = (stat) => Number(stat.slice(stat.lastIndexOf(")") + 1).trim().split(" ")[38]);
+        exports.handler = async () => ({
+            own: policy(fs.readFileSync("/proc/self/stat", "utf8")),
+            child: policy(execFileSync("cat", ["/proc/self/stat"], { encoding: "utf8" })),
+        });
+    """}, prefix="isosched")
+    for name in (python, node):
+        assert ok_json(invoke(lam, name, {})) == {"own": SCHED_BATCH, "child": SCHED_BATCH}, name
 
 
 def test_memory_limit_holds_and_platform_survives(lam: Any, healthy: None) -> None:

@@ -81,6 +81,19 @@ def set_rlimits(spec: SandboxSpec, *, per_uid: bool) -> None:
         resource.setrlimit(resource.RLIMIT_NPROC, (spec.max_processes, spec.max_processes))
 
 
+def yield_to_platform() -> None:
+    """In the child, before exec: the SCHED_BATCH policy, which every process of the sandbox
+    inherits. Its CPU share is a normal process's (the same weight); only a wake-up differs:
+    a sandbox woken by its event never preempts the task running on that CPU, most often the
+    platform's event loop that has just written the event (the kernel puts a woken task on
+    its waker's CPU). With the default policy, the loop stopped there with every other request
+    it held. Measured on the 2-core VM, one server, the policy of its 28 sandboxes switched
+    between rounds of 8,000 warm invokes at 16 clients (6 and 8 alternated rounds, medians):
+    3,432 -> 3,616/s, p99 9.2 -> 8.2 ms; and 3,295 -> 3,531/s, p99 8.9 -> 8.4 ms. One client:
+    p50 0.44 ms either way."""
+    os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+
+
 def drop_to(uid: int, gid: int) -> None:
     """In the child, as root: become uid/gid with no supplementary groups."""
     os.setgroups([])

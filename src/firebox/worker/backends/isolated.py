@@ -79,6 +79,7 @@ from firebox.worker.backends._common import (
     drop_to,
     make_state_dir,
     set_rlimits,
+    yield_to_platform,
 )
 from firebox.worker.cgroups import CgroupDriver, CgroupsUnavailable, SandboxCgroup
 from firebox.worker.sandbox_api import RUNTIME_API_VARIABLE, SandboxSpec
@@ -309,6 +310,7 @@ class IsolatedBackend:
             for source, target in staged:
                 _mount(source, target, MS_BIND | MS_REC)
             set_rlimits(spec, per_uid=True)
+            yield_to_platform()
             drop_to(uid, uid)
 
         argv = [str(self._bwrap), "--args", str(args_fd), "--", *spec.command]

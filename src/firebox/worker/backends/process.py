@@ -44,6 +44,7 @@ from firebox.worker.backends._common import (
     make_state_dir,
     make_private_dir,
     set_rlimits,
+    yield_to_platform,
 )
 from firebox.worker.cgroups import CgroupDriver, CgroupsUnavailable, SandboxCgroup
 from firebox.worker.sandbox_api import RUNTIME_API_VARIABLE, SandboxSpec
@@ -124,6 +125,7 @@ class ProcessBackend:
                 if attach is not None:
                     attach()
                 set_rlimits(spec, per_uid=drop_uid is not None)
+                yield_to_platform()
                 if drop_uid is not None:
                     drop_to(drop_uid, drop_uid)
                 die_with_parent()
