@@ -634,27 +634,57 @@ async def test_with_an_idle_loop_small_batches_are_written_on_the_writer_thread(
         await store.stop()
 
 
+def record_lingers(store: SqliteLogStore, monkeypatch: pytest.MonkeyPatch,
+                   on_step: Callable[[int], None] = lambda step: None) -> list[float]:
+    """What the writer waits for before each batch, one entry per `_linger` (white box: the
+    wait itself is asyncio's); `on_step(n)` runs as the nth starts."""
+    lingers: list[float] = []
+    real_linger = store._linger
+
+    async def recording_linger(seconds: float) -> None:
+        lingers.append(seconds)
+        on_step(len(lingers))
+        await real_linger(seconds)
+
+    monkeypatch.setattr(store, "_linger", recording_linger)
+    return lingers
+
+
 @pytest.mark.parametrize("busy", [True, False])
 @run
 async def test_the_writer_lingers_longer_after_a_batch_of_an_idle_loop(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busy: bool) -> None:
     monkeypatch.setattr(store_module, "BUSY_LOOP_S", 0.0 if busy else 3600.0)
     store = await started(tmp_path / "logs.db", linger_s=0.001)
-    lingers: list[float] = []  # what the writer waited for, before each batch
-    real_linger = store._linger  # white box: the wait itself is asyncio's
-
-    async def recording_linger(seconds: float) -> None:
-        lingers.append(seconds)
-        await real_linger(seconds)
-
-    monkeypatch.setattr(store, "_linger", recording_linger)
+    lingers = record_lingers(store, monkeypatch)
     try:
-        for i in range(3):
+        for i in range(2):
             store.append_lines(GROUP, STREAM, T0 + i, [f"line {i}\n"])
-            await store.flush()
-        # The first batch lingers as after a busy loop; the next ones by what the last one saw.
+            await store.written()  # unlike flush(), it does not hurry the writer
+        # The first batch lingers as after a busy loop; the next by what the last one saw: after
+        # an idle loop, IDLE_LINGER_FACTOR steps of linger_s.
         factor = 1 if busy else store_module.IDLE_LINGER_FACTOR
-        assert lingers == [0.001, 0.001 * factor, 0.001 * factor]
+        assert lingers == [0.001] * (1 + factor)
+    finally:
+        await store.stop()
+
+
+@run
+async def test_the_long_linger_ends_at_the_first_step_that_finds_the_loop_busy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "BUSY_LOOP_S", 3600.0)  # idle: the first batch sees it so
+    store = await started(tmp_path / "logs.db", linger_s=0.001)
+
+    def load_starts(step: int) -> None:
+        if step == 3:  # the long linger's second step
+            monkeypatch.setattr(store_module, "BUSY_LOOP_S", 0.0)
+
+    lingers = record_lingers(store, monkeypatch, load_starts)
+    try:
+        for i in range(2):
+            store.append_lines(GROUP, STREAM, T0 + i, [f"line {i}\n"])
+            await store.written()
+        assert lingers == [0.001] * 3
     finally:
         await store.stop()
 
