@@ -20,7 +20,10 @@ What is measured, and against what:
   step is several times slower after a pause, the baseline's as much as ours (its CPUs idle
   and wake up cold), so the cold starts below pay that too;
 - throughput and latency at each number of concurrent clients (keep-alive connections), each
-  row after an untimed warm-up at its concurrency, so that it measures warm sandboxes only;
+  row after an untimed warm-up at its concurrency, so that it measures warm sandboxes only, and
+  its first 2 x clients requests untimed on its own connections (`concurrently`'s ramp), so that
+  it measures clients out of step: 16 requests sent at the same instant on 16 new connections
+  answered in 8-40 ms, and were up to half of the 30 slowest of a 16-client row of 3,000;
 - scale-out: `--scale-out` simultaneous first invocations of a function that sleeps 0.5 s: time
   until all are answered, and sandboxes created per second (the server's count, polled);
 - density: PSS of everything the server started, per idle sandbox, and how many fit in 1 GB.
@@ -120,23 +123,31 @@ async def after_idle(port: int, path: str, baseline_port: int, count: int) -> tu
     return timings
 
 
-async def concurrently(port: int, path: str, requests: int, concurrency: int) -> tuple[list[float], float]:
+async def concurrently(port: int, path: str, requests: int, concurrency: int,
+                       ramp: int = 0) -> tuple[list[float], float]:
     """`requests` POSTs from `concurrency` clients, each on its own keep-alive connection and
-    sending its next request when the last is answered: (each latency in ms, seconds in all)."""
+    sending its next request when the last is answered: (each latency in ms, seconds in all).
+    `ramp` more go first, untimed, on the same connections: the clients start in step (all at
+    once on new connections), and by the end of the ramp they no longer are. The time runs from
+    the first timed request, while the ramp's last are still in flight (so it is a little long)."""
     connections = [await Connection.open("127.0.0.1", port) for _ in range(concurrency)]
-    remaining = requests
+    remaining = requests + ramp
     latencies: list[float] = []
+    start = 0.0
 
     async def drive(conn: Connection) -> None:
-        nonlocal remaining
+        nonlocal remaining, start
         while remaining > 0:
+            timed = remaining <= requests
             remaining -= 1
-            start = time.perf_counter()
+            sent = time.perf_counter()
+            if timed and not start:
+                start = sent
             status, _ = await conn.post(path, b"{}")
-            latencies.append((time.perf_counter() - start) * 1000)
+            if timed:
+                latencies.append((time.perf_counter() - sent) * 1000)
             assert status == 200, status
 
-    start = time.perf_counter()
     await asyncio.gather(*(drive(c) for c in connections))
     elapsed = time.perf_counter() - start
     for conn in connections:
@@ -144,8 +155,8 @@ async def concurrently(port: int, path: str, requests: int, concurrency: int) ->
     return latencies, elapsed
 
 
-async def throughput(port: int, path: str, requests: int, concurrency: int) -> dict[str, float]:
-    latencies, elapsed = await concurrently(port, path, requests, concurrency)
+async def throughput(port: int, path: str, requests: int, concurrency: int, ramp: int = 0) -> dict[str, float]:
+    latencies, elapsed = await concurrently(port, path, requests, concurrency, ramp)
     return {"concurrency": concurrency, "requests": requests, "per_s": requests / elapsed,
             "p50_ms": statistics.median(latencies), "p90_ms": percentile(latencies, 90),
             "p99_ms": percentile(latencies, 99), "max_ms": max(latencies), "cdf": cdf(latencies)}
@@ -475,8 +486,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 # of them would otherwise be cold starts inside the timed run).
                 await throughput(fport, invoke_path, 2 * concurrency, concurrency)
                 await throughput(args.baseline_port, "/", 2 * concurrency, concurrency)
-                fire = await throughput(fport, invoke_path, args.requests, concurrency)
-                base = await throughput(args.baseline_port, "/", args.requests, concurrency)
+                fire = await throughput(fport, invoke_path, args.requests, concurrency, ramp=2 * concurrency)
+                base = await throughput(args.baseline_port, "/", args.requests, concurrency, ramp=2 * concurrency)
                 results["throughput"].append({"firebox": fire, "baseline": base, "ratio": fire["per_s"] / base["per_s"]})
             goal = next((t["firebox"] for t in results["throughput"] if t["firebox"]["concurrency"] == GOAL_CLIENTS), None)
             if goal is not None:
