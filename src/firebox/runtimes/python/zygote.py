@@ -430,9 +430,10 @@ def fill_pool_holes():
     the zygote freed while it started left such blocks scattered over many pages it shares
     with its children: each object a child made there copied a page of its own. Filled, they
     send the child's objects to fresh pools, a few pages of them. Measured (bench/sandboxes.py,
-    3 alternated runs of 200 sandboxes): 3,000-3,600 blocks filled (about 0.2 MB, shared);
-    per sandbox 647-653 -> 636-641 page faults, PSS 2.26-2.29 -> 2.21-2.22 MB (447-454 ->
-    462-464 per GB); the zygote's own faults per spawn 129-137 -> 126-127.
+    3 alternated runs of 200 sandboxes, two copies of one tree): 3,000-3,600 blocks filled
+    (about 0.2 MB, shared); per sandbox 645-656 -> 635-643 page faults, PSS 2.25-2.30 ->
+    2.22-2.24 MB (446-456 -> 457-462 per GB); the zygote's own faults per spawn 133-135 ->
+    131-133.
     The counts come from sys._debugmallocstats (CPython's own report, to stderr, read here
     through a memfd); a size class is filled with objects of exactly its size: object() (16
     bytes), a two-digit int (32) and bytes objects (33 bytes + their length) above."""
