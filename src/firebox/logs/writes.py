@@ -75,7 +75,12 @@ class _Chunked:
 
 _INSERT_EVENTS = _Chunked("INSERT INTO log_events (id, group_id, stream_id, ts, ingested, message) VALUES ",
                           "(?, ?, ?, ?, ?, ?)")
-# UPDATE ... FROM needs SQLite 3.33 (2020): Debian 12 has 3.40, Ubuntu 22.04 3.37.
+# UPDATE ... FROM needs SQLite 3.33 (2020): Debian 12 has 3.40, Ubuntu 22.04 3.37; an older
+# library updates the streams one statement each (_UPDATE_STREAM).
+UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)
+_UPDATE_STREAM = """UPDATE log_streams SET first_event = min(coalesce(first_event, ?), ?),
+                        last_event = max(coalesce(last_event, ?), ?), last_ingestion = ?,
+                        stored_bytes = stored_bytes + ? WHERE id = ?"""
 _UPDATE_STREAMS = _Chunked(
     "WITH batch (id, first, last, size) AS (VALUES ", "(?, ?, ?, ?)",
     """) UPDATE log_streams SET first_event = min(coalesce(first_event, batch.first), batch.first),
@@ -121,8 +126,12 @@ class Writer:
                     current[1] = ts
                 current[2] += utf8_size(messages, size)
             _INSERT_EVENTS.run(conn, events, 6)
-            _UPDATE_STREAMS.run(conn, [value for sid, (first, last, size, _) in stats.items()
-                                       for value in (sid, first, last, size)], 4, now)
+            if UPDATE_FROM:
+                _UPDATE_STREAMS.run(conn, [value for sid, (first, last, size, _) in stats.items()
+                                           for value in (sid, first, last, size)], 4, now)
+            else:
+                conn.executemany(_UPDATE_STREAM, [(first, first, last, last, now, size, sid)
+                                                  for sid, (first, last, size, _) in stats.items()])
             group_bytes: dict[int, int] = defaultdict(int)
             for first, last, size, gid in stats.values():
                 group_bytes[gid] += size
