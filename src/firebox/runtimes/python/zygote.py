@@ -694,8 +694,11 @@ def isolate(runtime, request, fds):
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NPROC, (request["max_processes"],) * 2)
     # Woken by its event, a sandbox never preempts the platform's event loop: see
-    # firebox/worker/backends/_common.py:yield_to_platform.
-    os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    # firebox/worker/backends/_common.py:yield_to_platform (refused, the default policy stays).
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except OSError:
+        pass
     uid = request["uid"]
     os.setgroups([])
     os.setresgid(uid, uid, uid)
