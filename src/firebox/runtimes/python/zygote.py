@@ -986,7 +986,10 @@ def main():
     except Exception as exc:  # noqa: BLE001 - an optimisation: without it, cells fault later
         working_set = frozenset()
         sys.stderr.write("zygote: learning the stem cells' working set failed: %r\n" % (exc,))
-    fill_pool_holes()
+    try:
+        fill_pool_holes()
+    except Exception as exc:  # noqa: BLE001 - an optimisation: without it, children copy a few more pages
+        sys.stderr.write("zygote: filling the allocator's free blocks failed: %r\n" % (exc,))
     control.send(json.dumps({"ready": os.getpid(), "working_set_pages": len(working_set),
                              "rehearsed": rehearsed}).encode())
     return serve(runtime, control)
