@@ -90,8 +90,11 @@ def yield_to_platform() -> None:
     it held. Measured on the 2-core VM, one server, the policy of its 28 sandboxes switched
     between rounds of 8,000 warm invokes at 16 clients (6 and 8 alternated rounds, medians):
     3,432 -> 3,616/s, p99 9.2 -> 8.2 ms; and 3,295 -> 3,531/s, p99 8.9 -> 8.4 ms. One client:
-    p50 0.44 ms either way. Refused (a seccomp profile around the platform that denies it), the
-    sandbox runs under the default policy: a speed-up, not a guarantee worth failing a spawn."""
+    p50 0.44 ms either way. The price: a sandbox woken by anything else (its own timer or socket)
+    also waits, on a busy CPU, for the running task's slice to end (a few ms at most) instead of
+    preempting it; an idle CPU takes it at once either way. Refused (a seccomp profile around
+    the platform that denies it), the sandbox runs under the default policy: a speed-up, not a
+    guarantee worth failing a spawn."""
     with contextlib.suppress(OSError):
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 
