@@ -211,3 +211,57 @@ def test_init_once_per_sandbox_and_reset_on_new_sandbox(lam: Any) -> None:
     assert fresh["token"] != first["token"]
     assert fresh["stream"] != first["stream"]
     assert ok_json(invoke(lam, name, {}))["count"] == 2
+
+
+THREADS_SOURCE = """
+import concurrent.futures
+import logging
+import os
+import random
+import threading
+
+
+def handler(event, context):
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append(threading.get_native_id()))
+    worker.start()
+    worker.join()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        squares = list(pool.map(lambda n: n * n, range(5)))
+    logging.getLogger("app").warning("logged from the handler")
+    return {"main": threading.current_thread() is threading.main_thread(),
+            "main_native_id": threading.main_thread().native_id, "native_id": threading.get_native_id(),
+            "pid": os.getpid(), "worker_native_id": seen[0], "squares": squares,
+            "threads_after": threading.active_count(), "random": random.random()}
+"""
+
+
+def test_threads_logging_and_random_work_in_a_forked_sandbox(lam: Any) -> None:
+    # Python sandboxes are forked from a zygote without os.fork()'s after-fork hooks
+    # (zygote.py `fork_plain`): what those would have reset must still hold.
+    name = python_function(lam, THREADS_SOURCE, prefix="pythreads")
+    first = ok_json(invoke(lam, name, {}))
+    assert first["main"] and first["main_native_id"] == first["native_id"] == first["pid"], first
+    assert first["worker_native_id"] not in (first["native_id"], None), first
+    assert first["squares"] == [0, 1, 4, 9, 16] and first["threads_after"] == 1, first
+    other = ok_json(invoke(lam, python_function(lam, THREADS_SOURCE, prefix="pythreads"), {}))
+    assert other["random"] != first["random"]  # two sandboxes of one zygote: two random streams
+
+
+BOTO3_RANDOM_SOURCE = """
+import random
+
+import boto3
+
+
+def handler(event, context):
+    return {"random": random.random(), "boto3": boto3.__version__}
+"""
+
+
+def test_sandboxes_forked_from_a_zygote_that_imported_random_draw_different_numbers(lam: Any) -> None:
+    # The boto3 zygote has imported `random` (botocore does): each fork must reseed it, or every
+    # sandbox of that zygote would draw the same numbers.
+    drawn = {ok_json(invoke(lam, python_function(lam, BOTO3_RANDOM_SOURCE, prefix="pyrandom"), {}))["random"]
+             for _ in range(3)}
+    assert len(drawn) == 3, drawn
