@@ -310,6 +310,16 @@ def test_a_runtime_zygote_learns_its_stem_cells_working_set(loop, backend: Zygot
     assert zygote.rehearsed is True  # its runtime served every invocation of the rehearsal
 
 
+def test_a_runtime_zygote_has_one_thread_so_it_forks_through_libc(loop, backend: ZygoteBackend, code: Path) -> None:
+    """zygote.py `fork_plain` skips os.fork()'s after-fork work only in a process with one
+    thread (else it falls back to os.fork(), silently): a thread started by the runtime, the
+    rehearsal or a preload would lose the sandboxes that saving."""
+    spec = make_spec(code, runtime_dir=RUNTIME_DIR, command=tuple(stem_command("python3.11", PYTHON)))
+    zygote = run(loop, backend._zygote(plan(spec).key))  # type: ignore[union-attr]
+    assert zygote is not None and zygote._proc is not None
+    assert os.listdir(f"/proc/{zygote._proc.pid}/task") == [str(zygote._proc.pid)]
+
+
 def test_cancelled_spawns_leave_no_bookkeeping_in_the_zygote(loop, backend: ZygoteBackend, code: Path) -> None:
     async def scenario() -> None:
         zygote = await backend._zygote(plan(make_spec(code, "exit3.py")).key)  # type: ignore[union-attr]
