@@ -657,8 +657,14 @@ def sandbox_child(runtime, request, fds, control):
     docstring. Never returns."""
     try:
         private = fds.pop(0)
-        with socket.socket(fileno=private) as channel:
-            request.update(json.loads(channel.recv(MAX_MESSAGE)))
+        # A read of the bare fd (one SEQPACKET record), not a socket object: that object's
+        # set-up and close run Python code the zygote shares, and each page it touches is
+        # copied (measured per sandbox: 64 -> 37 page faults, about 0.1 ms of CPU).
+        try:
+            message = os.read(private, MAX_MESSAGE)
+        finally:
+            os.close(private)
+        request.update(json.loads(message))
         stdout, stderr, api = isolate(runtime, request, fds)
     except BaseException as exc:  # noqa: BLE001 - reported to the platform, then exit
         control.send(json.dumps({"id": request["id"], "error": "%s: %s" % (type(exc).__name__, exc)}).encode())
