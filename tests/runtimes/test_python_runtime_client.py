@@ -273,6 +273,49 @@ def test_only_the_listings_of_folders_a_sandbox_changes_are_forgotten(
     assert _bootstrap_external._NamespacePath._epoch == epoch + 1
 
 
+class _CountedCache(dict):  # type: ignore[type-arg]
+    """sys.path_importer_cache that counts the walks over it."""
+
+    walks = 0
+
+    def items(self):  # type: ignore[no-untyped-def]
+        self.walks += 1
+        return super().items()
+
+
+def test_a_zygote_plans_the_forgetting_and_a_child_walks_the_cache_again_only_once_it_grew(
+        bootstrap: ModuleType, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import sys
+
+    root, writable = tmp_path / "task", tmp_path / "writable"
+    root.mkdir()
+    writable.mkdir()
+    monkeypatch.setattr(bootstrap, "WRITABLE_FOLDERS", (str(writable),))
+    monkeypatch.setattr(bootstrap, "_LISTINGS_PLAN", None)
+    standard = os.path.dirname(os.__file__)
+    kept, task, scratch = (_filled_finder(path) for path in (standard, str(root), str(writable)))
+    cache = _CountedCache({standard: kept, str(root): task, str(writable): scratch, "/a/missing/folder": None})
+    monkeypatch.setattr(sys, "path_importer_cache", cache)
+
+    bootstrap.plan_changed_listings(str(root))  # the zygote: forgets once, drops the missing folder
+    assert "/a/missing/folder" not in cache
+    for finder in (kept, task, scratch):
+        finder.find_spec("a_module_nobody_has")  # listings read again, as the zygote's later imports would
+    walks = cache.walks
+
+    bootstrap.forget_changed_listings(str(root))  # a child, its cache as at the fork
+    assert cache.walks == walks
+    assert task._path_mtime == -1 and scratch._path_mtime == -1 and kept._path_mtime != -1
+
+    cache["/another/missing/folder"] = None  # an import met a new folder: the cache grew
+    task.find_spec("a_module_nobody_has")
+    bootstrap.forget_changed_listings(str(root))
+    assert cache.walks == walks + 1 and "/another/missing/folder" not in cache
+    assert task._path_mtime == -1 and kept._path_mtime != -1
+    bootstrap.forget_changed_listings(str(tmp_path / "elsewhere"))  # another task root: walked too
+    assert cache.walks == walks + 2
+
+
 def test_prepared_init_is_redone_only_where_the_environment_changed(
         bootstrap: ModuleType, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     import logging

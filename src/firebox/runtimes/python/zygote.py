@@ -1015,6 +1015,7 @@ def main():
             # What every child's runtime would set up first (stdio, sys.path, logging...):
             # done once here, with this zygote's start-up environment, its children's own.
             runtime.bootstrap.prepare_init()
+            runtime.bootstrap.plan_changed_listings("/var/task")  # imports nothing after this
     except BaseException as exc:  # noqa: BLE001 - the platform reads it and gives up on this zygote
         control.send(json.dumps({"error": "%s: %s" % (type(exc).__name__, exc)}).encode())
         return 1
