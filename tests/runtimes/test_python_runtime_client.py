@@ -316,6 +316,102 @@ def test_a_zygote_plans_the_forgetting_and_a_child_walks_the_cache_again_only_on
     assert cache.walks == walks + 2
 
 
+def _compiled(root, name: str, source: str, **compile_options) -> None:  # type: ignore[no-untyped-def]
+    import py_compile
+
+    (root / f"{name}.py").write_text(source)
+    py_compile.compile(str(root / f"{name}.py"), doraise=True, **compile_options)
+
+
+def _counting_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """importlib's _load (the way without ready bytecode), recording the names it loads."""
+    from importlib import _bootstrap
+
+    calls: list[str] = []
+    real = _bootstrap._load
+
+    def counting(spec):  # type: ignore[no-untyped-def]
+        calls.append(spec.name)
+        return real(spec)
+
+    monkeypatch.setattr(_bootstrap, "_load", counting)
+    return calls
+
+
+def test_a_handler_module_with_its_bytecode_is_loaded_from_it_as_source_file_loader_would(
+        bootstrap: ModuleType, task_root, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import sys
+
+    root, name = task_root
+    # The bytecode says 'bytecode'; then the source changes without changing its size or mtime:
+    # a timestamp-checked loader (the path finder's) still runs the bytecode.
+    _compiled(root, name, "import sys\nSELF = sys.modules[__name__]\nWHO = 'bytecode'\n")
+    stat = os.stat(root / f"{name}.py")
+    (root / f"{name}.py").write_text("import sys\nSELF = sys.modules[__name__]\nWHO = 'source__'\n")
+    os.utime(root / f"{name}.py", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    expected = importlib.util.find_spec(name)
+    assert expected is not None and expected.loader is not None
+    namespace: dict[str, object] = {}
+    exec(expected.loader.get_code(name), namespace)  # type: ignore[attr-defined]
+    assert namespace["WHO"] == "bytecode"
+
+    calls, loads = _counting_import_module(monkeypatch), _counting_loads(monkeypatch)
+    module = bootstrap.import_handler_module(name)
+    assert calls == [] and loads == []  # neither the import system nor _load
+    assert module.WHO == "bytecode" and sys.modules[name] is module and module.SELF is module
+    spec = module.__spec__
+    for field in ("name", "origin", "cached", "parent", "has_location", "submodule_search_locations"):
+        assert getattr(spec, field) == getattr(expected, field), field
+    assert type(spec.loader) is type(expected.loader) and spec.loader.path == expected.loader.path  # type: ignore[attr-defined]
+    assert spec._initializing is False
+    assert (module.__file__, module.__cached__, module.__package__, module.__loader__) == \
+        (expected.origin, expected.cached, "", spec.loader)
+    assert module.WHO.__class__ is str and module.__dict__["__builtins__"] is not None
+    assert name in sys.modules and list(sys.modules)[-1] == name
+
+
+@pytest.mark.parametrize("bytecode", ["stale", "hash_based", "not_code"])
+def test_bytecode_the_path_finder_would_not_trust_is_left_to_it(
+        bootstrap: ModuleType, task_root, monkeypatch: pytest.MonkeyPatch, bytecode: str) -> None:  # type: ignore[no-untyped-def]
+    import marshal
+    import py_compile
+
+    root, name = task_root
+    if bytecode == "hash_based":
+        _compiled(root, name, "WHO = 'source'\n", invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+    else:
+        _compiled(root, name, "WHO = 'bytecode'\n")
+        if bytecode == "stale":
+            (root / f"{name}.py").write_text("WHO = 'source'\n")  # another size
+        else:
+            cached = importlib.util.cache_from_source(str(root / f"{name}.py"))
+            with open(cached, "r+b") as handle:
+                header = handle.read(16)
+                handle.seek(0)
+                handle.write(header + marshal.dumps("not a code object"))
+                handle.truncate()
+    loads = _counting_loads(monkeypatch)
+    try:
+        module = bootstrap.import_handler_module(name)
+    except ImportError:
+        assert bytecode == "not_code"  # the import system's own verdict on it
+    else:
+        assert module.WHO == "source"
+    assert loads == [name]
+
+
+def test_a_handler_module_that_fails_from_its_bytecode_is_not_left_half_imported(
+        bootstrap: ModuleType, task_root, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import sys
+
+    root, name = task_root
+    _compiled(root, name, "raise ValueError('at import')\n")
+    loads = _counting_loads(monkeypatch)
+    with pytest.raises(ValueError, match="at import"):
+        bootstrap.import_handler_module(name)
+    assert name not in sys.modules and loads == []
+
+
 def test_prepared_init_is_redone_only_where_the_environment_changed(
         bootstrap: ModuleType, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     import logging
