@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -538,3 +539,29 @@ def test_a_stem_cell_becomes_exactly_its_functions_environment() -> None:
     wanted = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OWN": "x", "TZ": ":UTC"}
     stem.become(environ, wanted)
     assert environ == wanted
+
+
+def test_a_stem_cell_becomes_its_functions_environment_in_os_environ_and_libc() -> None:
+    """The real os.environ, changed through its encoded mapping (its own methods, which would
+    run Python code per variable, are not called): what Python reads and what a program the
+    function starts inherits (libc's environment) are both exactly `wanted`."""
+    script = f"""
+import importlib.util, json, os, subprocess, sys
+spec = importlib.util.spec_from_file_location("_stem_under_test", {str(RUNTIME_DIR / "python" / "stem.py")!r})
+stem = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(stem)
+wanted = {{"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OWN": "x\u00e9", "TZ": ":UTC", "EMPTY": ""}}
+def slow_way(*args):
+    raise AssertionError("os.environ's own methods were called")
+type(os.environ).__setitem__ = type(os.environ).__delitem__ = slow_way
+stem.become(os.environ, wanted)
+inherited = subprocess.run(["/usr/bin/env", "-0"], capture_output=True, check=True).stdout
+print(json.dumps([dict(os.environ), sorted(inherited.decode().split("\\0")[:-1]), os.getenv("OWN")]))
+"""
+    environment = {"PATH": "/usr/bin:/bin", "LANG": "en_US.UTF-8", "TZ": ":UTC", "GONE": "1"}
+    done = subprocess.run([sys.executable, "-I", "-c", script], env=environment, capture_output=True, text=True,
+                          check=True)
+    seen, inherited, own = json.loads(done.stdout)
+    wanted = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OWN": "x\u00e9", "TZ": ":UTC", "EMPTY": ""}
+    assert seen == wanted and own == "x\u00e9"
+    assert inherited == sorted(f"{name}={value}" for name, value in wanted.items())
