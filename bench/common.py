@@ -143,6 +143,23 @@ def stop_firebox(proc: subprocess.Popen[str]) -> None:
         proc.wait()
 
 
+def host_probe_ms(samples: int = 5) -> float:
+    """How long a fixed piece of pure-Python work takes on this thread's CPU (the median of
+    `samples`, ms of CPU time, not wall time): the same work, so any change is the host's. On the
+    2-core development VM it moved between about 17 and 29 ms from one second to the next with
+    the machine otherwise idle (the hypervisor's doing: a sibling hyperthread, the clock), and
+    every CPU cost of a benchmark moves with it. Benchmarks print it beside rows that the host's
+    speed moves most, so that two runs can be compared for what the code did."""
+    timings = []
+    for _ in range(samples):
+        began = time.thread_time_ns()
+        total = 0
+        for i in range(300_000):
+            total += i * i
+        timings.append((time.thread_time_ns() - began) / 1e6)
+    return statistics.median(timings)
+
+
 def busy_seconds() -> float:
     """Seconds the whole machine has been busy (all CPUs, /proc/stat: everything but idle and iowait)."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]

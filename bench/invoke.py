@@ -63,6 +63,7 @@ from typing import Any
 from common import (
     Connection,
     cdf,
+    host_probe_ms,
     out_argument,
     percentile,
     pss_kb,
@@ -486,9 +487,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 # of them would otherwise be cold starts inside the timed run).
                 await throughput(fport, invoke_path, 2 * concurrency, concurrency)
                 await throughput(args.baseline_port, "/", 2 * concurrency, concurrency)
+                probe = host_probe_ms()
                 fire = await throughput(fport, invoke_path, args.requests, concurrency, ramp=2 * concurrency)
                 base = await throughput(args.baseline_port, "/", args.requests, concurrency, ramp=2 * concurrency)
-                results["throughput"].append({"firebox": fire, "baseline": base, "ratio": fire["per_s"] / base["per_s"]})
+                results["throughput"].append({"firebox": fire, "baseline": base, "ratio": fire["per_s"] / base["per_s"],
+                                              "host_probe_ms": [probe, host_probe_ms()]})
             goal = next((t["firebox"] for t in results["throughput"] if t["firebox"]["concurrency"] == GOAL_CLIENTS), None)
             if goal is not None:
                 results["goal"] = {"clients": GOAL_CLIENTS, "p99_ms_max": GOAL_P99_MS, "p99_ms": goal["p99_ms"],
@@ -573,12 +576,13 @@ def report(results: dict[str, Any]) -> None:
             idle["baseline"])
 
     print(f"\n{'clients':<9}{'firebox/s':>11}{'base/s':>9}{'ratio':>7}{'fb p50':>10}{'fb p99':>10}"
-          f"{'base p50':>10}{'base p99':>10}{'p99 ratio':>10}")
+          f"{'base p50':>10}{'base p99':>10}{'p99 ratio':>10}{'host probe':>14}")
     for item in results["throughput"]:
         f, b = item["firebox"], item["baseline"]
+        probe = item.get("host_probe_ms")  # before and after the row (common.host_probe_ms)
         print(f"{f['concurrency']:<9}{f['per_s']:>11.0f}{b['per_s']:>9.0f}{item['ratio']:>7.3f}"
               f"{ms(f['p50_ms']):>10}{ms(f['p99_ms']):>10}{ms(b['p50_ms']):>10}{ms(b['p99_ms']):>10}"
-              f"{f['p99_ms'] / b['p99_ms']:>9.1f}x")
+              f"{f['p99_ms'] / b['p99_ms']:>9.1f}x" + (f"{probe[0]:>7.1f}/{probe[1]:<4.1f}ms" if probe else ""))
     if goal := results.get("goal"):
         print(f"goal: at {goal['clients']} clients p99 <= {goal['p99_ms_max']:g} ms: p99 is {goal['p99_ms']:.2f} ms, "
               + ("met" if goal["met"] else "NOT met"))

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, shown
+from common import RESULTS, host_probe_ms, shown
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -110,7 +110,9 @@ def tables(data: dict[str, Any]) -> str:
     """Each benchmark's own table (its module's `report`), one after the other."""
     buffer = io.StringIO()
     for name, entry in data["benchmarks"].items():
-        print(f"\n=== {TITLES[name]}: bench/{BENCHMARKS[name][0]}, {entry['wall_s']:.0f} s ===", file=buffer)
+        probe = entry.get("host_probe_ms")  # common.host_probe_ms before and after: the host's speed then
+        print(f"\n=== {TITLES[name]}: bench/{BENCHMARKS[name][0]}, {entry['wall_s']:.0f} s"
+              + (f" (host probe {probe[0]:.1f} / {probe[1]:.1f} ms)" if probe else "") + " ===", file=buffer)
         if entry["results"] is None:
             print(f"FAILED (exit status {entry['exit_status']}); the end of {entry['log']}:", file=buffer)
             print(entry["log_tail"], file=buffer)
@@ -153,13 +155,15 @@ def main() -> None:
         script, full, quick = BENCHMARKS[name]
         argv = quick if args.quick else full
         out, log = out_dir / f"{name}.json", out_dir / f"{name}.log"
-        print(f"[{i}/{len(args.only)}] {name}: bench/{script} {' '.join(argv)}", flush=True)
+        probe = host_probe_ms()
+        print(f"[{i}/{len(args.only)}] {name}: bench/{script} {' '.join(argv)} (host probe {probe:.1f} ms)", flush=True)
         status, wall = run_one(name, argv, out, log)
         results = json.loads(out.read_text()) if status == 0 and out.exists() else None
         tail = "" if results else "\n".join(log.read_text(errors="replace").splitlines()[-20:])
         print(f"      {'done' if results else 'FAILED'} in {wall:.0f} s", flush=True)
         data["benchmarks"][name] = {"command": [f"bench/{script}", *argv], "exit_status": status, "wall_s": wall,
-                                    "log": shown(log), "log_tail": tail, "results": results}
+                                    "log": shown(log), "log_tail": tail, "results": results,
+                                    "host_probe_ms": [probe, host_probe_ms()]}
         out.unlink(missing_ok=True)  # bench.json holds it
     data["wall_s"] = time.perf_counter() - started
     data["machine"]["load_average_end"] = os.getloadavg()
