@@ -5,13 +5,14 @@
 
 For each backend, `--count` sandboxes of Firebox's Python runtime (the real bootstrap command,
 a hello handler, precompiled as the platform precompiles every Python package) are started
-with at most `--concurrency` starts in flight, each served ONE invocation by a minimal Runtime
-API responder here, and kept idle (their runtime waits on its next `GET /invocation/next`, as
-a warm sandbox does):
+with at most `--concurrency` starts in flight, each served ONE invocation by the platform's own
+Runtime API (`firebox.worker.runtimeapi.serve`, as the worker serves every sandbox), on uvloop
+as the server runs, and kept idle (their runtime waits on its next `GET /invocation/next`, as a
+warm sandbox does):
 - creation: sandboxes per second until the last one's first invocation was answered, the latency
   of each (spawn() to its response), and the machine's CPU time per sandbox (all processes,
   /proc/stat), by part: this process (the backend's side of each spawn: cgroups, the network
-  namespace, the spawn request; and this benchmark's Runtime API responder), the zygotes, the
+  namespace, the spawn request; and the Runtime API that serves the invocation), the zygotes, the
   sandboxes themselves (alive and idle at the end, so their whole lives), and the rest (kernel
   threads, softirqs, bubblewrap's own processes);
 - page faults: each idle sandbox's minor faults (for a fork, nearly all copies of pages it
@@ -29,7 +30,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -42,6 +42,7 @@ from common import busy_seconds, minor_faults, on_cpu_ns, out_argument, percenti
 from firebox.runtimes.api import RUNTIME_DIR, bootstrap_command
 from firebox.worker.backends import IsolatedBackend, ZygoteBackend
 from firebox.worker.codecache import compile_package, normalise_modes
+from firebox.worker.runtimeapi import Invocation, RuntimeApiServer, RuntimeChannel, serve
 from firebox.worker.sandbox_api import SandboxSpec
 
 PYTHON = "/usr/bin/python3.11"
@@ -49,39 +50,27 @@ HANDLER = "def handler(event, context):\n    return {'hello': event.get('name')}
 EVENT = b'{"name": "bench"}'
 
 
-async def serve_one_invocation(loop: asyncio.AbstractEventLoop, connection: socket.socket) -> None:
-    """Answer the runtime's first GET /next with EVENT, read its response (202), and return
-    with its next GET unanswered: the runtime is then idle, as between invocations."""
-    buffer = b""
+async def serve_one_invocation(sandbox: Any, sandbox_id: str) -> RuntimeApiServer:
+    """Serve the sandbox's Runtime API as the worker does, hand its runtime one event once it
+    asks (init done), and return once the result is back: the runtime has then asked for its
+    next event, which stays unanswered (it is idle, as between invocations)."""
+    channel = RuntimeChannel()
+    server = await serve(channel, sandbox.runtime_api, sandbox.runtime_api_connection)
+    try:
+        await channel.ready
+        invocation = Invocation(
+            request_id=sandbox_id, payload=EVENT, deadline_ms=int(time.time() * 1000) + 60_000,
+            invoked_function_arn="arn:aws:lambda:us-east-1:000000000000:function:bench",
+            trace_id="Root=1-5bef4de7-ad49b0e87f6ef6c87fc2e700;Parent=9a9197af755a6419;Sampled=1")
+        channel.deliver(invocation)
+        outcome = await invocation.outcome
+    except BaseException:
+        server.close()
+        raise
+    assert outcome.error_type is None and b"bench" in outcome.payload, outcome
+    return server
 
-    async def request() -> tuple[bytes, bytes]:
-        nonlocal buffer
-        while b"\r\n\r\n" not in buffer:
-            chunk = await loop.sock_recv(connection, 65536)
-            if not chunk:
-                raise ConnectionError("the runtime closed its connection")
-            buffer += chunk
-        head, _, buffer = buffer.partition(b"\r\n\r\n")
-        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                       if line.lower().startswith(b"content-length:")), 0)
-        while len(buffer) < length:
-            buffer += await loop.sock_recv(connection, 65536)
-        body, buffer = buffer[:length], buffer[length:]
-        return head.split(b" ", 2)[1], body
 
-    path, _ = await request()
-    assert path.endswith(b"/invocation/next"), path
-    deadline = int(time.time() * 1000) + 60_000
-    await loop.sock_sendall(connection, (
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-        "Lambda-Runtime-Aws-Request-Id: 8476a536-e9f4-11e8-9739-2dfe598c3fcd\r\n"
-        f"Lambda-Runtime-Deadline-Ms: {deadline}\r\n"
-        "Lambda-Runtime-Invoked-Function-Arn: arn:aws:lambda:us-east-1:000000000000:function:bench\r\n"
-        "Lambda-Runtime-Trace-Id: Root=1-5bef4de7-ad49b0e87f6ef6c87fc2e700;Parent=9a9197af755a6419;Sampled=1\r\n"
-        f"Content-Length: {len(EVENT)}\r\n\r\n").encode() + EVENT)
-    path, body = await request()
-    assert path.endswith(b"/response") and b"bench" in body, (path, body)
-    await loop.sock_sendall(connection, b"HTTP/1.1 202 Accepted\r\nContent-Length: 15\r\n\r\n{\"status\":\"OK\"}")
 UIDS = range(61000, 62900)
 ENVIRONMENT = {
     "_HANDLER": "hello.handler", "AWS_LAMBDA_FUNCTION_NAME": "bench", "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
@@ -107,9 +96,8 @@ async def measure(kind: str, code: Path, count: int, concurrency: int) -> dict[s
     problem = backend.probe()
     if problem is not None or getattr(backend, "zygote_problem", None):
         raise SystemExit(f"{kind}: {problem or backend.zygote_problem}")  # type: ignore[attr-defined]
-    loop = asyncio.get_running_loop()
     sandboxes: list[Any] = []
-    connections = []
+    servers: list[RuntimeApiServer] = []
     latencies: list[float] = []
     gate = asyncio.Semaphore(concurrency)
 
@@ -123,21 +111,17 @@ async def measure(kind: str, code: Path, count: int, concurrency: int) -> dict[s
             started = time.perf_counter()
             sandbox = await backend.spawn(spec)
             sandboxes.append(sandbox)
-            connection = sandbox.runtime_api_connection  # a zygote-forked runtime's own socketpair
-            if connection is None:
-                connection, _ = await asyncio.wait_for(loop.sock_accept(sandbox.runtime_api), 30)
-            connections.append(connection)
-            await asyncio.wait_for(serve_one_invocation(loop, connection), 30)
+            servers.append(await asyncio.wait_for(serve_one_invocation(sandbox, spec.sandbox_id), 30))
             latencies.append(time.perf_counter() - started)
 
     try:
         await asyncio.gather(*(one() for _ in range(3)))  # warm-up: the zygote starts here
-        for connection in connections:
-            connection.close()
+        for server in servers:
+            server.close()
         for sandbox in sandboxes:
             await sandbox.cleanup()
         sandboxes.clear()
-        connections.clear()
+        servers.clear()
         latencies.clear()
         zygotes = [z._proc.pid for z in getattr(backend, "_zygotes", {}).values() if z._proc]
         ours, zygotes_ns = on_cpu_ns(os.getpid()), sum(on_cpu_ns(pid) for pid in zygotes)
@@ -167,8 +151,8 @@ async def measure(kind: str, code: Path, count: int, concurrency: int) -> dict[s
             "pss_per_sandbox_mb": per_sandbox_mb, "zygotes_pss_mb": zygotes_kb / 1024, "per_gb": 1024 / per_sandbox_mb,
         }
     finally:
-        for connection in connections:
-            connection.close()
+        for server in servers:
+            server.close()
         for sandbox in sandboxes:
             await sandbox.cleanup()
         await backend.close()
@@ -224,7 +208,12 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/sandboxes.py needs root (the isolated backends do)")
-    results = asyncio.run(run(args))
+    try:
+        import uvloop  # as the server runs (firebox/server.py)
+    except ImportError:
+        results = asyncio.run(run(args))
+    else:
+        results = uvloop.run(run(args))
     publish(results, args.out, "sandboxes", report)
 
 
