@@ -75,8 +75,8 @@ def test_every_syscall_number_gets_the_policy_action(deny_new_userns: bool) -> N
         else:
             assert action == SECCOMP_RET_ALLOW, nr
     # clone: refused with a new user namespace in its flags (when asked), whatever else is there
-    newuser = seccomp.CLONE_NEWUSER
-    assert run_program(program, clone, args=(newuser | 0x11, 0, 0, 0, 0, 0)) == (EPERM if deny_new_userns else SECCOMP_RET_ALLOW)
+    with_new_userns = run_program(program, clone, args=(seccomp.CLONE_NEWUSER | 0x11, 0, 0, 0, 0, 0))
+    assert with_new_userns == (EPERM if deny_new_userns else SECCOMP_RET_ALLOW)
     assert run_program(program, clone, args=(0x11, 0, 0, 0, 0, 0)) == SECCOMP_RET_ALLOW
     # another ABI: not allowed (the bad-architecture action ends the process)
     for nr, arch in ((number("getpid"), AUDIT_ARCH_I386), (X32_SYSCALL_BIT | number("getpid"), AUDIT_ARCH_X86_64)):

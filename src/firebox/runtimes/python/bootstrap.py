@@ -677,10 +677,11 @@ def plan_changed_listings(task_root):
     `forget_changed_listings` calls just those instead of walking the whole cache: walking it
     touches every finder and path, each of which copies a page the child shares with the
     zygote (measured per sandbox, checkpoints in a copy of the zygote under
-    bench/sandboxes.py: 30-32 -> 10-11 page faults, 0.14-0.19 -> 0.06-0.07 ms of CPU). A child whose cache changed size since (an import that met a new
-    folder) walks it as before; one whose cache changed without changing size (an entry
-    replaced by another) would keep a stale listing, and nothing in the runtime does that
-    before the handler is imported."""
+    bench/sandboxes.py: 30-32 -> 10-11 page faults, 0.14-0.19 -> 0.06-0.07 ms of CPU).
+    A child whose cache changed size since (an import that met a new folder) walks it as
+    before; one whose cache changed without changing size (an entry replaced by another) would
+    keep a stale listing, and nothing in the runtime does that before the handler is
+    imported."""
     global _LISTINGS_PLAN
     _LISTINGS_PLAN = None
     forget_changed_listings(task_root)
