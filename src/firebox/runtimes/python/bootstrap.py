@@ -12,7 +12,7 @@ AWS's `awslambdaric`:
     loop:  GET /next -> handler(event, context) -> POST /response (JSON) or /error, with the
            GET /next for the following event pipelined behind it in the same write
 
-Why this module is one file of about 870 lines (over the house's 600): it runs inside the
+Why this module is one file of about 970 lines (over the house's 600): it runs inside the
 sandbox, where nothing of the platform is installed, and it is loaded by path (so that its
 bytecode can be precompiled, and a stem cell can load it before it knows its function);
 splitting it would mean shipping and importing sibling modules from /var/runtime on every cold

@@ -67,7 +67,7 @@ from inside its namespace unless a handler is installed (a self-sent SIGTERM wit
 action does nothing; SIGKILL from the platform, the OOM killer and faults work as usual), and an
 orphaned grandchild is not reaped (a zombie, counted by pids.max, until the sandbox ends).
 
-Why one file of about 1,030 lines (over the house's 600): every module the zygote imports is in the `sys.modules` of
+Why one file of about 1,050 lines (over the house's 600): every module the zygote imports is in the `sys.modules` of
 every sandbox forked from it, that is, visible to every function (a runtime exec'd by bubblewrap
 has only the bootstrap's). Its parts (the root, the runtime, the rehearsal and working set, a
 spawn, the serving loop) stay here so that the zygote adds no module of its own beyond what it
