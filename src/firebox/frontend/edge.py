@@ -106,7 +106,7 @@ def _plain(status: int, text: str) -> bytes:
             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
 
 
-_INTERNAL_ERROR = HttpResponse(500, [(b"content-type", b"text/plain; charset=utf-8")], b"Internal Server Error")
+_INTERNAL_ERROR = HttpResponse(500, b"content-type: text/plain; charset=utf-8\r\n", b"Internal Server Error")
 
 
 class _Date:
@@ -449,8 +449,7 @@ class _Connection(asyncio.Protocol):
     def _write(self, req: _Request, response: HttpResponse, keep_alive: bool) -> None:
         """Status line, headers and body in one write (one system call)."""
         status, body = response.status, response.body
-        head = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
-        head += [b"%s: %s\r\n" % header for header in response.headers]
+        head = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status, response.head]
         if status < 200 or status in _NO_BODY:
             body = b""
         else:

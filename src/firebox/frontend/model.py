@@ -33,6 +33,8 @@ class Operation:
 
 
 _ROUTES_KEPT = 10_000
+# (method, path), or (method, path, the values of the query keys routes fix) when there is a query.
+_RouteKey = tuple[str, str] | tuple[str, str, tuple[str | None, ...]]
 
 
 @dataclass(frozen=True)
@@ -40,9 +42,9 @@ class ServiceModel:
     name: str
     shapes: dict[str, Shape]
     operations: tuple[Operation, ...]
-    # match()'s answers by (method, path, the values of the query keys routes fix): a warm
-    # invoke is matched by dictionary lookup, not by trying the operations' patterns in turn.
-    _routes: dict[tuple[str, str, tuple[str | None, ...]], tuple[Operation, dict[str, str]] | None] = field(
+    # match()'s answers by `_RouteKey`: a warm invoke is matched by dictionary lookup, not by
+    # trying the operations' patterns in turn.
+    _routes: dict[_RouteKey, tuple[Operation, dict[str, str]] | None] = field(
         default_factory=dict, compare=False, repr=False)
 
     def shape(self, name: str) -> Shape:
@@ -54,7 +56,11 @@ class ServiceModel:
 
     def match(self, method: str, raw_path: str, query: dict[str, list[str]]) -> tuple[Operation, dict[str, str]] | None:
         """The operation bound to `method` + `raw_path` and its (still percent-encoded) labels."""
-        key = (method, raw_path, tuple(query[k][0] if k in query else None for k in self._fixed_keys))
+        key: _RouteKey
+        if query:
+            key = (method, raw_path, tuple(query[k][0] if k in query else None for k in self._fixed_keys))
+        else:  # a warm invoke has no query string: no values to gather (5k instructions less)
+            key = (method, raw_path)
         if key in self._routes:
             found = self._routes[key]
         else:

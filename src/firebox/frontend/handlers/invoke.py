@@ -11,6 +11,8 @@ from firebox.frontend.handlers.common import function_ref
 from firebox.invoker.api import InvocationType, InvokeRequest
 
 MAX_SYNC_PAYLOAD = 6 * 1024 * 1024
+# By value, as the model has validated it: a lookup, not Enum's call (4k instructions less per invoke).
+_INVOCATION_TYPES = {t.value: t for t in InvocationType}
 
 
 def _check_payload(payload: bytes) -> None:
@@ -23,14 +25,35 @@ def _check_json(payload: bytes) -> None:
     if not payload:
         return
     try:
-        json.loads(payload)
+        if not _is_plain_json(payload):
+            json.loads(payload)  # the slow way decides, and words the error
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequestContent(f"Could not parse request body into json: Could not parse payload into json: {exc}") from exc
 
 
+_NOT_UTF8_FIRST = frozenset(b"\x00\xef\xfe\xff")  # a NUL or the first byte of a byte order mark
+_decoder = json.JSONDecoder()
+
+
+def _is_plain_json(payload: bytes) -> bool:
+    """True when `payload` is UTF-8 JSON text with no white space around it, which json.loads
+    would accept: the check it makes, without its encoding sniffing and white-space matching
+    (`{}`: 17k -> 6k instructions per invoke; a small object 22k -> 11k). False says only "not
+    sure": the caller asks json.loads. A decoding error is the one json.loads would raise."""
+    # json.detect_encoding's rules: a BOM, or a NUL in the first two bytes, means not UTF-8.
+    if payload[0] in _NOT_UTF8_FIRST or (len(payload) > 1 and not payload[1]):
+        return False
+    text = payload.decode("utf-8", "surrogatepass")  # as json.loads decodes UTF-8
+    try:
+        _, end = _decoder.raw_decode(text)
+    except ValueError:
+        return False
+    return end == len(text)
+
+
 async def invoke(services: Services, request: Request) -> Reply:
     p = request.params
-    invocation_type = InvocationType(p.get("InvocationType", "RequestResponse"))
+    invocation_type = _INVOCATION_TYPES[p.get("InvocationType", "RequestResponse")]
     payload = p.get("Payload") or b""
     if invocation_type is InvocationType.EVENT:
         _check_json(payload)
@@ -55,7 +78,8 @@ async def invoke(services: Services, request: Request) -> Reply:
         headers["X-Amz-Log-Result"] = result.log_tail
     if invocation_type is InvocationType.DRY_RUN:
         return Reply(None, status=204, headers=headers)
-    return Reply(result.payload, status=200, headers={**headers, "Content-Type": "application/json"})
+    headers["Content-Type"] = "application/json"
+    return Reply(result.payload, status=200, headers=headers)
 
 
 async def invoke_async(services: Services, request: Request) -> Reply:
