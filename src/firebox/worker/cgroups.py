@@ -290,8 +290,10 @@ class _V1Sandbox(SandboxCgroup):
 
     def reset_memory_peak(self) -> None:
         if not self.removed and self._peak_fd is not None:
-            with contextlib.suppress(OSError):
+            try:  # not contextlib.suppress: this is on every invocation (about 3,900 instructions)
                 os.pwrite(self._peak_fd, b"0", 0)
+            except OSError:
+                pass
 
     def _close_files(self) -> None:
         if self._peak_fd is not None:
