@@ -210,6 +210,9 @@ class Registry:
 
     async def get_function(self, ref: FunctionRef) -> FunctionDetails:
         key = ("details", ref.name, ref.qualifier or "")
+        entries = self._cache.get(ref.name)
+        if entries is not None and key in entries:  # every warm invoke: no closure, no inner coroutine
+            return entries[key]  # type: ignore[return-value]
         return await self._cached(ref.name, key, lambda tx: functions.details(tx, self._scope, ref))
 
     async def get_configuration(self, ref: FunctionRef) -> tuple[FunctionVersion, str | None]:

