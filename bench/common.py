@@ -12,7 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,26 +118,29 @@ class Connection:
         self.writer.close()
 
 
-def start_firebox(data_dir: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
-    """`firebox serve` on a free port with `data_dir`; returns the process and its port."""
-    cmd = [sys.executable, "-m", "firebox", "serve", "--port", "0", "--data-dir", data_dir]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+def start_firebox(data_dir: str, env: dict[str, str], *, wrapper: Sequence[str] = (), stderr: Any = subprocess.DEVNULL,
+                  ready_s: float = 60) -> tuple[subprocess.Popen[str], int]:
+    """`firebox serve` on a free port with `data_dir` (under `wrapper`, a command such as valgrind's,
+    if given); returns the process and its port once it says it is ready."""
+    cmd = [*wrapper, sys.executable, "-m", "firebox", "serve", "--port", "0", "--data-dir", data_dir]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
     assert proc.stdout is not None
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + ready_s
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
             raise SystemExit("firebox exited before it was ready")
         if line.startswith(READY_PREFIX):
             return proc, int(line.rstrip().rsplit(":", 1)[1].split()[0].strip("/"))
-    raise SystemExit("firebox did not become ready in 60 s")
+    proc.kill()
+    raise SystemExit(f"firebox did not become ready in {ready_s:g} s")
 
 
-def stop_firebox(proc: subprocess.Popen[str]) -> None:
-    """Stop a server from `start_firebox`: SIGTERM (a graceful stop), SIGKILL after 30 s."""
+def stop_firebox(proc: subprocess.Popen[str], grace_s: float = 30) -> None:
+    """Stop a server from `start_firebox`: SIGTERM (a graceful stop), SIGKILL after `grace_s`."""
     proc.terminate()
     try:
-        proc.wait(timeout=30)
+        proc.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()

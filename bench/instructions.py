@@ -49,11 +49,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from common import READY_PREFIX, out_argument, publish
+from common import out_argument, publish, start_firebox, stop_firebox
 from invoke import create_functions, sequential, throughput
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,19 +92,9 @@ def start_under_callgrind(src: Path, scratch: str, log: Any) -> tuple[subprocess
     (shim / "sitecustomize.py").write_text(SITECUSTOMIZE)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FIREBOX_")}
     env["PYTHONPATH"] = f"{shim}:{src}"
-    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={scratch}/callgrind.%p",
-           sys.executable, "-m", "firebox", "serve", "--port", "0", "--data-dir", f"{scratch}/data"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 300  # start-up is some 50 times slower under valgrind
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise SystemExit("firebox exited under valgrind before it was ready")
-        if line.startswith(READY_PREFIX):
-            return proc, int(line.rstrip().rsplit(":", 1)[1].split()[0].strip("/"))
-    proc.kill()
-    raise SystemExit("firebox did not become ready under valgrind in 300 s")
+    valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={scratch}/callgrind.%p"]
+    # Start-up is some 50 times slower under valgrind.
+    return start_firebox(f"{scratch}/data", env, wrapper=valgrind, stderr=log, ready_s=300)
 
 
 def dumped_instructions(scratch: str, pid: int) -> int:
@@ -141,12 +130,7 @@ async def measure(src: Path, invokes: int, clients: int) -> float:
             print("\n".join(lines[-80:]), file=sys.stderr)
             raise
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_firebox(proc, grace_s=120)  # callgrind writes its last counts as the server exits
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
