@@ -1,6 +1,6 @@
-"""Sandbox output not yet recorded (worker/sandbox.py `_PendingOutput`): bytes still in a pipe or
-in a reader's buffer count, a drained pipe does not, a closed one is dropped, and a pipe numbered
-past 1023 (a busy server's) works, which select() could not."""
+"""Sandbox output not yet recorded (worker/pendingoutput.py `PendingOutput`): bytes still in a
+pipe or in a reader's buffer count, a drained pipe does not, a closed one is dropped, and a
+pipe numbered past 1023 (a busy server's) works, which select() could not."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import resource
 
 import pytest
 
-from firebox.worker.sandbox import _PendingOutput
+from firebox.worker.pendingoutput import PendingOutput
 
 
 async def _reader_on(fd: int) -> asyncio.StreamReader:
@@ -28,7 +28,7 @@ async def _settle() -> None:
 def _scenario(read_fd: int, write_fd: int) -> None:
     async def main() -> None:
         reader = await _reader_on(read_fd)
-        pending = _PendingOutput((reader,))
+        pending = PendingOutput((reader,))
         assert pending.complete
         assert not pending()
         os.write(write_fd, b"line\n")

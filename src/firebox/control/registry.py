@@ -34,6 +34,7 @@ from firebox.store.api import BlobStore, MetadataStore, Tx
 T = TypeVar("T")
 
 CACHE_ENTRIES = 10_000
+_MISSING = object()  # a cache miss (None may be a cached value)
 
 
 class Registry:
@@ -115,6 +116,11 @@ class Registry:
             else:
                 self._cached_entries -= len(self._cache.pop(name, ()))
 
+    def _remembered(self, name: str, key: tuple[str, ...]) -> object:
+        """The cached value, or _MISSING."""
+        entries = self._cache.get(name)
+        return _MISSING if entries is None else entries.get(key, _MISSING)
+
     def _remember(self, name: str, key: tuple[str, ...], value: object) -> None:
         if self._cached_entries >= CACHE_ENTRIES:
             self._cache.clear()
@@ -129,9 +135,9 @@ class Registry:
 
         Known caveat: valid while this process is the only writer (the single-machine
         topology). Cluster frontends will need the store to announce changes."""
-        entries = self._cache.get(name)
-        if entries is not None and key in entries:
-            return entries[key]  # type: ignore[return-value]
+        found = self._remembered(name, key)
+        if found is not _MISSING:
+            return found  # type: ignore[return-value]
         writes = self._writes
         value = await self._store.read(work)
         # Reads run on their own connection, beside writes: one that was in flight while any
@@ -210,9 +216,9 @@ class Registry:
 
     async def get_function(self, ref: FunctionRef) -> FunctionDetails:
         key = ("details", ref.name, ref.qualifier or "")
-        entries = self._cache.get(ref.name)
-        if entries is not None and key in entries:  # every warm invoke: no closure, no inner coroutine
-            return entries[key]  # type: ignore[return-value]
+        found = self._remembered(ref.name, key)
+        if found is not _MISSING:  # every warm invoke: no closure, no inner coroutine
+            return found  # type: ignore[return-value]
         return await self._cached(ref.name, key, lambda tx: functions.details(tx, self._scope, ref))
 
     async def get_configuration(self, ref: FunctionRef) -> tuple[FunctionVersion, str | None]:

@@ -126,6 +126,17 @@ class Decision:
     prewarm_s: float
     keep_alive_s: float
 
+    @property
+    def release_after_end(self) -> bool:
+        """Unload the sandbox as soon as its invocation ends (a new one is pre-warmed)."""
+        return self.prewarm_s > 0
+
+    def prewarm_at(self, idle_since: float) -> float | None:
+        return idle_since + self.prewarm_s if self.prewarm_s > 0 else None
+
+    def keep_until(self, idle_since: float) -> float:
+        return idle_since + self.prewarm_s + self.keep_alive_s
+
 
 @dataclass(frozen=True)
 class KeepAliveStatistics:
@@ -142,8 +153,8 @@ class KeepAlivePolicy(Protocol):
     (name, version)). `level` is 1 + the number of the function's invocations still running when
     the sandbox went idle: 1 for the last one to finish, 2+ for scale-out sandboxes.
 
-    `keep_until`, `prewarm_at` and `release_after_end` are `decision` read as its docstring says
-    (the manager reads the decision itself when a sandbox is released: one look-up, not three)."""
+    `keep_until`, `prewarm_at` and `release_after_end` are the `Decision`'s own readings (the
+    manager asks for the decision once when a sandbox is released and reads all three off it)."""
 
     def observe_arrival(self, function: Hashable, now: float) -> None:
         """An invocation of `function` starts (warm or cold)."""
@@ -193,13 +204,13 @@ class FixedKeepAlive:
         return self._decision
 
     def keep_until(self, function: Hashable, idle_since: float, level: int = 1) -> float:
-        return idle_since + self.keep_alive_s
+        return self._decision.keep_until(idle_since)
 
     def prewarm_at(self, function: Hashable, idle_since: float) -> float | None:
-        return None
+        return self._decision.prewarm_at(idle_since)
 
     def release_after_end(self, function: Hashable, level: int = 1) -> bool:
-        return False
+        return self._decision.release_after_end
 
     def forget(self, function: Hashable) -> None:
         pass
@@ -338,15 +349,13 @@ class HybridHistogramPolicy:
         return record.cached
 
     def keep_until(self, function: Hashable, idle_since: float, level: int = 1) -> float:
-        d = self.decision(function, level)
-        return idle_since + d.prewarm_s + d.keep_alive_s
+        return self.decision(function, level).keep_until(idle_since)
 
     def prewarm_at(self, function: Hashable, idle_since: float) -> float | None:
-        d = self.decision(function)
-        return idle_since + d.prewarm_s if d.prewarm_s > 0 else None
+        return self.decision(function).prewarm_at(idle_since)
 
     def release_after_end(self, function: Hashable, level: int = 1) -> bool:
-        return self.decision(function, level).prewarm_s > 0
+        return self.decision(function, level).release_after_end
 
     def _decide(self, level: _Level) -> Decision:
         total = level.in_range + level.out_of_range

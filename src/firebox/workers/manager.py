@@ -26,7 +26,7 @@ every start and end per (name, version); a released sandbox is kept until
 unloaded at once when `policy.release_after_end(fn, level)`; when the last invocation ends,
 `policy.prewarm_at(fn, now)` schedules one sandbox, which the reaper creates from the last spec
 seen unless an idle sandbox is already there or the spec is no longer current. (`release` reads
-all three from one `policy.decision(fn, level)`, which they are defined by.)
+all three off one `policy.decision(fn, level)`: they are the `Decision`'s own readings.)
 
 Start pacing: at most `start_slots` sandboxes are in the first `start_hold_s` of their start at
 once; the others wait for a slot (first come, first served). Starting a sandbox is CPU-bound (an
@@ -190,14 +190,13 @@ class LocalWorkerManager:
             self._busy.pop(key, None)
         self._policy.observe_end(fn, now)
         current = self._current_key.get(fn) == key
-        # One decision, read as `Decision` says: prewarm_at, release_after_end and keep_until
-        # each looked it up again (5,500 instructions per invocation).
+        # One decision, read three ways: asking the policy for each reading looked it up three
+        # times (5,500 instructions per invocation).
         decision = self._policy.decision(fn, level)
-        unload = decision.prewarm_s > 0  # release_after_end: a new one is pre-warmed instead
-        if level == 1 and current and unload:
-            self._prewarm[fn] = (now + decision.prewarm_s, now)  # prewarm_at
-        if sandbox.ready and current and not unload:
-            self._idle[key].append(_Idle(sandbox, now, now + decision.prewarm_s + decision.keep_alive_s))
+        if level == 1 and current and (at := decision.prewarm_at(now)) is not None:
+            self._prewarm[fn] = (at, now)
+        if sandbox.ready and current and not decision.release_after_end:
+            self._idle[key].append(_Idle(sandbox, now, decision.keep_until(now)))
         else:
             await self._destroy(sandbox)
 
