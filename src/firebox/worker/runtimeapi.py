@@ -244,8 +244,10 @@ class RuntimeApiProtocol(asyncio.Protocol):
         while self._parsed and not self._parked and self._transport is not None:
             request = self._parsed.popleft()
             method, path = request[0], request[1]
-            if b"?" in path:
-                path = path.partition(b"?")[0]
+            # find, not `b"?" in path`: bytes' `in` first tries its argument as an int, and
+            # raising and clearing that TypeError costs about 1,800 instructions.
+            if (query := path.find(b"?")) >= 0:
+                path = path[:query]
             if method == b"GET" and path == _NEXT_PATH:
                 event = self._channel.ask_next(self._event_delivered)
                 if event is None:
