@@ -249,6 +249,13 @@ def test_memory_peak_is_plausible_and_resets(loop, agent: Agent) -> None:
     run(loop, agent.run("result = 1"))
     after = sandbox.memory_peak_bytes()
     assert after is not None and 5 * 1024 * 1024 < after < 48 * 1024 * 1024, after
+    # take_memory_peak (what each invocation's REPORT uses): the peak, then a new measurement.
+    run(loop, agent.run("result = len(b'x' * (64 * 1024 * 1024))"))
+    taken = sandbox.take_memory_peak()
+    assert taken is not None and taken > 64 * 1024 * 1024, taken
+    run(loop, agent.run("result = 1"))
+    after = sandbox.take_memory_peak()
+    assert after is not None and 5 * 1024 * 1024 < after < 48 * 1024 * 1024, after
     assert sandbox.oom_kills() == 0
 
 

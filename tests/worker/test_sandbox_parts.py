@@ -257,3 +257,29 @@ def test_cgroup_v2_files_are_read_and_written(tmp_path) -> None:
     group.set_memory_limit(128 * 1024 * 1024)
     assert (tmp_path / "memory.max").read_text() == str(128 * 1024 * 1024)
     assert group.oom_kills() == 2
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_take_memory_peak_reads_then_resets(tmp_path, version: int) -> None:
+    """`take_memory_peak()` (after every invocation) is `memory_peak()` then `reset_memory_peak()`,
+    in one call: same value for what the kernel writes (a number and a newline), None when the
+    file is unreadable or the group removed, and the reset written either way."""
+    from firebox.worker.cgroups import _V1Sandbox, _V2Sandbox
+
+    name, reset = ("memory.max_usage_in_bytes", b"0") if version == 1 else ("memory.peak", b"reset\n")
+    peak_file = tmp_path / name
+    for text in ["12345\n", "0\n", "9223372036854771712\n", "", "\n", "max\n"]:
+        peak_file.write_text(text)
+        group = _V1Sandbox(tmp_path, None) if version == 1 else _V2Sandbox(tmp_path)
+        expected = group.memory_peak()
+        assert group.take_memory_peak() == expected, text
+        assert peak_file.read_bytes() == reset + text.encode()[len(reset):], text
+        peak_file.write_text(text)
+        group.reset_memory_peak()
+        written_by_reset = peak_file.read_bytes()
+        peak_file.write_text(text)
+        group.take_memory_peak()
+        assert peak_file.read_bytes() == written_by_reset
+        group.removed = True
+        assert group.take_memory_peak() is None and group.memory_peak() is None
+        group._close_files()

@@ -207,6 +207,12 @@ class SandboxCgroup:
     def reset_memory_peak(self) -> None:
         raise NotImplementedError
 
+    def take_memory_peak(self) -> int | None:
+        """`memory_peak()`, then `reset_memory_peak()`: what the end of each invocation asks."""
+        peak = self.memory_peak()
+        self.reset_memory_peak()
+        return peak
+
     def oom_kills(self) -> int:
         raise NotImplementedError
 
@@ -295,6 +301,20 @@ class _V1Sandbox(SandboxCgroup):
             except OSError:
                 pass
 
+    def take_memory_peak(self) -> int | None:
+        # memory_peak() and reset_memory_peak() written out in one: after every invocation.
+        if self.removed or self._peak_fd is None:
+            return None
+        try:
+            peak: int | None = int(os.pread(self._peak_fd, 64, 0))  # one number and a newline
+        except (OSError, ValueError, IndexError):
+            peak = None
+        try:
+            os.pwrite(self._peak_fd, b"0", 0)
+        except OSError:
+            pass
+        return peak
+
     def _close_files(self) -> None:
         if self._peak_fd is not None:
             os.close(self._peak_fd)
@@ -341,6 +361,21 @@ class _V2Sandbox(SandboxCgroup):
             self._peak_resettable = True
         except OSError:
             pass  # before Linux 6.12: the peak stays the lifetime peak
+
+    def take_memory_peak(self) -> int | None:
+        # memory_peak() and reset_memory_peak() written out in one: after every invocation.
+        if self.removed or self._peak_fd is None:
+            return None
+        try:
+            peak: int | None = int(os.pread(self._peak_fd, 64, 0))  # one number and a newline
+        except (OSError, ValueError, IndexError):
+            peak = None
+        try:
+            os.pwrite(self._peak_fd, b"reset\n", 0)
+            self._peak_resettable = True
+        except OSError:
+            pass  # before Linux 6.12: the peak stays the lifetime peak
+        return peak
 
     def oom_kills(self) -> int:
         if self.removed:

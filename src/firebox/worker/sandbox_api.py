@@ -170,6 +170,10 @@ class SandboxProcess(Protocol):
         """Start a new peak measurement (call before each invocation of a warm sandbox)."""
         ...
 
+    def take_memory_peak(self) -> int | None:
+        """`memory_peak_bytes()`, then `reset_memory_peak()`, in one call (after each invocation)."""
+        ...
+
     def oom_kills(self) -> int:
         """How many processes the sandbox's memory limit has OOM-killed so far (0 if unknown)."""
         ...

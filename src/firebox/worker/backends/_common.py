@@ -234,6 +234,9 @@ class RunningSandbox:
         if self.cgroup is not None:
             self.cgroup.reset_memory_peak()
 
+    def take_memory_peak(self) -> int | None:
+        return self.cgroup.take_memory_peak() if self.cgroup is not None else None
+
     def oom_kills(self) -> int:
         return self.cgroup.oom_kills() if self.cgroup is not None else 0
 
