@@ -81,6 +81,21 @@ _STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) f
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_BODY = frozenset({204, 304})  # and 1xx: no Content-Length, no body (RFC 9110)
 
+# Header names and methods as clients usually spell them -> the str the app gets: one look-up
+# instead of decoding (and lower-casing) each; any other spelling is decoded as before.
+_COMMON_HEADERS = (
+    "host", "content-length", "content-type", "user-agent", "accept", "accept-encoding", "connection",
+    "expect", "transfer-encoding", "authorization", "x-amz-date", "x-amz-security-token",
+    "x-amz-content-sha256", "amz-sdk-invocation-id", "amz-sdk-request", "x-amz-target",
+    "x-amz-invocation-type", "x-amz-log-type", "x-amz-client-context", "x-amzn-trace-id",
+)
+_HEADER_NAMES = {
+    spelling.encode(): spelling.lower()
+    for name in _COMMON_HEADERS
+    for spelling in (name, "-".join(part.capitalize() for part in name.split("-")))
+} | {b"X-Amz-Content-SHA256": "x-amz-content-sha256"}
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+
 
 class App(Protocol):
     """What the edge serves (`FrontendApp`)."""
@@ -314,7 +329,7 @@ class _Connection(asyncio.Protocol):
         self._current.target += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        self._headers[_HEADER_NAMES.get(name) or name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         req = self._current
@@ -322,7 +337,8 @@ class _Connection(asyncio.Protocol):
         assert parser is not None
         self._in_head = False
         self._headers = {}  # trailers of a chunked body, if any, land here and are ignored
-        req.method = parser.get_method().decode("ascii")
+        method = parser.get_method()
+        req.method = _METHODS.get(method) or method.decode("ascii")
         if not self._parsing or self._edge.stopping:
             req.dropping = True  # after a close was decided: never answered
             self._parsing = False
