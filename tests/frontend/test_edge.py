@@ -430,3 +430,28 @@ def test_stop_does_not_wait_for_a_handler_that_ignores_its_cancel(served: Served
     client.close()
     served.open_gate()  # let it finish before the loop closes
     wait_until(lambda: served.active == 0, "the stubborn handler to return")
+
+
+def _edge_tasks(served: Served) -> list[asyncio.Task[Any]]:
+    async def tasks() -> list[asyncio.Task[Any]]:
+        return [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "_Connection._run"]
+    return served.call(tasks())
+
+
+def test_one_task_answers_a_connection_and_ends_when_the_client_leaves(served: Served) -> None:
+    """Between requests the connection's task waits for the next one; it is the same task for
+    every request, and it is gone once the client has closed, idle or not."""
+    first, second = Client(served.port), Client(served.port)
+    for i in range(3):
+        for client in (first, second):
+            client.send(request(body=b'{"n": %d}' % i))
+            assert client.response().body == b'{"n": %d}' % i
+        assert len(_edge_tasks(served)) == 2
+    first.close()
+    wait_until(lambda: len(_edge_tasks(served)) == 1, "the first connection's task to end")
+    second.send(request(body=b'"wait"'))
+    wait_until(lambda: served.active == 1, "the request to be handled")
+    second.close()  # while its request is being handled: the answer has nowhere to go
+    served.open_gate()
+    wait_until(lambda: not _edge_tasks(served), "the second connection's task to end")
+    wait_until(lambda: served.edge.statistics().connections == 0, "the connections to be forgotten")

@@ -10,8 +10,9 @@ command objects and delegate; they never build error bodies and hold no business
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from firebox.arns import Scope
 from firebox.asyncinvoke.api import AsyncInvoker
@@ -35,8 +36,10 @@ class Services:
     statistics: Callable[[], Mapping[str, object]] = dict
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
+    """Immutable, as a frozen dataclass would be, for less than half its cost to build (one per
+    request: 9.3k -> 3.7k instructions)."""
+
     operation: str
     params: dict[str, Any]
     headers: dict[str, str]
@@ -45,13 +48,18 @@ class Request:
     base_url: str
 
 
-@dataclass(frozen=True)
-class Reply:
-    """A JSON document (dict/list), raw bytes, or nothing; status None = the model's status."""
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+class Reply(NamedTuple):
+    """A JSON document (dict/list), raw bytes, or nothing; status None = the model's status.
+
+    A NamedTuple rather than a frozen dataclass: 7.8k -> 4.6k instructions to build. Its
+    default headers are one shared read-only empty mapping (a tuple's defaults are shared)."""
 
     body: Any = None
     status: int | None = None
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = _NO_HEADERS
 
 
 Handler = Callable[[Services, Request], Awaitable[Reply]]

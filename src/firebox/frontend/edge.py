@@ -1,7 +1,8 @@
 """Firebox's HTTP/1.1 server: a callback-style `asyncio.Protocol` over httptools' parser.
 
     bytes -> httptools (callbacks) -> the connection's queue of requests, in order
-          -> one task per request: `await app.handle(...)` -> one write of head + body
+          -> the connection's task, one request at a time: `await app.handle(...)`
+          -> one write of head + body
 
 Why our own server: the invoke hot path is a small request, a hop to a sandbox, a small answer.
 Through uvicorn, the ASGI plumbing around each request (scope dict, receive/send messages,
@@ -34,7 +35,7 @@ What a connection does, and why:
   and reuse them after pauses, and a request that races the server's close of an idle
   connection fails with a reset (Invoke is not safely retried); 60 s is the idle timeout of
   AWS's own load balancers, which these clients already live with. An idle connection costs a
-  file descriptor and a small object here.
+  file descriptor, a small object and its task, parked until its next request.
 - **Graceful stop.** `stop(grace_s)` stops accepting, closes idle connections, lets requests
   being received or handled finish (their answer says `Connection: close`), and after
   `grace_s` cancels what is left and aborts those connections.
@@ -80,6 +81,21 @@ _WRITE_APART = 64 * 1024  # bodies this large go out beside the head rather than
 _STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_BODY = frozenset({204, 304})  # and 1xx: no Content-Length, no body (RFC 9110)
+
+# Header names and methods as clients usually spell them -> the str the app gets: one look-up
+# instead of decoding (and lower-casing) each; any other spelling is decoded as before.
+_COMMON_HEADERS = (
+    "host", "content-length", "content-type", "user-agent", "accept", "accept-encoding", "connection",
+    "expect", "transfer-encoding", "authorization", "x-amz-date", "x-amz-security-token",
+    "x-amz-content-sha256", "amz-sdk-invocation-id", "amz-sdk-request", "x-amz-target",
+    "x-amz-invocation-type", "x-amz-log-type", "x-amz-client-context", "x-amzn-trace-id",
+)
+_HEADER_NAMES = {
+    spelling.encode(): spelling.lower()
+    for name in _COMMON_HEADERS
+    for spelling in (name, "-".join(part.capitalize() for part in name.split("-")))
+} | {b"X-Amz-Content-SHA256": "x-amz-content-sha256"}
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
 class App(Protocol):
@@ -223,7 +239,12 @@ class _Connection(asyncio.Protocol):
         self._queue: deque[_Request] = deque()  # head: being answered (or its body is arriving)
         self._current = _Request({})  # the request being parsed
         self._headers: dict[str, str] = {}  # where on_header puts the current request's headers
-        self._task: asyncio.Task[None] | None = None  # the handler of the queue's head
+        # One task answers the connection's requests in turn, parked on `_wake` between them:
+        # waking it costs less than a task per request (created, registered in asyncio's
+        # WeakSet of tasks, unregistered: ~4k instructions).
+        self._runner: asyncio.Task[None] | None = None
+        self._wake: asyncio.Future[None] | None = None  # set while the runner waits for a request
+        self._handling = False  # the queue's head is being answered
         self._parsing = True  # False once no further request will be answered: bytes are dropped
         self._in_head = False  # between a request's first byte and the end of its headers
         self._heads_begun = 0
@@ -237,7 +258,7 @@ class _Connection(asyncio.Protocol):
 
     @property
     def handling(self) -> bool:
-        return self._task is not None
+        return self._handling
 
     # --- transport events ----------------------------------------------------------------
 
@@ -270,7 +291,7 @@ class _Connection(asyncio.Protocol):
                 return
         if self._read_paused or self._write_paused or len(self._queue) > 1:
             self._flow()
-        if self._task is None:
+        if not self._handling:
             self._next()
 
     def eof_received(self) -> bool:
@@ -284,10 +305,12 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._parser = None  # it holds our bound methods: break the cycle
-        if self._task is None:
+        if not self._handling:
             self._edge.forget(self)
+            if self._runner is not None:
+                self._runner.cancel()  # parked, waiting for a request that will not come
         # else: the handler goes on (a request is not cut short because its client left);
-        # _answer forgets the connection when it returns.
+        # _answer forgets the connection when it returns, and the runner ends.
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -314,7 +337,7 @@ class _Connection(asyncio.Protocol):
         self._current.target += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        self._headers[_HEADER_NAMES.get(name) or name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         req = self._current
@@ -322,7 +345,8 @@ class _Connection(asyncio.Protocol):
         assert parser is not None
         self._in_head = False
         self._headers = {}  # trailers of a chunked body, if any, land here and are ignored
-        req.method = parser.get_method().decode("ascii")
+        method = parser.get_method()
+        req.method = _METHODS.get(method) or method.decode("ascii")
         if not self._parsing or self._edge.stopping:
             req.dropping = True  # after a close was decided: never answered
             self._parsing = False
@@ -403,7 +427,7 @@ class _Connection(asyncio.Protocol):
 
     def _next(self) -> None:
         """Start answering the head of the queue if it can be answered now: one at a time."""
-        if self._task is not None or not self._queue or self._write_paused or self._closed or self._lingering:
+        if self._handling or not self._queue or self._write_paused or self._closed or self._lingering:
             return
         req = self._queue[0]
         if req.canned is not None:
@@ -411,10 +435,28 @@ class _Connection(asyncio.Protocol):
             self._transport.write(req.canned)
             self._close(linger=True)
         elif req.ready:
-            self._task = self._loop.create_task(self._answer(req))
+            self._handling = True
+            if self._wake is not None:  # the runner waits for it
+                self._wake.set_result(None)
+                self._wake = None
+            elif self._runner is None or self._runner.done():
+                self._runner = self._loop.create_task(self._run())
+            # else: the runner is finishing the answer before this one; it takes this one next
         elif req.expect_continue:
             req.expect_continue = False
             self._transport.write(_CONTINUE)
+
+    async def _run(self) -> None:
+        """Answer the head of the queue whenever `_next` says so, until the connection closes
+        (connection_lost cancels it while it waits)."""
+        while True:
+            if self._handling:
+                await self._answer(self._queue[0])
+            elif self._closed:
+                return
+            else:
+                self._wake = self._loop.create_future()
+                await self._wake
 
     async def _answer(self, req: _Request) -> None:
         trace = hops.start(req.received_ns)
@@ -427,7 +469,7 @@ class _Connection(asyncio.Protocol):
             log.exception("unhandled error answering %s %r", req.method, req.target[:200])
             response, req.keep_alive = _INTERNAL_ERROR, False
         finally:
-            self._task = None
+            self._handling = False
             if self._closed:
                 self._edge.forget(self)
         if self._closed:
@@ -488,12 +530,12 @@ class _Connection(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """The server is stopping: close now if idle, else after the answer being prepared."""
-        if self._task is None and not self._queue:
+        if not self._handling and not self._queue:
             self._close(linger=False)
 
     def abort(self) -> asyncio.Task[None] | None:
         """The grace period is over: cancel the handler, if any, and drop the connection."""
-        task = self._task
+        task = self._runner if self._handling else None
         if task is not None:
             task.cancel()
         self._transport.abort()
@@ -505,7 +547,7 @@ class _Connection(asyncio.Protocol):
         if self._lingering:
             if now > self._linger_until:
                 self._transport.abort()
-        elif self._task is None and now - self._last_active > self._edge.idle_timeout_s:
+        elif not self._handling and now - self._last_active > self._edge.idle_timeout_s:
             if self._transport.get_write_buffer_size():
                 self._transport.abort()  # it does not read its answers; close() would wait forever
             else:

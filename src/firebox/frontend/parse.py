@@ -18,7 +18,7 @@ import base64
 import binascii
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 from urllib.parse import unquote
@@ -39,72 +39,92 @@ def parse_input(
 ) -> dict[str, Any]:
     if op.input_shape is None:
         return {}
-    plan = _plan(model, op.input_shape)
-    shape = plan.shape
-    params: dict[str, Any] = {}
-    problems: list[str] = []
-    for name, location, wire, target, shape_name in plan.members:
-        if location == "uri":
-            if wire in labels:
-                params[name] = unquote(labels[wire])
-        elif location == "querystring":
-            if wire in query:
-                params[name] = _from_text(name, target, query[wire], problems)
-        elif location == "header":
-            value = headers.get(wire)
-            if value is not None:
-                params[name] = _from_text(name, target, [value], problems)
-        elif target["type"] == "blob":  # the payload member
-            params[name] = body
-        elif body:
-            params[name] = _convert(model, name, shape_name, _json(body), name)
-    if plan.body_members:
-        params.update(_body(model, shape, plan.body_members, body))
-    if problems:
-        raise ValidationError.of(problems)
-    _validate_structure(model, shape, params, "", problems)
-    if problems:
-        raise ValidationError.of(problems)
-    return params
+    reader = _READERS.get((model.name, op.input_shape)) or _reader(model, op.input_shape)
+    return reader.read(labels, query, headers, body)
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """How an input shape's members are read off a request, worked out once per operation:
-    (member, where: uri / querystring / header / payload, its name there, lower-cased for
-    headers, its target shape, that shape's name), and the members of a JSON body."""
-
-    shape: Shape
-    members: tuple[tuple[str, str, str, Shape, str], ...]
-    body_members: dict[str, Shape]
+# Where a member is read from. A payload member is the whole body: raw bytes (a blob) or JSON.
+_URI, _QUERY, _HEADER, _BLOB, _DOCUMENT = "uri", "querystring", "header", "blob", "document"
 
 
-_PLANS: dict[tuple[str, str], _Plan] = {}
+class _InputReader:
+    """One operation's input shape, worked out once: how each member is read off a request, and
+    the validator compiled for the shape (`_checker`), so a request pays only for the members
+    and constraints its operation has (the warm Invoke: 33.8k -> 12.4k instructions).
+
+    `members` are in the model's order, which is the order of the params dict and so of the
+    problems reported: (member, where, its name there (lower-case for headers), its shape's
+    type, its shape's name)."""
+
+    __slots__ = ("body_members", "check", "header_wires", "members", "model", "shape", "unconditional")
+
+    def __init__(self, model: ServiceModel, input_shape: str) -> None:
+        shape = model.shape(input_shape)
+        payload_member = shape.get("payload")
+        members: list[tuple[str, str, str, str, str]] = []
+        body_members: dict[str, Shape] = {}
+        for name, ref in shape.get("members", {}).items():
+            location = ref.get("location")
+            wire = ref.get("locationName", name)
+            kind = model.shape(ref["shape"])["type"]
+            if location == "uri":
+                members.append((name, _URI, wire, kind, ref["shape"]))
+            elif location == "querystring":
+                members.append((name, _QUERY, wire, kind, ref["shape"]))
+            elif location == "header":
+                members.append((name, _HEADER, wire.lower(), kind, ref["shape"]))
+            elif name == payload_member:
+                members.append((name, _BLOB if kind == "blob" else _DOCUMENT, name, kind, ref["shape"]))
+            else:
+                body_members[name] = ref
+        self.model = model
+        self.shape = shape
+        self.members = tuple(members)
+        # A request that sends none of the header and query members (a warm Invoke sends none)
+        # has only these to read: the same params, in the same order, for fewer steps.
+        self.unconditional = tuple(m for m in members if m[1] not in (_HEADER, _QUERY))
+        self.header_wires = frozenset(m[2] for m in members if m[1] == _HEADER)
+        self.body_members = body_members if payload_member is None else {}
+        self.check = _checker(model, input_shape)
+
+    def read(self, labels: dict[str, str], query: dict[str, list[str]], headers: dict[str, str],
+             body: bytes) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        problems: list[str] = []
+        members = self.members if query or not headers.keys().isdisjoint(self.header_wires) else self.unconditional
+        for name, location, wire, kind, shape_name in members:
+            if location == _URI:
+                if wire in labels:
+                    value = labels[wire]
+                    params[name] = unquote(value) if "%" in value else value  # unquote's own shortcut, sooner
+            elif location == _HEADER:
+                value = headers.get(wire)
+                if value is not None:
+                    params[name] = value if kind == "string" else _from_text(name, kind, [value], problems)
+            elif location == _QUERY:
+                if wire in query:
+                    params[name] = _from_text(name, kind, query[wire], problems)
+            elif location == _BLOB:
+                params[name] = body
+            elif body:
+                params[name] = _convert(self.model, name, shape_name, _json(body), name)
+        if self.body_members:
+            params.update(_body(self.model, self.shape, self.body_members, body))
+        if problems:
+            raise ValidationError.of(problems)
+        if self.check is not None:
+            self.check(params, "", problems)
+            if problems:
+                raise ValidationError.of(problems)
+        return params
 
 
-def _plan(model: ServiceModel, input_shape: str) -> _Plan:
-    plan = _PLANS.get((model.name, input_shape))
-    if plan is not None:
-        return plan
-    shape = model.shape(input_shape)
-    payload_member = shape.get("payload")
-    members: list[tuple[str, str, str, Shape, str]] = []
-    body_members: dict[str, Shape] = {}
-    for name, ref in shape.get("members", {}).items():
-        location = ref.get("location")
-        wire = ref.get("locationName", name)
-        target = model.shape(ref["shape"])
-        if location in ("uri", "querystring"):
-            members.append((name, location, wire, target, ref["shape"]))
-        elif location == "header":
-            members.append((name, location, wire.lower(), target, ref["shape"]))
-        elif name == payload_member:
-            members.append((name, "payload", name, target, ref["shape"]))
-        else:
-            body_members[name] = ref
-    plan = _PLANS[(model.name, input_shape)] = _Plan(
-        shape, tuple(members), body_members if payload_member is None else {})
-    return plan
+_READERS: dict[tuple[str, str], _InputReader] = {}
+
+
+def _reader(model: ServiceModel, input_shape: str) -> _InputReader:
+    reader = _READERS[(model.name, input_shape)] = _InputReader(model, input_shape)
+    return reader
 
 
 def _json(body: bytes) -> Any:
@@ -192,9 +212,8 @@ def _convert(model: ServiceModel, name: str, shape_name: str, value: Any, path: 
     return value
 
 
-def _from_text(name: str, shape: Shape, values: list[str], problems: list[str]) -> Any:
-    """A query-string or header value -> the shape's type."""
-    kind = shape["type"]
+def _from_text(name: str, kind: str, values: list[str], problems: list[str]) -> Any:
+    """A query-string or header value -> the type `kind` (its shape's)."""
     if kind == "list":
         return list(values)
     text = values[0]
@@ -243,46 +262,148 @@ def _fail(problems: list[str], value: Any, path: str, constraint: str) -> None:
     problems.append(f"Value {_show(value)} at '{_camel(path)}' failed to satisfy constraint: {constraint}")
 
 
-def _validate_structure(model: ServiceModel, shape: Shape, value: dict[str, Any], path: str, problems: list[str]) -> None:
-    members = shape.get("members", {})
-    for required in shape.get("required", []):
-        if value.get(required) is None:
-            _fail(problems, None, _join(path, required), "Member must not be null")
-    for key, item in value.items():
-        if key in members and item is not None:
-            _validate(model, members[key]["shape"], item, _join(path, key), problems)
+# --- validators, compiled once per shape ------------------------------------------------------
+#
+# `_checker(model, shape)` is a function (value, path, problems) that appends the shape's
+# constraint problems of `value` at `path`, in the order AWS reports them; None when the shape
+# has nothing to check. The value has the shape's type already (`_convert`, `_from_text`).
+
+Checker = Callable[[Any, str, list[str]], None]
+
+_CHECKERS: dict[tuple[str, str], Checker | None] = {}
+_PASSED_KEPT = 4096  # string values remembered as valid, per string shape
 
 
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _validate(model: ServiceModel, shape_name: str, value: Any, path: str, problems: list[str]) -> None:
+def _checker(model: ServiceModel, shape_name: str) -> Checker | None:
+    key = (model.name, shape_name)
+    if key in _CHECKERS:
+        return _CHECKERS[key]
+    # While it is built, a shape that (through its members) contains itself finds this stand-in.
+    _CHECKERS[key] = lambda value, path, problems: _check_later(key, value, path, problems)
     shape = model.shape(shape_name)
     kind = shape["type"]
+    check: Checker | None
     if kind == "structure":
-        _validate_structure(model, shape, value, path, problems)
-        return
-    if kind in ("string", "blob", "list", "map"):
-        length = len(value)
-        if "min" in shape and length < shape["min"]:
-            _fail(problems, value, path, f"Member must have length greater than or equal to {shape['min']}")
-        if "max" in shape and length > shape["max"]:
-            _fail(problems, value, path, f"Member must have length less than or equal to {shape['max']}")
-    if kind == "string":
-        if "enum" in shape and value not in shape["enum"]:
-            _fail(problems, value, path, f"Member must satisfy enum value set: [{', '.join(shape['enum'])}]")
-        elif "pattern" in shape and not _regex(shape["pattern"]).fullmatch(value):
-            _fail(problems, value, path, f"Member must satisfy regular expression pattern: {shape['pattern']}")
+        check = _structure_checker(model, shape)
+    elif kind == "string":
+        check = _string_checker(shape)
+    elif kind in ("blob", "list", "map"):
+        check = _collection_checker(model, shape)
     elif kind in ("integer", "long", "float", "double"):
-        if "min" in shape and value < shape["min"]:
-            _fail(problems, value, path, f"Member must have value greater than or equal to {shape['min']}")
-        if "max" in shape and value > shape["max"]:
-            _fail(problems, value, path, f"Member must have value less than or equal to {shape['max']}")
-    elif kind == "list":
-        for item in value:
-            _validate(model, shape["member"]["shape"], item, path, problems)
-    elif kind == "map":
-        for key, item in value.items():
-            _validate(model, shape["key"]["shape"], key, path, problems)
-            _validate(model, shape["value"]["shape"], item, path, problems)
+        check = _number_checker(shape)
+    else:  # boolean, timestamp: no constraints
+        check = None
+    _CHECKERS[key] = check
+    return check
+
+
+def _check_later(key: tuple[str, str], value: Any, path: str, problems: list[str]) -> None:
+    check = _CHECKERS[key]
+    if check is not None:
+        check(value, path, problems)
+
+
+def _structure_checker(model: ServiceModel, shape: Shape) -> Checker | None:
+    required = tuple(shape.get("required", ()))
+    members = {name: check for name, ref in shape.get("members", {}).items()
+               if (check := _checker(model, ref["shape"])) is not None}
+    if not required and not members:
+        return None
+
+    def check_structure(value: dict[str, Any], path: str, problems: list[str]) -> None:
+        for name in required:
+            if value.get(name) is None:
+                _fail(problems, None, f"{path}.{name}" if path else name, "Member must not be null")
+        for name, item in value.items():
+            check = members.get(name)
+            if check is not None and item is not None:
+                check(item, f"{path}.{name}" if path else name, problems)
+
+    return check_structure
+
+
+def _length_checker(shape: Shape) -> Callable[[Any, str, list[str]], bool] | None:
+    """The min/max length check of a string, blob, list or map; True when it found none."""
+    low, high = shape.get("min"), shape.get("max")
+    if low is None and high is None:
+        return None
+
+    def check_length(value: Any, path: str, problems: list[str]) -> bool:
+        length = len(value)
+        ok = True
+        if low is not None and length < low:
+            _fail(problems, value, path, f"Member must have length greater than or equal to {low}")
+            ok = False
+        if high is not None and length > high:
+            _fail(problems, value, path, f"Member must have length less than or equal to {high}")
+            ok = False
+        return ok
+
+    return check_length
+
+
+def _string_checker(shape: Shape) -> Checker | None:
+    check_length = _length_checker(shape)
+    enum, pattern = shape.get("enum"), shape.get("pattern")
+    if check_length is None and enum is None and pattern is None:
+        return None
+    enum_text = None if enum is None else f"Member must satisfy enum value set: [{', '.join(enum)}]"
+    # A request names the same few functions and qualifiers over and over: a value that passed
+    # is not matched again (a set look-up instead of the pattern: ~6k instructions per Invoke).
+    passed: set[str] = set()
+
+    def check_string(value: str, path: str, problems: list[str]) -> None:
+        if value in passed:
+            return
+        ok = check_length is None or check_length(value, path, problems)
+        if enum is not None and value not in enum:
+            _fail(problems, value, path, enum_text)  # type: ignore[arg-type]
+            ok = False
+        elif pattern is not None and not _regex(pattern).fullmatch(value):  # compiled at first use, as before
+            _fail(problems, value, path, f"Member must satisfy regular expression pattern: {pattern}")
+            ok = False
+        if ok:
+            if len(passed) >= _PASSED_KEPT:
+                passed.clear()
+            passed.add(value)
+
+    return check_string
+
+
+def _collection_checker(model: ServiceModel, shape: Shape) -> Checker | None:
+    check_length = _length_checker(shape)
+    kind = shape["type"]
+    check_item = _checker(model, shape["member"]["shape"]) if kind == "list" else None
+    check_key = _checker(model, shape["key"]["shape"]) if kind == "map" else None
+    check_value = _checker(model, shape["value"]["shape"]) if kind == "map" else None
+    if check_length is None and check_item is None and check_key is None and check_value is None:
+        return None
+
+    def check_collection(value: Any, path: str, problems: list[str]) -> None:
+        if check_length is not None:
+            check_length(value, path, problems)
+        if check_item is not None:
+            for item in value:
+                check_item(item, path, problems)
+        elif check_key is not None or check_value is not None:
+            for key, item in value.items():
+                if check_key is not None:
+                    check_key(key, path, problems)
+                if check_value is not None:
+                    check_value(item, path, problems)
+
+    return check_collection
+
+
+def _number_checker(shape: Shape) -> Checker | None:
+    low, high = shape.get("min"), shape.get("max")
+    if low is None and high is None:
+        return None
+
+    def check_number(value: float, path: str, problems: list[str]) -> None:
+        if low is not None and value < low:
+            _fail(problems, value, path, f"Member must have value greater than or equal to {low}")
+        if high is not None and value > high:
+            _fail(problems, value, path, f"Member must have value less than or equal to {high}")
+
+    return check_number

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from firebox.errors import ApiError, ServiceError
@@ -28,7 +29,7 @@ class HttpResponse(NamedTuple):
     body: bytes
 
 
-def _head(request_id: str, extra: dict[str, str], default_type: str | None) -> bytes:
+def _head(request_id: str, extra: Mapping[str, str], default_type: str | None) -> bytes:
     """The request id, `default_type` unless `extra` names a content type, then `extra`."""
     lines = [f"x-amzn-requestid: {request_id}\r\n"]
     for name, value in extra.items():
@@ -41,7 +42,7 @@ def _head(request_id: str, extra: dict[str, str], default_type: str | None) -> b
     return "".join(lines).encode("latin-1")
 
 
-def success(status: int, body: Any, request_id: str, extra: dict[str, str]) -> HttpResponse:
+def success(status: int, body: Any, request_id: str, extra: Mapping[str, str]) -> HttpResponse:
     if body is None:
         return HttpResponse(status, _head(request_id, extra, None), b"")
     if isinstance(body, bytes):

@@ -15,12 +15,6 @@ MAX_SYNC_PAYLOAD = 6 * 1024 * 1024
 _INVOCATION_TYPES = {t.value: t for t in InvocationType}
 
 
-def _check_payload(payload: bytes) -> None:
-    if len(payload) > MAX_SYNC_PAYLOAD:
-        raise RequestTooLarge(f"Request must be smaller than {MAX_SYNC_PAYLOAD} bytes for the InvokeFunction operation")
-    _check_json(payload)
-
-
 def _check_json(payload: bytes) -> None:
     if not payload:
         return
@@ -59,7 +53,9 @@ async def invoke(services: Services, request: Request) -> Reply:
         _check_json(payload)
         await services.events.accept(function_ref(services, request), payload, request.request_id)
         return Reply(None, status=202)
-    _check_payload(payload)
+    if len(payload) > MAX_SYNC_PAYLOAD:
+        raise RequestTooLarge(f"Request must be smaller than {MAX_SYNC_PAYLOAD} bytes for the InvokeFunction operation")
+    _check_json(payload)
     hops.mark("routed")
     result = await services.invoker.invoke(
         InvokeRequest(
