@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from time import perf_counter_ns
 
 import pytest
@@ -14,10 +15,11 @@ from firebox import hops
 
 @pytest.fixture(autouse=True)
 def tracing(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(hops, "_enabled", True)
     monkeypatch.setattr(hops, "_kept", type(hops._kept)(maxlen=hops.KEPT))
     monkeypatch.setattr(hops, "_finished", 0)
+    hops.enable()
     yield
+    hops.disable()
 
 
 async def _request(marks: tuple[str, ...]) -> None:
@@ -88,8 +90,43 @@ def test_the_summary_covers_the_traces_after_a_count() -> None:
     assert hops.summary(after=3) == {"traces": 0, "last": 3, "hops": {}}
 
 
-def test_off_by_default_nothing_is_traced(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hops, "_enabled", False)
+def test_off_by_default_nothing_is_traced() -> None:
+    hops.disable()
+    assert not hops.enabled()
     asyncio.run(_request(WHOLE))
     assert hops.start(0) is None
     assert hops.summary()["traces"] == 0
+
+
+def test_marks_outside_a_trace_do_nothing_whether_on_or_off() -> None:
+    """A mark with no trace running (an asynchronous invocation, tracing off) changes nothing."""
+    for switch in (hops.disable, hops.enable):
+        switch()
+        for name in hops.MARKS:
+            hops.mark(name)
+        assert hops.summary()["traces"] == 0
+
+
+def test_a_trace_started_while_on_sees_the_marks_after_it_is_switched_off_and_on() -> None:
+    async def main() -> None:
+        trace = hops.start(perf_counter_ns())
+        assert trace is not None
+        hops.disable()
+        hops.mark("routed")  # off: not recorded
+        hops.enable()
+        for name in WHOLE:
+            hops.mark(name)
+        hops.finish(trace)
+        assert trace.names == list(hops.MARKS)
+    asyncio.run(main())
+    assert hops.summary()["traces"] == 1
+
+
+def test_every_layer_looks_mark_up_when_it_marks() -> None:
+    """`mark` is rebound by enable/disable: a layer that imported the name itself would keep
+    the one bound at its import (tracing would miss its marks)."""
+    src = Path(hops.__file__).parent
+    for module in src.rglob("*.py"):
+        text = module.read_text()
+        assert "from firebox.hops import" not in text, module
+        assert "from firebox import hops as" not in text, module

@@ -18,16 +18,22 @@ Each layer marks the moment its part of a request ends; consecutive marks give t
 
 How: the edge starts a `Trace` in the request's answering task (a context variable, so every
 layer reaches it through the awaits without an argument); `mark` appends to it, or does
-nothing (one context-variable read) when no trace is running; the edge closes the trace after
-its write. Only traces holding exactly the marks above, in that order, are kept (the last
-`KEPT` of them): asynchronous invokes, other operations and cold starts (whose lease starts a
-sandbox) are left out by that rule or by the caller, not by special cases here.
+nothing when no trace is running; the edge closes the trace after its write. Only traces
+holding exactly the marks above, in that order, are kept (the last `KEPT` of them):
+asynchronous invokes, other operations and cold starts (whose lease starts a sandbox) are left
+out by that rule or by the caller, not by special cases here.
+
+While tracing is off (the default), `mark` is not even that function: `enable` binds it, and
+until then the name is bound to a builtin that ignores its argument (the layers call
+`hops.mark(...)` and never import the name itself, so each call finds whichever is bound):
+520 instructions less per mark than a context-variable read, 4,700 per invocation (nine marks).
 """
 
 from __future__ import annotations
 
 import statistics
 from collections import deque
+from collections.abc import Callable
 from contextvars import ContextVar
 from time import perf_counter_ns
 
@@ -51,8 +57,15 @@ class Trace:
 
 
 def enable() -> None:
-    global _enabled
+    global _enabled, mark
     _enabled = True
+    mark = _mark
+
+
+def disable() -> None:
+    global _enabled, mark
+    _enabled = False
+    mark = _ignore
 
 
 def enabled() -> bool:
@@ -70,11 +83,18 @@ def start(received_ns: int) -> Trace | None:
     return trace
 
 
-def mark(name: str) -> None:
+def _mark(name: str) -> None:
+    """`mark` while tracing is on."""
     trace = _current.get()
     if trace is not None and trace.open:
         trace.names.append(name)
         trace.times.append(perf_counter_ns())
+
+
+# `mark` while tracing is off: any builtin that takes one argument and has no effect; the
+# layers ignore what `mark` returns. (An empty Python function costs twice as much to call.)
+_ignore: Callable[[str], object] = len
+mark: Callable[[str], object] = _ignore
 
 
 def finish(trace: Trace | None) -> None:
@@ -82,7 +102,7 @@ def finish(trace: Trace | None) -> None:
     if trace is None:
         return
     global _finished
-    mark("written")
+    _mark("written")
     trace.open = False
     if tuple(trace.names) == MARKS:
         _finished += 1

@@ -29,35 +29,41 @@ class LocalCounter:
         self._limit = limit
         self._in_use: dict[str, int] = defaultdict(int)
         self._reservations: dict[str, int] = {}
+        self._reserved_total = 0  # sum(self._reservations.values()), kept as they change
         self._unreserved_in_use = 0
         self._serial = itertools.count(1)
         self._live: set[int] = set()
 
     async def acquire_nowait(self, function_name: str, reserved: int | None) -> Token:
+        reservations = self._reservations
         if reserved is None:
-            self._reservations.pop(function_name, None)
-        else:
-            self._reservations[function_name] = reserved
-        if reserved is not None:
-            if self._in_use[function_name] >= reserved:
-                raise TooManyRequests(RESERVED_EXCEEDED)
-        else:
-            pool = self._limit - sum(self._reservations.values())
-            if self._unreserved_in_use >= pool:
+            if function_name in reservations:  # its reservation was removed
+                self._reserved_total -= reservations.pop(function_name)
+            if self._unreserved_in_use >= self._limit - self._reserved_total:
                 raise TooManyRequests(ACCOUNT_EXCEEDED)
             self._unreserved_in_use += 1
+        else:
+            self._reserved_total += reserved - reservations.get(function_name, 0)
+            reservations[function_name] = reserved
+            if self._in_use[function_name] >= reserved:
+                raise TooManyRequests(RESERVED_EXCEEDED)
         self._in_use[function_name] += 1
-        token = Token(function_name, next(self._serial), reserved is not None)
-        self._live.add(token.serial)
-        return token
+        serial = next(self._serial)
+        self._live.add(serial)
+        return Token(function_name, serial, reserved is not None)
 
     async def release(self, token: Token) -> None:
-        if token.serial not in self._live:
+        try:
+            self._live.remove(token.serial)
+        except KeyError:  # released already
             return
-        self._live.discard(token.serial)
-        self._in_use[token.function_name] -= 1
-        if not self._in_use[token.function_name]:
-            del self._in_use[token.function_name]
+        in_use = self._in_use
+        name = token.function_name
+        left = in_use[name] - 1
+        if left:
+            in_use[name] = left
+        else:
+            del in_use[name]
         if not token.reserved:
             self._unreserved_in_use -= 1
 

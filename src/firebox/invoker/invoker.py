@@ -18,6 +18,8 @@ from firebox.invoker.api import InvocationType, InvokeRequest, InvokeResult
 from firebox.workers.api import FunctionSpec, WorkerManager
 
 _SPEC_CACHE_LIMIT = 4096
+# Read once per invocation each: module globals, not class attributes.
+_PENDING, _FAILED, _DRY_RUN = State.PENDING, State.FAILED, InvocationType.DRY_RUN
 
 
 def function_spec(config: FunctionVersion, scope: Scope) -> FunctionSpec:
@@ -113,38 +115,45 @@ class LocalInvoker:
         waits = not request.queued  # a queued event's caller is the dispatcher: nobody waits
         self._callers_waiting += waits
         try:
-            client_context = decode_client_context(request.client_context)
-            details = await self._registry.get_function(await self._route(request.ref))
+            client_context = request.client_context
+            if client_context is not None:
+                client_context = decode_client_context(client_context)
+            ref = request.ref
+            # (Only a qualifier may need routing: a bare name skips the coroutine of `_route`.)
+            details = await self._registry.get_function(ref if ref.qualifier is None else await self._route(ref))
             config = details.config
-            if config.state is State.PENDING:
+            state = config.state
+            if state is _PENDING:
                 raise ResourceConflict(
                     "The operation cannot be performed at this time. The function is currently in the following state: Pending"
                 )
-            if config.state is State.FAILED:
+            if state is _FAILED:
                 raise ResourceConflict(
                     f"The function could not be invoked because it is in the Failed state: {config.state_reason}"
                 )
-            if request.invocation_type is InvocationType.DRY_RUN:
+            if request.invocation_type is _DRY_RUN:
                 return InvokeResult(b"", config.version)
-            spec = self._spec(config)
+            # The spec cache inline (`_spec` on a miss): its key is the version's identity.
+            spec = self._specs.get((config.name, config.version, config.revision_id)) or self._spec(config)
             hops.mark("resolved")
-            token = await self._counter.acquire_nowait(config.name, details.reserved_concurrency)
+            counter, workers = self._counter, self._workers
+            token = await counter.acquire_nowait(config.name, details.reserved_concurrency)
             hops.mark("counted")
             try:
-                lease = await self._workers.lease(spec)
+                lease = await workers.lease(spec)
                 hops.mark("leased")
                 try:
-                    outcome = await self._workers.invoke(
+                    outcome = await workers.invoke(
                         lease,
                         request_id=request.request_id,
                         payload=request.payload or b"{}",
-                        invoked_arn=self._scope.function_arn(request.ref.name, request.ref.qualifier),
+                        invoked_arn=self._scope.function_arn(ref.name, ref.qualifier),
                         client_context=client_context,
                     )
                 finally:
-                    await self._workers.release(lease)
+                    await workers.release(lease)
             finally:
-                await self._counter.release(token)
+                await counter.release(token)
             hops.mark("released")
             tail = base64.b64encode(outcome.log_tail).decode() if request.tail_log else None
             return InvokeResult(outcome.payload, config.version, outcome.function_error, tail)

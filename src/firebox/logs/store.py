@@ -264,31 +264,40 @@ class SqliteLogStore:
 
     def append_lines(self, group: str, stream: str, timestamp_ms: int, messages: Sequence[str], *,
                      platform: bool = False) -> None:
-        if not messages:
+        count = len(messages)
+        if not count:
             return
         key = (group, stream)
         use = self._stream_use.get(key)
         if use is None:
             use = self._stream_use[key] = [0, 0]
-        size = sum(map(len, messages))
-        accepted = len(messages) if platform else self._room(key, use, messages, size)
-        if accepted < len(messages):
-            kept = sum(map(len, messages[:accepted]))
-            lost = self._dropped.setdefault(key, [0, 0, timestamp_ms])
-            lost[0] += len(messages) - accepted
-            lost[1] += size - kept
-            lost[2] = timestamp_ms
-            self._dropped_total += len(messages) - accepted
-            self._dropped_bytes += size - kept
-            messages, size = messages[:accepted], kept
-        if not messages:
-            return
-        gap = self._dropped.pop(key, None) if self._dropped else None
-        if gap is not None:
-            self._push(group, stream, gap[2], [_notice(gap[0], gap[1])], 0, use)
-        self._push(group, stream, timestamp_ms, messages, size, use)
+        size = len(messages[0]) if count == 1 else sum(map(len, messages))  # (START is one line)
+        if not platform:  # platform records are never dropped
+            accepted = self._room(key, use, messages, size)
+            if accepted < count:
+                kept = sum(map(len, messages[:accepted]))
+                lost = self._dropped.setdefault(key, [0, 0, timestamp_ms])
+                lost[0] += count - accepted
+                lost[1] += size - kept
+                lost[2] = timestamp_ms
+                self._dropped_total += count - accepted
+                self._dropped_bytes += size - kept
+                if not accepted:
+                    return
+                messages, size, count = messages[:accepted], kept, accepted
+        if self._dropped:
+            gap = self._dropped.pop(key, None)
+            if gap is not None:
+                self._push(group, stream, gap[2], [_notice(gap[0], gap[1])], 0, use)
+        # `_push` in line: two appends per warm invocation.
+        self._segments.append((group, stream, timestamp_ms, messages, size))
+        self._pushed += 1
+        buffered = self._buffered = self._buffered + count
+        buffered_bytes = self._buffered_bytes = self._buffered_bytes + size
+        use[0] += count
+        use[1] += size
         self._wake.set()
-        if self._buffered >= self._hurry_records or self._buffered_bytes >= self._hurry_bytes:
+        if buffered >= self._hurry_records or buffered_bytes >= self._hurry_bytes:
             self._hurry.set()
 
     def _room(self, key: tuple[str, str], use: list[int], messages: Sequence[str], size: int) -> int:

@@ -61,7 +61,10 @@ from firebox.workers.keepalive import FixedKeepAlive, KeepAlivePolicy
 log = logging.getLogger(__name__)
 
 
-@dataclass
+# Lease and _Idle are made once per invocation each: with slots, no instance dictionary.
+
+
+@dataclass(slots=True)
 class Lease:
     sandbox: SandboxHandle
     spec: FunctionSpec
@@ -69,7 +72,7 @@ class Lease:
     _released: bool = field(default=False, repr=False)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Idle:
     sandbox: SandboxHandle
     since: float
@@ -143,18 +146,21 @@ class LocalWorkerManager:
     # -- leases --------------------------------------------------------------------------------
 
     async def lease(self, spec: FunctionSpec) -> Lease:
-        self._retire_older(spec)
+        key = spec.key
         fn = (spec.name, spec.version)
+        if self._current_key.get(fn) != key:
+            self._retire_older(spec)
         self._last_spec[fn] = spec
-        self._prewarm.pop(fn, None)
+        if self._prewarm:
+            self._prewarm.pop(fn, None)
         self._policy.observe_arrival(fn, self._clock())
-        pool = self._idle.get(spec.key)
+        pool = self._idle.get(key)
         while pool:
-            idle = pool.pop()
-            if idle.sandbox.ready:
-                self._busy[spec.key].add(idle.sandbox)
-                return Lease(idle.sandbox, spec, cold=False)
-            self._spawn_destroy(idle.sandbox)
+            sandbox = pool.pop().sandbox
+            if sandbox.ready:
+                self._busy[key].add(sandbox)
+                return Lease(sandbox, spec, False)
+            self._spawn_destroy(sandbox)
         self._starting += 1
         try:
             sandbox = await self._create(spec)
@@ -164,17 +170,18 @@ class LocalWorkerManager:
         finally:
             self._starting -= 1
         self._created += 1
-        self._busy[spec.key].add(sandbox)
-        return Lease(sandbox, spec, cold=True)
+        self._busy[key].add(sandbox)
+        return Lease(sandbox, spec, True)
 
     async def invoke(
         self, lease: Lease, *, request_id: str, payload: bytes, invoked_arn: str, client_context: str | None
     ) -> InvokeOutcome:
         """Run one invocation in the leased sandbox (or report its failed init)."""
-        if not lease.sandbox.ready:
-            return lease.sandbox.init_failure(request_id)
+        sandbox = lease.sandbox
+        if not sandbox.ready:
+            return sandbox.init_failure(request_id)
         # Named one by one, not passed on as **kwargs: no dict is built and unpacked per invocation.
-        return await self._worker.invoke(lease.sandbox, lease.spec, request_id=request_id, payload=payload,
+        return await self._worker.invoke(sandbox, lease.spec, request_id=request_id, payload=payload,
                                          invoked_arn=invoked_arn, client_context=client_context)
 
     async def release(self, lease: Lease) -> None:
@@ -182,17 +189,20 @@ class LocalWorkerManager:
         if lease._released:
             return
         lease._released = True
-        sandbox, key, now = lease.sandbox, lease.spec.key, self._clock()
-        fn = (lease.spec.name, lease.spec.version)
-        self._busy[key].discard(sandbox)
-        level = len(self._busy[key]) + 1  # 1: the function's last running invocation ended
-        if not self._busy[key]:
-            self._busy.pop(key, None)
-        self._policy.observe_end(fn, now)
+        sandbox, spec, now = lease.sandbox, lease.spec, self._clock()
+        key = spec.key
+        fn = (spec.name, spec.version)
+        busy = self._busy[key]
+        busy.discard(sandbox)
+        level = len(busy) + 1  # 1: the function's last running invocation ended
+        if not busy:
+            del self._busy[key]
+        policy = self._policy
+        policy.observe_end(fn, now)
         current = self._current_key.get(fn) == key
         # One decision, read three ways: asking the policy for each reading looked it up three
         # times (5,500 instructions per invocation).
-        decision = self._policy.decision(fn, level)
+        decision = policy.decision(fn, level)
         if level == 1 and current and (at := decision.prewarm_at(now)) is not None:
             self._prewarm[fn] = (at, now)
         if sandbox.ready and current and not decision.release_after_end:
