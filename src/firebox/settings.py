@@ -85,7 +85,7 @@ class Settings:
     # least 1) boto3-preloaded Python cells and Node.js cells; 0 turns them all off.
     stem_cells: int = 4
     # Time the synchronous invoke path hop by hop (firebox.hops, GET /_firebox/hops): for
-    # bench/hops.py; off by default, when each hop costs one context-variable read.
+    # bench/hops.py; off by default, when each hop is a call of a builtin that does nothing.
     trace_hops: bool = False
 
     @classmethod

@@ -271,7 +271,8 @@ def _fail(problems: list[str], value: Any, path: str, constraint: str) -> None:
 Checker = Callable[[Any, str, list[str]], None]
 
 _CHECKERS: dict[tuple[str, str], Checker | None] = {}
-_PASSED_KEPT = 4096  # string values remembered as valid, per string shape
+_PASSED_KEPT = 4096  # string values remembered as valid, per string shape...
+_PASSED_LONGEST = 256  # ...if no longer than this: names and qualifiers, not documents (memory stays small)
 
 
 def _checker(model: ServiceModel, shape_name: str) -> Checker | None:
@@ -362,7 +363,7 @@ def _string_checker(shape: Shape) -> Checker | None:
         elif pattern is not None and not _regex(pattern).fullmatch(value):  # compiled at first use, as before
             _fail(problems, value, path, f"Member must satisfy regular expression pattern: {pattern}")
             ok = False
-        if ok:
+        if ok and len(value) <= _PASSED_LONGEST:
             if len(passed) >= _PASSED_KEPT:
                 passed.clear()
             passed.add(value)
