@@ -92,7 +92,7 @@ def test_the_summary_covers_the_traces_after_a_count() -> None:
 
 def test_off_by_default_nothing_is_traced() -> None:
     hops.disable()
-    assert not hops.enabled()
+    assert not hops.enabled() and not hops.tracing
     asyncio.run(_request(WHOLE))
     assert hops.start(0) is None
     assert hops.summary()["traces"] == 0

@@ -327,7 +327,7 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._headers = {}
         self._current = _Request(self._headers)
-        if hops.enabled():
+        if hops.tracing:
             self._current.received_ns = perf_counter_ns()
         self._in_head = True
         self._heads_begun += 1
@@ -459,7 +459,8 @@ class _Connection(asyncio.Protocol):
                 await self._wake
 
     async def _answer(self, req: _Request) -> None:
-        trace = hops.start(req.received_ns)
+        # (Traced only when hops are on, which the time of its first byte says: no call otherwise.)
+        trace = hops.start(req.received_ns) if req.received_ns else None
         try:
             response = await self._app.handle(
                 req.method, _target(req.target), req.headers,
@@ -476,7 +477,8 @@ class _Connection(asyncio.Protocol):
             return  # the client left; the answer has nowhere to go
         keep_alive = req.keep_alive and not self._edge.stopping
         self._write(req, response, keep_alive)
-        hops.finish(trace)
+        if trace is not None:
+            hops.finish(trace)
         self._queue.popleft()
         self._last_active = self._loop.time()
         if not keep_alive:

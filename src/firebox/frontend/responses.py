@@ -29,16 +29,36 @@ class HttpResponse(NamedTuple):
     body: bytes
 
 
+# The header lines after the request id, by what they were rendered from: a handler's extra
+# headers repeat (a warm Invoke's are its executed version and content type), so they are
+# rendered once. Only short renderings are remembered (a Log-Result tail is unique and long).
+_RENDERED: dict[tuple[object, ...], bytes] = {}
+_RENDERED_KEPT = 1024
+_RENDERED_MAX_BYTES = 256
+
+
 def _head(request_id: str, extra: Mapping[str, str], default_type: str | None) -> bytes:
     """The request id, `default_type` unless `extra` names a content type, then `extra`."""
-    lines = [f"x-amzn-requestid: {request_id}\r\n"]
+    key = (default_type, *extra.items())
+    lines = _RENDERED.get(key)
+    if lines is None:
+        lines = _lines(extra, default_type)
+        if len(lines) <= _RENDERED_MAX_BYTES:
+            if len(_RENDERED) >= _RENDERED_KEPT:
+                _RENDERED.clear()
+            _RENDERED[key] = lines
+    return b"x-amzn-requestid: %s\r\n%s" % (request_id.encode("latin-1"), lines)
+
+
+def _lines(extra: Mapping[str, str], default_type: str | None) -> bytes:
+    lines = []
     for name, value in extra.items():
         name = name.lower()
         if name == "content-type":
             default_type = None
         lines.append(f"{name}: {value}\r\n")
     if default_type:
-        lines.insert(1, f"content-type: {default_type}\r\n")
+        lines.insert(0, f"content-type: {default_type}\r\n")
     return "".join(lines).encode("latin-1")
 
 

@@ -80,6 +80,9 @@ class LocalInvoker:
         # FunctionSpec per (name, version, RevisionId): every change of a version gets a new
         # RevisionId, so a cached spec is never stale, and warm invokes skip hashing it again.
         self._specs: dict[tuple[str, str, str], FunctionSpec] = {}
+        # The ARN each invoked FunctionRef is invoked as (the runtime's invoked_function_arn):
+        # the same few refs over and over, and the scope never changes.
+        self._arns: dict[FunctionRef, str] = {}
         self._callers_waiting = 0
 
     @property
@@ -111,14 +114,21 @@ class LocalInvoker:
             spec = self._specs[key] = function_spec(config, self._scope)
         return spec
 
+    def _invoked_arn(self, ref: FunctionRef) -> str:
+        if len(self._arns) >= _SPEC_CACHE_LIMIT:
+            self._arns.clear()
+        arn = self._arns[ref] = self._scope.function_arn(ref.name, ref.qualifier)
+        return arn
+
     async def invoke(self, request: InvokeRequest) -> InvokeResult:
-        waits = not request.queued  # a queued event's caller is the dispatcher: nobody waits
+        # The request's fields in one unpacking: each read of a NamedTuple's field by name is a
+        # descriptor call.
+        ref, payload, request_id, invocation_type, tail_log, client_context, queued = request
+        waits = not queued  # a queued event's caller is the dispatcher: nobody waits
         self._callers_waiting += waits
         try:
-            client_context = request.client_context
             if client_context is not None:
                 client_context = decode_client_context(client_context)
-            ref = request.ref
             # (Only a qualifier may need routing: a bare name skips the coroutine of `_route`.)
             details = await self._registry.get_function(ref if ref.qualifier is None else await self._route(ref))
             config = details.config
@@ -131,7 +141,7 @@ class LocalInvoker:
                 raise ResourceConflict(
                     f"The function could not be invoked because it is in the Failed state: {config.state_reason}"
                 )
-            if request.invocation_type is _DRY_RUN:
+            if invocation_type is _DRY_RUN:
                 return InvokeResult(b"", config.version)
             # The spec cache inline (`_spec` on a miss): its key is the version's identity.
             spec = self._specs.get((config.name, config.version, config.revision_id)) or self._spec(config)
@@ -145,9 +155,9 @@ class LocalInvoker:
                 try:
                     outcome = await workers.invoke(
                         lease,
-                        request_id=request.request_id,
-                        payload=request.payload or b"{}",
-                        invoked_arn=self._scope.function_arn(ref.name, ref.qualifier),
+                        request_id=request_id,
+                        payload=payload or b"{}",
+                        invoked_arn=self._arns.get(ref) or self._invoked_arn(ref),
                         client_context=client_context,
                     )
                 finally:
@@ -155,7 +165,7 @@ class LocalInvoker:
             finally:
                 await counter.release(token)
             hops.mark("released")
-            tail = base64.b64encode(outcome.log_tail).decode() if request.tail_log else None
+            tail = base64.b64encode(outcome.log_tail).decode() if tail_log else None
             return InvokeResult(outcome.payload, config.version, outcome.function_error, tail)
         finally:
             self._callers_waiting -= waits

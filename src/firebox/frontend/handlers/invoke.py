@@ -53,20 +53,16 @@ async def invoke(services: Services, request: Request) -> Reply:
     if invocation_type is _EVENT:
         _check_json(payload)
         await services.events.accept(function_ref(services, request), payload, request.request_id)
-        return Reply(None, status=202)
+        return Reply(None, 202)
     if len(payload) > MAX_SYNC_PAYLOAD:
         raise RequestTooLarge(f"Request must be smaller than {MAX_SYNC_PAYLOAD} bytes for the InvokeFunction operation")
     _check_json(payload)
     hops.mark("routed")
+    # InvokeRequest's fields by position: a NamedTuple called with keywords gets them as a
+    # dict to unpack (6.3k instructions to build, 3.5k by position).
     result = await services.invoker.invoke(
-        InvokeRequest(
-            ref=function_ref(services, request),
-            payload=payload,
-            request_id=request.request_id,
-            invocation_type=invocation_type,
-            tail_log=p.get("LogType") == "Tail",
-            client_context=p.get("ClientContext"),
-        )
+        InvokeRequest(function_ref(services, request), payload, request.request_id, invocation_type,
+                      p.get("LogType") == "Tail", p.get("ClientContext"))
     )
     headers = {"X-Amz-Executed-Version": result.executed_version}
     if result.function_error:
@@ -74,9 +70,9 @@ async def invoke(services: Services, request: Request) -> Reply:
     if result.log_tail is not None:
         headers["X-Amz-Log-Result"] = result.log_tail
     if invocation_type is _DRY_RUN:
-        return Reply(None, status=204, headers=headers)
+        return Reply(None, 204, headers)
     headers["Content-Type"] = "application/json"
-    return Reply(result.payload, status=200, headers=headers)
+    return Reply(result.payload, 200, headers)
 
 
 async def invoke_async(services: Services, request: Request) -> Reply:
@@ -84,7 +80,7 @@ async def invoke_async(services: Services, request: Request) -> Reply:
     payload = request.params.get("InvokeArgs") or b""
     _check_json(payload)
     await services.events.accept(function_ref(services, request, qualifier=False), payload, request.request_id)
-    return Reply(None, status=202)
+    return Reply(None, 202)
 
 
 HANDLERS: dict[str, Handler] = {"Invoke": invoke, "InvokeAsync": invoke_async}
