@@ -49,3 +49,26 @@ def test_a_batch_lands_whole_with_every_stream_counted(tmp_path: Path, monkeypat
     s2_bytes = sum(len(f"é{i}\n".encode()) for i in range(20))  # UTF-8 bytes, not characters
     assert streams == [("s1", 461, 900, NOW, s1_bytes), ("s2", 1000, 1019, NOW, s2_bytes), ("s3", 7, 7, NOW, 3)]
     assert groups == [("/g1", s1_bytes + s2_bytes), ("/g2", 3)]
+
+
+def test_every_batch_size_lands_row_for_row(tmp_path: Path) -> None:
+    """Rows of every chunk mix (0 to 140 rows: 64s, then 32, 16, 8 and the rest): each row keeps
+    its own group, stream, timestamp and message, ids follow one another across batches, and the
+    ingestion time is the batch's."""
+    conn = schema.open_database(tmp_path / "logs.db")
+    clock = [NOW]
+    writer = Writer(conn, lambda: clock[0])
+    expected: list[tuple[object, ...]] = []
+    for rows in range(141):
+        clock[0] += 1
+        batch = [segment(f"/g{i % 3}", f"s{i % 5}", 1000 * rows + i, f"m{rows}.{i}\n") for i in range(rows)]
+        if rows % 2:  # segments of two records too, as END and REPORT are
+            batch = [segment(s.group, s.stream, s.ts, *s.messages, f"{s.messages[0]}+") for s in batch[: rows // 2]]
+        assert writer.insert(batch) == sum(len(s.messages) for s in batch)
+        expected += [(s.group, s.stream, s.ts, clock[0], message) for s in batch for message in s.messages]
+    stored = conn.execute("""SELECT e.id, g.name, s.name, e.ts, e.ingested, e.message FROM log_events e
+                             JOIN log_groups g ON g.id = e.group_id JOIN log_streams s ON s.id = e.stream_id
+                             ORDER BY e.id""").fetchall()
+    assert [row[0] for row in stored] == list(range(1, len(expected) + 1))
+    assert [row[1:] for row in stored] == expected
+    assert conn.execute("SELECT value FROM log_meta WHERE key = 'next_event_id'").fetchone()[0] == len(expected) + 1

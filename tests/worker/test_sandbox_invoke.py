@@ -31,12 +31,13 @@ class _Transport:
     def __init__(self) -> None:
         self.protocol: RuntimeApiProtocol | None = None
         self.silent = False
+        self.delay = 0.0  # seconds before the runtime answers
 
     def write(self, data: bytes) -> None:
         if b"Lambda-Runtime-Aws-Request-Id: " in data and not self.silent:
             request_id = data.split(b"Lambda-Runtime-Aws-Request-Id: ")[1].split(b"\r\n")[0].decode()
             assert self.protocol is not None
-            asyncio.get_running_loop().call_soon(self.protocol.data_received, _answer(request_id, b'"hi"'))
+            asyncio.get_running_loop().call_later(self.delay, self.protocol.data_received, _answer(request_id, b'"hi"'))
 
     def is_closing(self) -> bool:
         return False
@@ -184,6 +185,26 @@ def test_an_invocation_that_outlives_its_timeout_kills_the_sandbox() -> None:
         assert "Task timed out after 0.05 seconds" in logs.lines[-3]
         assert logs.lines[-1].endswith("\tStatus: timeout\t\n")
         assert not sandbox.ready and sandbox.process.killed  # type: ignore[attr-defined]
+        for fd in fds:
+            os.close(fd)
+
+    asyncio.run(main())
+
+
+def test_each_invocation_has_its_whole_timeout() -> None:
+    """The sandbox's timer, armed for an earlier invocation's deadline, neither ends a later one
+    at that deadline nor lets it run past its own."""
+    async def main() -> None:
+        sandbox, transport, _, _, fds = await _started(timeout_s=0.3)
+        assert (await sandbox.invoke(_invocation("r1"))).reusable
+        await asyncio.sleep(0.2)
+        transport.delay = 0.2  # answered after r1's deadline, before its own
+        assert (await sandbox.invoke(_invocation("r2"))).reusable
+        transport.silent = True
+        started = time.perf_counter()
+        outcome = await sandbox.invoke(_invocation("r3"))
+        assert json.loads(outcome.payload)["errorType"] == "Sandbox.Timedout"
+        assert 0.29 <= time.perf_counter() - started < 2
         for fd in fds:
             os.close(fd)
 

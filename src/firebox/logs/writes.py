@@ -81,8 +81,33 @@ class _Chunked:
                 done += size
 
 
-_INSERT_EVENTS = _Chunked("INSERT INTO log_events (id, group_id, stream_id, ts, ingested, message) VALUES ",
-                          "(?, ?, ?, ?, ?, ?)")
+class _EventRows:
+    """The INSERT of a batch's events, run as `_Chunked` runs its statement (same chunk sizes),
+    with four parameters per row instead of six: the ids follow one another and the ingestion
+    time is the batch's, so a chunk binds its first id and that time once (numbered parameters
+    ?1 and ?2), and each row adds its offset to ?1. Two parameters fewer per row, three rows
+    per warm invocation: about 2,700 fewer instructions per invocation (binding and the list)."""
+
+    def __init__(self) -> None:
+        head = "INSERT INTO log_events (id, group_id, stream_id, ts, ingested, message) VALUES "
+        self._texts = {n: head + ", ".join([self._row(k) for k in range(n)]) for n in _SIZES}
+
+    @staticmethod
+    def _row(k: int) -> str:
+        first = 3 + 4 * k  # the row's group id, stream id, ts and message: ?first ...
+        return f"(?1 + {k}, ?{first}, ?{first + 1}, ?{first + 2}, ?2, ?{first + 3})"
+
+    def run(self, conn: sqlite3.Connection, rows: list[object], first_id: int, ingested: int) -> None:
+        """Insert `rows` (group id, stream id, ts, message after one another), with the ids
+        `first_id` and on."""
+        count, done = len(rows) // 4, 0
+        for size in _SIZES:
+            while count - done >= size:
+                conn.execute(self._texts[size], [first_id + done, ingested, *rows[done * 4:(done + size) * 4]])
+                done += size
+
+
+_INSERT_EVENTS = _EventRows()
 # UPDATE ... FROM needs SQLite 3.33 (2020): Debian 12 has 3.40, Ubuntu 22.04 3.37; an older
 # library updates the streams one statement each (_UPDATE_STREAM).
 UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)
@@ -112,15 +137,16 @@ class Writer:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            # The events' rows, flat: (id, group id, stream id, ts, ingested, message) after one
-            # another. A segment holds one or two records (START; END and REPORT): a plain loop
-            # costs less than zip() over five repeat()s, tuples that are then flattened again.
+            # The events' rows, flat: (group id, stream id, ts, message) after one another (the
+            # ids and the ingestion time: see _EventRows). A segment holds one or two records
+            # (START; END and REPORT): a plain loop costs less than zip() over repeat()s, tuples
+            # that are then flattened again.
             events: list[object] = []
             # stream id -> [first ts, last ts, bytes, group id]; bytes counted as characters
             # first, then again in UTF-8 in the rare batch that is not all ASCII: one test per
             # batch, not one call per segment (3,300 instructions per warm invocation).
             stats: dict[int, list[int]] = {}
-            first_id = next_id = self._next_id
+            first_id = self._next_id
             groups, streams = self._groups, self._streams
             for group, stream, ts, messages, size in batch:
                 # The ids from the caches in line; `_ids` when one is missing (1,600 per invocation)
@@ -129,8 +155,7 @@ class Writer:
                 if stream_id is None:
                     group_id, stream_id = self._ids(group, stream, now)
                 for message in messages:
-                    events += (next_id, group_id, stream_id, ts, now, message)
-                    next_id += 1
+                    events += (group_id, stream_id, ts, message)
                 current = stats.get(stream_id)
                 if current is None:
                     stats[stream_id] = [ts, ts, size, group_id]
@@ -140,9 +165,10 @@ class Writer:
                 elif ts > current[1]:
                     current[1] = ts
                 current[2] += size
-            if not all(map(str.isascii, events[5::6])):  # the messages
+            next_id = first_id + len(events) // 4
+            if not all(map(str.isascii, events[3::4])):  # the messages
                 self._count_utf8(batch, stats, now)
-            _INSERT_EVENTS.run(conn, events, 6)
+            _INSERT_EVENTS.run(conn, events, first_id, now)
             if UPDATE_FROM:
                 _UPDATE_STREAMS.run(conn, [value for sid, (first, last, size, _) in stats.items()
                                            for value in (sid, first, last, size)], 4, now)

@@ -33,7 +33,8 @@ from firebox import hops
 from firebox.logs.api import MAX_EVENT_BYTES, LogSink
 from firebox.worker.api import InvokeOutcome
 from firebox.worker.pendingoutput import PendingOutput
-from firebox.worker.runtimeapi import Invocation, RuntimeApiServer, RuntimeChannel, RuntimeOutcome, serve
+from firebox.worker.runtimeapi import (Invocation, RuntimeApiServer, RuntimeChannel, RuntimeOutcome, new_outcome,
+                                       serve)
 from firebox.worker.sandbox_api import SandboxProcess, SandboxSpec
 
 TAIL_BYTES = 4096
@@ -113,6 +114,13 @@ class Sandbox:
         self._pending_output: PendingOutput | None = None
         self._init_error: Callable[[str], RuntimeOutcome] | None = None
         self._waiting: asyncio.Future[RuntimeOutcome] | None = None  # the running invocation's outcome
+        self._deadline = 0.0  # the running invocation's timeout, in loop time
+        # The timeout's timer: one at a time for the sandbox, not one per invocation (making and
+        # cancelling a timer costs about 6,700 instructions). It is armed for the deadline of the
+        # invocation running then, or of an earlier one (deadlines only grow): when it fires it
+        # ends the invocation it was armed for if that one still runs, or else is armed again
+        # for the one running now, if any (`_timer_fired`).
+        self._timer: asyncio.TimerHandle | None = None
         self._on_death = on_death
 
     @property
@@ -175,7 +183,10 @@ class Sandbox:
     # -- invoke --------------------------------------------------------------------------------
 
     async def invoke(self, invocation: Invocation) -> InvokeOutcome:
-        self._move(_BUSY)
+        # The moves READY -> BUSY -> READY written out (`_move` checks the others).
+        if self.state is not _READY:
+            self._move(_BUSY)  # raises IllegalTransition
+        self.state, self.ready = _BUSY, False
         cold = self.invocations == 0
         self.invocations += 1
         request_id = invocation.request_id
@@ -193,17 +204,19 @@ class Sandbox:
         # task (`_end_invocation_on_exit`), not one added and removed per invocation.
         assert self._exit is not None
         waiting = invocation.outcome
+        loop = asyncio.get_running_loop()
         if self._exit.done():  # it exited while idle: its callback found nothing to end then
-            asyncio.get_running_loop().call_soon(_end, waiting, "exit")
+            loop.call_soon(_end, waiting, "exit")
         self._waiting = waiting
-        timer = asyncio.get_running_loop().call_later(self._timeout_s, _end, waiting, "timeout")
+        self._deadline = loop.time() + self._timeout_s
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadline, self._timer_fired, waiting)
         try:
             await waiting
             ending = None
         except _Ended as ended:
             ending = ended.reason
         finally:
-            timer.cancel()
             self._waiting = None
         hops.mark("answered")
         duration_ms = (time.perf_counter() - started) * 1000
@@ -237,11 +250,20 @@ class Sandbox:
         self._tail = None
         function_error = "Unhandled" if outcome.error_type is not None else None
         if reusable:
-            self._move(_READY)
+            if self.state is not _BUSY:  # (destroyed meanwhile)
+                self._move(_READY)  # raises IllegalTransition
+            self.state, self.ready = _READY, True
         else:
             await self.destroy()
         hops.mark("recorded")
-        return InvokeOutcome(outcome.payload, function_error, reusable, duration_ms, tail)
+        return new_outcome(InvokeOutcome, (outcome.payload, function_error, reusable, duration_ms, tail))
+
+    def _timer_fired(self, armed_for: asyncio.Future[RuntimeOutcome]) -> None:
+        self._timer = None
+        if self._waiting is armed_for:
+            _end(armed_for, "timeout")
+        elif self._waiting is not None:  # a later invocation: its deadline is still to come
+            self._timer = asyncio.get_running_loop().call_at(self._deadline, self._timer_fired, self._waiting)
 
     def _end_invocation_on_exit(self, _: asyncio.Future[int]) -> None:
         if self._waiting is not None:
@@ -357,6 +379,9 @@ class Sandbox:
         """Kill the runtime and release everything; idempotent."""
         self.state = SandboxState.DEAD
         self.ready = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.process.kill()
         if self._exit is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
