@@ -196,8 +196,23 @@ class SandboxCgroup:
         for directory in self.dirs:
             _kill_all(directory, exclude)
 
+    # Max Memory Used is read and reset after every invocation: through one file kept open
+    # (`_open_peak`; v1 memory.max_usage_in_bytes, v2 memory.peak), a pread and a pwrite,
+    # instead of an open/read/close and an open/write/close on the warm path.
+    _peak_fd: int | None = None
+    _PEAK_RESET: bytes  # what a write to the peak file resets it with
+
+    def _open_peak(self, path: str) -> None:
+        with contextlib.suppress(OSError):
+            self._peak_fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+
     def memory_peak(self) -> int | None:
-        raise NotImplementedError
+        if self.removed or self._peak_fd is None:
+            return None
+        try:
+            return int(os.pread(self._peak_fd, 64, 0).split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
 
     def set_memory_limit(self, memory_bytes: int) -> None:
         """Change the memory limit of a running sandbox (a stem cell becoming a function's);
@@ -205,19 +220,34 @@ class SandboxCgroup:
         raise NotImplementedError
 
     def reset_memory_peak(self) -> None:
-        raise NotImplementedError
+        if not self.removed and self._peak_fd is not None:
+            try:  # not contextlib.suppress: this is on every invocation (about 3,900 instructions)
+                os.pwrite(self._peak_fd, self._PEAK_RESET, 0)
+            except OSError:
+                pass  # v2 before Linux 6.12: the peak stays the lifetime peak
 
     def take_memory_peak(self) -> int | None:
-        """`memory_peak()`, then `reset_memory_peak()`: what the end of each invocation asks."""
-        peak = self.memory_peak()
-        self.reset_memory_peak()
+        """`memory_peak()`, then `reset_memory_peak()`, written out in one: what the end of each
+        invocation asks."""
+        if self.removed or self._peak_fd is None:
+            return None
+        try:
+            peak: int | None = int(os.pread(self._peak_fd, 64, 0))  # one number and a newline
+        except (OSError, ValueError):
+            peak = None
+        try:
+            os.pwrite(self._peak_fd, self._PEAK_RESET, 0)
+        except OSError:
+            pass
         return peak
 
     def oom_kills(self) -> int:
         raise NotImplementedError
 
     def _close_files(self) -> None:
-        pass
+        if self._peak_fd is not None:
+            os.close(self._peak_fd)
+            self._peak_fd = None
 
     def _remove_once(self) -> bool:
         """One pass: rmdir what is empty, kill what is not; True when every group is gone."""
@@ -263,15 +293,12 @@ class SandboxCgroup:
 
 class _V1Sandbox(SandboxCgroup):
     version = 1
+    _PEAK_RESET = b"0"
 
     def __init__(self, memory: Path, pids: Path | None) -> None:
         super().__init__((memory,) + ((pids,) if pids else ()))
         self.memory = memory
-        # Read and reset after every invocation (Max Memory Used): one open file, pread and
-        # pwrite, instead of an open/read/close and an open/write/close on the warm path.
-        self._peak_fd: int | None = None
-        with contextlib.suppress(OSError):
-            self._peak_fd = os.open(f"{memory}/memory.max_usage_in_bytes", os.O_RDWR | os.O_CLOEXEC)
+        self._open_peak(f"{memory}/memory.max_usage_in_bytes")
 
     def set_memory_limit(self, memory_bytes: int) -> None:
         if memory_bytes == self.memory_limit:
@@ -286,40 +313,6 @@ class _V1Sandbox(SandboxCgroup):
             _write(self.memory / name, str(memory_bytes))
         self.memory_limit = memory_bytes
 
-    def memory_peak(self) -> int | None:
-        if self.removed or self._peak_fd is None:
-            return None
-        try:
-            return int(os.pread(self._peak_fd, 64, 0).split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def reset_memory_peak(self) -> None:
-        if not self.removed and self._peak_fd is not None:
-            try:  # not contextlib.suppress: this is on every invocation (about 3,900 instructions)
-                os.pwrite(self._peak_fd, b"0", 0)
-            except OSError:
-                pass
-
-    def take_memory_peak(self) -> int | None:
-        # memory_peak() and reset_memory_peak() written out in one: after every invocation.
-        if self.removed or self._peak_fd is None:
-            return None
-        try:
-            peak: int | None = int(os.pread(self._peak_fd, 64, 0))  # one number and a newline
-        except (OSError, ValueError, IndexError):
-            peak = None
-        try:
-            os.pwrite(self._peak_fd, b"0", 0)
-        except OSError:
-            pass
-        return peak
-
-    def _close_files(self) -> None:
-        if self._peak_fd is not None:
-            os.close(self._peak_fd)
-            self._peak_fd = None
-
     def oom_kills(self) -> int:
         if self.removed:
             return 0
@@ -331,51 +324,17 @@ class _V1Sandbox(SandboxCgroup):
 
 class _V2Sandbox(SandboxCgroup):
     version = 2
+    _PEAK_RESET = b"reset\n"  # (Linux 6.12 and later)
 
     def __init__(self, directory: Path) -> None:
         super().__init__((directory,))
         self.directory = directory
-        self._peak_fd: int | None = None
-        self._peak_resettable = False
-        with contextlib.suppress(OSError):
-            self._peak_fd = os.open(f"{directory}/memory.peak", os.O_RDWR | os.O_CLOEXEC)
+        self._open_peak(f"{directory}/memory.peak")
 
     def set_memory_limit(self, memory_bytes: int) -> None:
         if memory_bytes != self.memory_limit:
             _write(self.directory / "memory.max", str(memory_bytes))
             self.memory_limit = memory_bytes
-
-    def memory_peak(self) -> int | None:
-        if self.removed or self._peak_fd is None:
-            return None
-        try:
-            return int(os.pread(self._peak_fd, 64, 0).split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def reset_memory_peak(self) -> None:
-        if self.removed or self._peak_fd is None:
-            return
-        try:
-            os.pwrite(self._peak_fd, b"reset\n", 0)
-            self._peak_resettable = True
-        except OSError:
-            pass  # before Linux 6.12: the peak stays the lifetime peak
-
-    def take_memory_peak(self) -> int | None:
-        # memory_peak() and reset_memory_peak() written out in one: after every invocation.
-        if self.removed or self._peak_fd is None:
-            return None
-        try:
-            peak: int | None = int(os.pread(self._peak_fd, 64, 0))  # one number and a newline
-        except (OSError, ValueError, IndexError):
-            peak = None
-        try:
-            os.pwrite(self._peak_fd, b"reset\n", 0)
-            self._peak_resettable = True
-        except OSError:
-            pass  # before Linux 6.12: the peak stays the lifetime peak
-        return peak
 
     def oom_kills(self) -> int:
         if self.removed:
@@ -393,11 +352,6 @@ class _V2Sandbox(SandboxCgroup):
             except OSError:
                 pass
         super().kill(exclude)
-
-    def _close_files(self) -> None:
-        if self._peak_fd is not None:
-            os.close(self._peak_fd)
-            self._peak_fd = None
 
 
 class CgroupDriver:
