@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from firebox.logs.api import MAX_EVENT_BYTES
-from firebox.worker.sandbox import _Lines
+from firebox.worker.capture import Lines as _Lines
 
 
 def feed_all(*chunks: bytes) -> list[str]:
@@ -61,7 +61,7 @@ def test_json_platform_records() -> None:
     """LogFormat=JSON: START -> platform.start; END + REPORT -> platform.runtimeDone + platform.report."""
     import json
 
-    from firebox.worker.sandbox import json_platform_lines
+    from firebox.worker.capture import json_platform_lines
 
     lines = json_platform_lines([
         "START RequestId: r1 Version: 3\n",
