@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -456,3 +460,62 @@ def test_prepared_init_is_redone_only_where_the_environment_changed(
         root.setLevel(saved[1])
         logging.Formatter.converter = saved[2]
         bootstrap._PREPARED = None
+
+
+# The trace ID variable, in a Python of its own: it changes the process's C environment.
+TRACE_ID_SCRIPT = r"""
+import ctypes, importlib.util, json, os, subprocess, sys
+spec = importlib.util.spec_from_file_location("_bootstrap_under_test", sys.argv[1])
+bootstrap = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bootstrap)
+variable, name = bootstrap.TRACE_ID_VARIABLE, "_X_AMZN_TRACE_ID"
+libc = ctypes.CDLL(None)
+libc.getenv.restype = ctypes.c_char_p
+
+def views():
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('_X_AMZN_TRACE_ID'))"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    c_value = libc.getenv(name.encode())
+    return [os.environ.get(name), None if c_value is None else c_value.decode(), child]
+
+def rss_kb():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+out = {}
+variable.set("Root=1-first;Sampled=0")
+out["first"] = views()
+os.environ[name] = "set by the function"
+variable.set("Root=1-second;Sampled=1")
+out["after_the_function_set_it"] = views()
+del os.environ[name]
+variable.set("Root=1-third;Sampled=0")
+out["after_the_function_unset_it"] = views()
+variable.set("R" * 1000)
+out["long"] = [len(v) for v in views()]
+variable.set("short again")
+out["short_again"] = views()
+values = ["Root=1-%08x-%024x;Parent=%016x;Sampled=0" % (i, 7919 * i, 31 * i) for i in range(200000)]
+before = rss_kb()
+for value in values:
+    variable.set(value)
+out["growth_kb"] = rss_kb() - before
+out["last"] = views()[:2]
+print(json.dumps(out))
+"""
+
+
+def test_the_trace_id_variable_reaches_every_view_and_costs_no_memory_per_value(tmp_path: Path) -> None:
+    script = tmp_path / "trace_id.py"
+    script.write_text(TRACE_ID_SCRIPT)
+    done = subprocess.run([sys.executable, "-S", str(script), str(RUNTIME_DIR / "python" / "bootstrap.py")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["first"] == ["Root=1-first;Sampled=0"] * 3  # os.environ, the C environment, a child
+    assert out["after_the_function_set_it"] == ["Root=1-second;Sampled=1"] * 3
+    assert out["after_the_function_unset_it"] == ["Root=1-third;Sampled=0"] * 3
+    assert out["long"] == [1000] * 3 and out["short_again"] == ["short again"] * 3
+    last = "Root=1-%08x-%024x;Parent=%016x;Sampled=0" % (199999, 7919 * 199999, 31 * 199999)
+    assert out["last"] == [last, last]
+    # os.environ's setenv kept a copy of each distinct value: about 26 MB for these 200,000.
+    assert out["growth_kb"] < 2048, out["growth_kb"]

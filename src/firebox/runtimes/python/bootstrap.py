@@ -612,6 +612,58 @@ def _parse_json_header(value, name):
 # --- init and the loop ---------------------------------------------------------------------
 
 
+class TraceIdVariable:
+    """`_X_AMZN_TRACE_ID`, set for each invocation as AWS's runtime sets it (in `os.environ`, and
+    in the process's C environment, which children and C code read), without glibc's setenv.
+
+    Why: `os.environ[name] = value` calls setenv(3), and glibc's setenv keeps a copy of every
+    distinct value it was ever given, for good (pointers it handed out must stay valid). A trace
+    ID is new for every invocation, so a warm sandbox grew by some 140 bytes per invocation (28 MB
+    over 200,000) until its memory limit killed it. putenv(3) keeps the string it is given
+    instead of copying it: the variable lives in one buffer of ours, rewritten in place (a bigger
+    one, kept, when a value does not fit), and `os.environ`'s own mapping is updated beside it,
+    so both views agree. Without ctypes it falls back to `os.environ`, leak included."""
+
+    NAME = "_X_AMZN_TRACE_ID"
+
+    def __init__(self):
+        self._buffers = []  # every buffer handed to putenv stays alive: the environment points into it
+        self._putenv = None
+        self._last = self  # the value last set, as os.environ's mapping holds it (none yet)
+        try:
+            import ctypes  # (preloaded by zygotes and stem cells: not on the invocation path)
+
+            putenv = ctypes.CDLL(None).putenv
+            putenv.argtypes, putenv.restype = [ctypes.c_char_p], ctypes.c_int
+        except (ImportError, OSError, AttributeError):
+            return
+        self._new_buffer, self._putenv = ctypes.create_string_buffer, putenv
+
+    def set(self, value):
+        environ = os.environ
+        data = getattr(environ, "_data", None)  # os._Environ's own mapping (a function may replace os.environ)
+        if self._putenv is None or data is None:
+            environ[self.NAME] = value
+            return
+        key, encoded = environ.encodekey(self.NAME), environ.encodevalue(value)
+        entry = key + b"=" + encoded
+        if b"\0" in entry:
+            raise ValueError("embedded null byte")
+        buffers = self._buffers
+        if not buffers or len(buffers[-1]) <= len(entry):  # (room for the terminating NUL)
+            buffers.append(self._new_buffer(max(256, 2 * len(entry))))
+            self._last = self
+        buffers[-1].value = entry  # in place: where the environment points, once putenv has run
+        if data.get(key) is not self._last:  # a new buffer, or the function set or unset it itself
+            self._putenv(buffers[-1])
+        data[key] = self._last = encoded
+
+
+TRACE_ID_VARIABLE = TraceIdVariable()
+
+
+
+
 def setup_path(task_root):
     """sys.path as on AWS: the function's code, then its layers, then the standard library."""
     version = "python%d.%d" % sys.version_info[:2]
@@ -847,9 +899,9 @@ def handle_event_request(client, request_handler, headers, body):
     _tenant_id = headers.get("lambda-runtime-aws-tenant-id") or None
     trace_id = headers.get("lambda-runtime-trace-id")
     if trace_id:
-        os.environ["_X_AMZN_TRACE_ID"] = trace_id
+        TRACE_ID_VARIABLE.set(trace_id)
     else:
-        os.environ.pop("_X_AMZN_TRACE_ID", None)
+        os.environ.pop(TRACE_ID_VARIABLE.NAME, None)
     error_result = None
     try:
         try:
