@@ -625,38 +625,43 @@ class TraceIdVariable:
     so both views agree. Without ctypes it falls back to `os.environ`, leak included."""
 
     NAME = "_X_AMZN_TRACE_ID"
+    _KEY = NAME.encode("ascii")
+    _ENTRY_PREFIX = _KEY + b"="
 
     def __init__(self):
-        self._buffers = []  # every buffer handed to putenv stays alive: the environment points into it
+        self._buffers = []  # (buffer, a view of its bytes) of every buffer handed to putenv: kept alive
         self._putenv = None
         self._last = self  # the value last set, as os.environ's mapping holds it (none yet)
         try:
             import ctypes  # (preloaded by zygotes and stem cells: not on the invocation path)
 
-            putenv = ctypes.CDLL(None).putenv
-            putenv.argtypes, putenv.restype = [ctypes.c_char_p], ctypes.c_int
+            self._putenv = ctypes.CDLL(None).putenv  # (no argtypes: a char array goes as its address)
         except (ImportError, OSError, AttributeError):
             return
-        self._new_buffer, self._putenv = ctypes.create_string_buffer, putenv
+        self._new_buffer = ctypes.create_string_buffer
 
     def set(self, value):
-        environ = os.environ
-        data = getattr(environ, "_data", None)  # os._Environ's own mapping (a function may replace os.environ)
-        if self._putenv is None or data is None:
-            environ[self.NAME] = value
+        data = getattr(os.environ, "_data", None)  # os._Environ's own store (a function may replace os.environ)
+        if type(data) is not dict or self._putenv is None:
+            os.environ[self.NAME] = value
             return
-        key, encoded = environ.encodekey(self.NAME), environ.encodevalue(value)
-        entry = key + b"=" + encoded
-        if b"\0" in entry:
+        encoded = value.encode(_FS_ENCODING, "surrogateescape")  # (what os.environ would store)
+        if b"\0" in encoded:
             raise ValueError("embedded null byte")
-        buffers = self._buffers
-        if not buffers or len(buffers[-1]) <= len(entry):  # (room for the terminating NUL)
-            buffers.append(self._new_buffer(max(256, 2 * len(entry))))
+        buffers, start = self._buffers, len(self._ENTRY_PREFIX)
+        end = start + len(encoded)
+        if not buffers or len(buffers[-1][1]) <= end:  # (room for the terminating NUL)
+            buffer = self._new_buffer(self._ENTRY_PREFIX, max(256, 2 * end))
+            buffers.append((buffer, memoryview(buffer).cast("B")))
             self._last = self
-        buffers[-1].value = entry  # in place: where the environment points, once putenv has run
-        if data.get(key) is not self._last:  # a new buffer, or the function set or unset it itself
-            self._putenv(buffers[-1])
-        data[key] = self._last = encoded
+        # In place, where the environment points once putenv has run. (A forked sandbox copies
+        # the pages of every object its first invocation touches: few here, on purpose.)
+        buffer, view = buffers[-1]
+        view[start:end] = encoded
+        view[end] = 0
+        if data.get(self._KEY) is not self._last:  # a new buffer, or the function set or unset it itself
+            self._putenv(buffer)
+        data[self._KEY] = self._last = encoded
 
 
 TRACE_ID_VARIABLE = TraceIdVariable()
