@@ -25,6 +25,8 @@ def test_environment_and_overrides() -> None:
     assert settings.limits.account_concurrency == 50
     assert settings.limits.min_unreserved_concurrency == 50
     assert Settings.from_env({"FIREBOX_LOG_LINGER_S": "0.5"}).log_linger_s == 0.5
+    assert Settings().max_sandbox_lifetime_s == 7200  # Lambda: "every few hours"
+    assert Settings.from_env({"FIREBOX_MAX_SANDBOX_LIFETIME_S": "0"}).max_sandbox_lifetime_s == 0
 
 
 @pytest.mark.parametrize(
@@ -38,6 +40,8 @@ def test_environment_and_overrides() -> None:
         {"FIREBOX_TRACE_HOPS": "maybe"},
         {"FIREBOX_LOG_LINGER_S": "-1"},
         {"FIREBOX_LOG_LINGER_S": "1.5"},
+        {"FIREBOX_MAX_SANDBOX_LIFETIME_S": "-1"},
+        {"FIREBOX_MAX_SANDBOX_LIFETIME_S": "nan"},
     ],
 )
 def test_bad_values_are_refused(env: dict[str, str]) -> None:

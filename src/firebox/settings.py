@@ -65,6 +65,10 @@ class Settings:
     # "fixed" always keeps `keep_alive_s`.
     keep_alive_policy: str = "hybrid"
     keep_alive_s: float = 300.0
+    # At most this long a sandbox serves (less a random quarter at most), as AWS Lambda ends its
+    # execution environments "every few hours ... even for functions that are invoked
+    # continuously": what a long-lived process accumulates (leaks) is bounded. 0: for ever.
+    max_sandbox_lifetime_s: float = 7200.0
     # A folder holding boto3 for Python sandboxes (AWS ships it in the runtime); None: the one
     # `bin/setup` installs beside the virtual environment, if present.
     python_libs: Path | None = None
@@ -103,6 +107,7 @@ class Settings:
             "sandbox_backend": str,
             "keep_alive_policy": str,
             "keep_alive_s": float,
+            "max_sandbox_lifetime_s": float,
             "python_libs": Path,
             "log_sweep_interval_s": float,
             "log_linger_s": float,
@@ -138,6 +143,8 @@ class Settings:
         # At most 1 s: fifty times that while idle, which async completions then wait for.
         if not 0 <= self.log_linger_s <= 1:
             raise ValueError(f"log linger must be between 0 and 1 second, got {self.log_linger_s}")
+        if not self.max_sandbox_lifetime_s >= 0:
+            raise ValueError(f"max sandbox lifetime must be 0 (for ever) or more seconds, got {self.max_sandbox_lifetime_s}")
         if self.stem_cells < 0:
             raise ValueError(f"stem cells must be 0 or more, got {self.stem_cells}")
         if self.keep_alive_policy not in ("hybrid", "fixed"):

@@ -99,7 +99,8 @@ async def build_platform(settings: Settings) -> Platform:
         policy: KeepAlivePolicy = HybridHistogramPolicy(fallback_keep_alive_s=settings.keep_alive_s)
     else:
         policy = FixedKeepAlive(settings.keep_alive_s)
-    workers = LocalWorkerManager(worker, keep_alive_s=settings.keep_alive_s, policy=policy)
+    workers = LocalWorkerManager(worker, keep_alive_s=settings.keep_alive_s, policy=policy,
+                                 max_lifetime_s=settings.max_sandbox_lifetime_s)
 
     async def prepare_code(version: FunctionVersion) -> None:
         await worker.prepare_code(version.runtime, version.code_sha256_hex)

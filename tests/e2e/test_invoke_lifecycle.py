@@ -142,6 +142,20 @@ def test_tail_log_is_the_last_4kb(lam: Any, life: str) -> None:
     assert " 00000" not in result.log
 
 
+def test_a_sandbox_that_outlived_its_lifetime_is_replaced_even_under_steady_use(
+        server_factory: Any, isolated_backend: FireboxServer) -> None:  # noqa: F811
+    # Lambda ends execution environments "every few hours ... even for functions that are
+    # invoked continuously"; here the most a sandbox lives is 1 s (0.75-1 s, spread).
+    lam = server_factory(env={"FIREBOX_MAX_SANDBOX_LIFETIME_S": "1"}).client()
+    name = python_function(lam, LIFECYCLE_SOURCE, prefix="lifetime", Timeout=15)
+    ok_json(invoke(lam, name, {}))
+    # Whichever sandbox serves this, it is over 1.2 s old when the invocation ends.
+    spanning = ok_json(invoke(lam, name, {"action": "sleep", "seconds": 1.2}))
+    after = invoke(lam, name, {}, LogType="Tail")
+    assert ok_json(after)["stream"] != spanning["stream"], "its lifetime ended during that invocation"
+    assert "Init Duration" in after.report(), after.log
+
+
 def test_timeout_kills_and_next_invoke_is_cold(lam: Any, isolated_backend: FireboxServer) -> None:  # noqa: F811
     name = python_function(lam, LIFECYCLE_SOURCE, prefix="timeout", Timeout=1)
     warmup = invoke(lam, name, {}, LogType="Tail")

@@ -28,6 +28,15 @@ unloaded at once when `policy.release_after_end(fn, level)`; when the last invoc
 seen unless an idle sandbox is already there or the spec is no longer current. (`release` reads
 all three off one `policy.decision(fn, level)`: they are the `Decision`'s own readings.)
 
+Lifetime: as AWS Lambda "terminates execution environments every few hours ... even for
+functions that are invoked continuously", a sandbox serves for at most `max_lifetime_s` (0:
+for ever), less a random part of up to `LIFETIME_SPREAD` of it, so that sandboxes started
+together do not all end together: past it, a released sandbox is destroyed instead of kept, and
+an idle one is reaped even if the keep-alive policy would keep it longer. What this bounds is
+whatever a long-lived process accumulates: a function's own leaks, and the runtime's (Node.js
+sets `_X_AMZN_TRACE_ID` through setenv, whose glibc keeps every distinct value: ~170 bytes per
+invocation).
+
 Start pacing: at most `start_slots` sandboxes are in the first `start_hold_s` of their start at
 once; the others wait for a slot (first come, first served). Starting a sandbox is CPU-bound (an
 interpreter starting in bubblewrap, ~70 ms of CPU here; a fork from a zygote, ~15 ms), so 100
@@ -49,6 +58,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -59,6 +69,8 @@ from firebox.workers.api import WorkersStatistics
 from firebox.workers.keepalive import FixedKeepAlive, KeepAlivePolicy
 
 log = logging.getLogger(__name__)
+
+LIFETIME_SPREAD = 0.25  # a sandbox's lifetime is max_lifetime_s less up to this share of it
 
 
 # Lease and _Idle are made once per invocation each: with slots, no instance dictionary.
@@ -90,6 +102,8 @@ class LocalWorkerManager:
         clock: Callable[[], float] = time.monotonic,
         start_slots: int = 4 * (os.cpu_count() or 1),
         start_hold_s: float = 0.2,
+        max_lifetime_s: float = 0.0,
+        spread: Callable[[], float] = random.random,
     ) -> None:
         self._worker = worker
         self._policy: KeepAlivePolicy = policy if policy is not None else FixedKeepAlive(keep_alive_s)
@@ -108,6 +122,9 @@ class LocalWorkerManager:
         self._destroyed = 0
         self._reaper: asyncio.Task[None] | None = None
         self._pending_destroys: set[asyncio.Task[None]] = set()
+        self._max_lifetime_s = max_lifetime_s
+        self._spread = spread  # [0, 1): which share of LIFETIME_SPREAD a new sandbox's lifetime loses
+        self._retire_at: dict[SandboxHandle, float] = {}  # (only with a max lifetime)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -170,6 +187,7 @@ class LocalWorkerManager:
         finally:
             self._starting -= 1
         self._created += 1
+        self._born(sandbox)
         self._busy[key].add(sandbox)
         return Lease(sandbox, spec, True)
 
@@ -205,8 +223,13 @@ class LocalWorkerManager:
         decision = policy.decision(fn, level)
         if level == 1 and current and (at := decision.prewarm_at(now)) is not None:
             self._prewarm[fn] = (at, now)
-        if sandbox.ready and current and not decision.release_after_end:
-            self._idle[key].append(_Idle(sandbox, now, decision.keep_until(now)))
+        keep = sandbox.ready and current and not decision.release_after_end
+        if keep:
+            until = decision.keep_until(now)
+            if self._retire_at and (retire_at := self._retire_at.get(sandbox)) is not None:
+                keep, until = retire_at > now, min(until, retire_at)
+        if keep:
+            self._idle[key].append(_Idle(sandbox, now, until))
         else:
             await self._destroy(sandbox)
 
@@ -288,7 +311,8 @@ class LocalWorkerManager:
         finally:
             self._starting -= 1
         self._created += 1
-        until = self._policy.keep_until(fn, idle_since, 1)
+        self._born(sandbox)
+        until = min(self._policy.keep_until(fn, idle_since, 1), self._retire_at.get(sandbox, float("inf")))
         if sandbox.ready and self._current_key.get(fn) == spec.key and until > self._clock():
             self._idle[spec.key].append(_Idle(sandbox, self._clock(), until))
         else:
@@ -302,12 +326,19 @@ class LocalWorkerManager:
             except Exception:  # keep reaping whatever one sandbox did
                 log.exception("reaper failed")
 
+    def _born(self, sandbox: SandboxHandle) -> None:
+        """Note when a new sandbox is to end (see "Lifetime" above)."""
+        if self._max_lifetime_s > 0:
+            lifetime = self._max_lifetime_s * (1 - LIFETIME_SPREAD * self._spread())
+            self._retire_at[sandbox] = self._clock() + lifetime
+
     def _spawn_destroy(self, sandbox: SandboxHandle) -> None:
         task = asyncio.create_task(self._destroy(sandbox))
         self._pending_destroys.add(task)
         task.add_done_callback(self._pending_destroys.discard)
 
     async def _destroy(self, sandbox: SandboxHandle) -> None:
+        self._retire_at.pop(sandbox, None)
         try:
             await sandbox.destroy()
         except Exception:
