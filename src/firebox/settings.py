@@ -54,8 +54,6 @@ class Settings:
     # How long a new function stays `Pending` (and an update `InProgress`) at the least, on top
     # of the real preparation work. 0 in production; raise it to exercise clients' waiters.
     activation_delay_s: float = 0.0
-    # Log one line per request to the console.
-    access_log: bool = True
     # Sandboxes: "auto" (isolated where Linux namespaces work, Python sandboxes forked from
     # zygotes; else the plain-process fallback), "zygote" (the same, never falling back),
     # "isolated" (bubblewrap alone) or "process".
