@@ -44,7 +44,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
                 "--scale-out", "20"]),
     "hops": ("hops.py", ["--invokes", "2000"], ["--invokes", "200"]),
     "cpu": ("cpu.py", ["--invokes", "3000", "--clients", "16"], ["--invokes", "300", "--clients", "8"]),
-    "runtime_ceiling": ("runtime_ceiling.py", ["--runtimes", "1,2,16", "--seconds", "3"],
+    "runtime_ceiling": ("runtime_ceiling.py", ["--runtimes", "1,2,16", "--pauses-us", "0,300", "--seconds", "3"],
                 ["--runtimes", "1,2", "--seconds", "1"]),
     "async_invoke": ("async_invoke.py",
                      ["--sequential", "500", "--requests", "1500", "--concurrency", "16,64", "--e2e", "200"],

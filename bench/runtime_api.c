@@ -9,6 +9,9 @@
 //                                Runtime API socket, which lives in its network namespace
 //     runtime_api conn:N SECONDS the same on socket N, inherited and connected already: the
 //                                platform's end of a zygote-forked runtime's socketpair
+//     ... SECONDS PAUSE_US       each GET /invocation/next answered PAUSE_US microseconds late,
+//                                so that the runtime sleeps before each event, as it does
+//                                between a platform's invocations (its waking up is then counted)
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -49,12 +52,13 @@ static double now(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: runtime_api PORT|fd:N|conn:N SECONDS\n");
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: runtime_api PORT|fd:N|conn:N SECONDS [PAUSE_US]\n");
         return 2;
     }
     int one = 1, listener = -1, runtime = -1;
     double seconds = atof(argv[2]);
+    long pause_us = argc > 3 ? atol(argv[3]) : 0;
     if (strncmp(argv[1], "conn:", 5) == 0) {
         runtime = atoi(argv[1] + 5);  // the platform's end is non-blocking: this program blocks
         fcntl(runtime, F_SETFL, fcntl(runtime, F_GETFL) & ~O_NONBLOCK);
@@ -101,6 +105,7 @@ int main(int argc, char **argv) {
             memmove(buffer, buffer + head + body, held - head - body);
             held -= head + body;
             if (!post) {
+                if (pause_us > 0) usleep((useconds_t)pause_us);
                 if (send_all(runtime, EVENT, sizeof EVENT - 1)) return 1;
                 continue;
             }

@@ -2,7 +2,7 @@
 the platform costs (almost) nothing, on this machine, against which the platform's own
 throughput (bench/invoke.py) can be read.
 
-    .venv/bin/python bench/runtime_ceiling.py [--runtimes 1,2,16] [--seconds 3] [--out FILE]
+    .venv/bin/python bench/runtime_ceiling.py [--runtimes 1,2,16] [--pauses-us 0,300] [--seconds 3] [--out FILE]
 
 For each count N of `--runtimes`, it starts N copies of the real Python runtime (the platform's
 bootstrap command, a hello handler, outside any sandbox) and N copies of bench/runtime_api.c,
@@ -18,6 +18,15 @@ its own uid, seccomp, memory cgroup), its Runtime API socket handed to its runti
 (`fd:N`): what isolation itself adds to the runtime's CPU per invocation, with no platform
 around it. (On the 2-core development VM, two runs of 1, 2 and 16 runtimes: 98-124 us per
 invocation in sandboxes against 78-135 us outside: isolation adds little to the hot path.)
+
+With a pause (`--pauses-us`, each but 0 another set of rows), each API answers every
+`GET /next` that many microseconds late, so the runtime falls asleep before each event and is
+woken by it, as between a platform's invocations (at 16 clients a warm sandbox waits some
+0.3-3 ms for its next event): the difference to the rows without a pause is what being woken
+costs a runtime per invocation (the switch, and caches and TLB refilled after the others ran),
+which the platform's sandboxes pay on every invocation (bench/cpu.py's "sandboxes" row). First
+reading, one run on the 2-core VM (runtime CPU per invocation, 1 and 16 runtimes): no pause
+34-43 and 25-36 us; 300 us 79-95 and 62-78 us; 1 ms 142-143 and 93-100 us.
 """
 
 from __future__ import annotations
@@ -96,13 +105,14 @@ def stop_all(procs: list[subprocess.Popen[str]]) -> None:
         proc.wait()
 
 
-def measure(api: Path, task: Path, runtimes: int, seconds: float) -> dict[str, Any]:
+def measure(api: Path, task: Path, runtimes: int, seconds: float, pause_us: int) -> dict[str, Any]:
     apis: list[subprocess.Popen[str]] = []
     procs: list[subprocess.Popen[str]] = []
     try:
         for _ in range(runtimes):
             port = free_port()
-            apis.append(subprocess.Popen([str(api), str(port), str(seconds)], stdout=subprocess.PIPE, text=True))
+            apis.append(subprocess.Popen([str(api), str(port), str(seconds), str(pause_us)], stdout=subprocess.PIPE,
+                                         text=True))
             time.sleep(0.05)  # listening
             env = {"AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{port}", "_HANDLER": "app.handler",
                    "LAMBDA_TASK_ROOT": str(task), "AWS_LAMBDA_FUNCTION_NAME": "ceiling",
@@ -111,12 +121,12 @@ def measure(api: Path, task: Path, runtimes: int, seconds: float) -> dict[str, A
             command = bootstrap_command("python3.11", PYTHON, runtime_dir=RUNTIME_DIR, task_root=task)
             procs.append(subprocess.Popen(command, cwd=task, env=env, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL, text=True))
-        return {"where": "outside", **count(apis, lambda: [p.pid for p in procs], seconds)}
+        return {"where": "outside", "pause_us": pause_us, **count(apis, lambda: [p.pid for p in procs], seconds)}
     finally:
         stop_all(procs + apis)
 
 
-async def measure_sandboxed(api: Path, task: Path, runtimes: int, seconds: float) -> dict[str, Any]:
+async def measure_sandboxed(api: Path, task: Path, runtimes: int, seconds: float, pause_us: int) -> dict[str, Any]:
     """The same, each runtime in a sandbox of the zygote backend (its namespaces, uid, seccomp
     filter and memory cgroup), its Runtime API socket (its socketpair's other end, or its
     listener) handed to its own runtime_api.c: what isolation adds to the runtime's CPU per
@@ -142,8 +152,10 @@ async def measure_sandboxed(api: Path, task: Path, runtimes: int, seconds: float
             else:
                 fd, where = sandbox.runtime_api.fileno(), "fd"
             apis.append(subprocess.Popen(  # noqa: ASYNC220 - starting it does not block; `count` waits, on a thread
-                [str(api), f"{where}:{fd}", str(seconds)], stdout=subprocess.PIPE, text=True, pass_fds=(fd,)))
-        return {"where": "zygote sandbox", **await asyncio.to_thread(count, apis, lambda: pids_of_uids(UIDS), seconds)}
+                [str(api), f"{where}:{fd}", str(seconds), str(pause_us)], stdout=subprocess.PIPE, text=True,
+                pass_fds=(fd,)))
+        return {"where": "zygote sandbox", "pause_us": pause_us,
+                **await asyncio.to_thread(count, apis, lambda: pids_of_uids(UIDS), seconds)}
     finally:
         stop_all(apis)
         for sandbox in sandboxes:
@@ -160,30 +172,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         (task / "app.py").write_text(HANDLER)
         for path, mode in ((work, 0o755), (task, 0o755), (task / "app.py", 0o644)):  # a sandbox's uid reads them
             path.chmod(mode)
-        rows = [measure(api, task, n, args.seconds) for n in args.runtimes]
+        rows = [measure(api, task, n, args.seconds, pause) for pause in args.pauses_us for n in args.runtimes]
         if os.geteuid() == 0:
-            rows += [asyncio.run(measure_sandboxed(api, task, n, args.seconds)) for n in args.runtimes]
+            rows += [asyncio.run(measure_sandboxed(api, task, n, args.seconds, pause))
+                     for pause in args.pauses_us for n in args.runtimes]
         else:
             print("runtime_ceiling: the sandboxed rows need root; skipped")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"benchmark": "runtime_ceiling",
             "machine": {"cpus": os.cpu_count(), "python": PYTHON, "load_average": os.getloadavg()},
-            "settings": {"runtimes": args.runtimes, "seconds": args.seconds}, "rows": rows}
+            "settings": {"runtimes": args.runtimes, "pauses_us": args.pauses_us, "seconds": args.seconds},
+            "rows": rows}
 
 
 def report(results: dict[str, Any]) -> None:
     print("the runtime alone: Python hello runtimes, each against a minimal Runtime API in C (bench/runtime_api.c)")
-    print(f"{'where':16s} {'runtimes':>8s} {'invocations/s':>14s} {'runtime CPU per invocation':>28s}")
+    print(f"{'where':16s} {'runtimes':>8s} {'pause':>8s} {'invocations/s':>14s} {'runtime CPU per invocation':>28s}")
     for row in results["rows"]:
         cpu = row["runtime_cpu_us_per_invocation"]
-        print(f"{row.get('where', 'outside'):16s} {row['runtimes']:8d} {row['per_s']:14.0f} "
+        pause = f"{row.get('pause_us', 0)} us"
+        print(f"{row.get('where', 'outside'):16s} {row['runtimes']:8d} {pause:>8s} {row['per_s']:14.0f} "
               f"{'' if cpu is None else f'{cpu:.0f} us':>28s}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runtimes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 16])
+    parser.add_argument("--pauses-us", type=lambda s: [int(x) for x in s.split(",")], default=[0, 300],
+                        help="how late each API answers GET /next; 0: at once")
     parser.add_argument("--seconds", type=float, default=3.0)
     out_argument(parser, "runtime-ceiling")
     args = parser.parse_args()
