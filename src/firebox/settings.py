@@ -142,7 +142,8 @@ class Settings:
         if not 0 <= self.log_linger_s <= 1:
             raise ValueError(f"log linger must be between 0 and 1 second, got {self.log_linger_s}")
         if not self.max_sandbox_lifetime_s >= 0:
-            raise ValueError(f"max sandbox lifetime must be 0 (for ever) or more seconds, got {self.max_sandbox_lifetime_s}")
+            raise ValueError("max sandbox lifetime must be 0 (for ever) or more seconds, "
+                             f"got {self.max_sandbox_lifetime_s}")
         if self.stem_cells < 0:
             raise ValueError(f"stem cells must be 0 or more, got {self.stem_cells}")
         if self.keep_alive_policy not in ("hybrid", "fixed"):
