@@ -223,13 +223,15 @@ class LocalWorkerManager:
         decision = policy.decision(fn, level)
         if level == 1 and current and (at := decision.prewarm_at(now)) is not None:
             self._prewarm[fn] = (at, now)
-        keep = sandbox.ready and current and not decision.release_after_end
-        if keep:
+        if sandbox.ready and current and not decision.release_after_end:
             until = decision.keep_until(now)
-            if self._retire_at and (retire_at := self._retire_at.get(sandbox)) is not None:
-                keep, until = retire_at > now, min(until, retire_at)
-        if keep:
-            self._idle[key].append(_Idle(sandbox, now, until))
+            retire_at = self._retire_at.get(sandbox) if self._retire_at else None
+            if retire_at is None:
+                self._idle[key].append(_Idle(sandbox, now, until))
+            elif retire_at > now:
+                self._idle[key].append(_Idle(sandbox, now, min(until, retire_at)))
+            else:  # its lifetime is over: destroyed aside, not before this invocation's answer
+                self._spawn_destroy(sandbox)
         else:
             await self._destroy(sandbox)
 
