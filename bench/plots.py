@@ -388,6 +388,7 @@ PLOTS: dict[str, list[tuple[str, Callable[[dict[str, Any], Path], Path | None]]]
                ("cold-start", invoke_cold_start), ("scale-out", invoke_scale_out)],
     "hops": [("", hops)],
     "runtime_ceiling": [],  # a table only
+    "warm_memory": [],  # a table only
     "cpu": [],  # a table only
     "async_invoke": [("", async_invoke)],
     "keepalive": [("", keepalive)],

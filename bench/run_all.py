@@ -1,11 +1,11 @@
 """Every benchmark in one run, with modest sizes: a few minutes on 2 cores. What `make bench` runs.
 
     .venv/bin/python bench/run_all.py [--quick]
-        [--only invoke,hops,cpu,runtime_ceiling,async_invoke,logs,keepalive,sandboxes] [--out-dir DIR]
+        [--only invoke,hops,cpu,runtime_ceiling,async_invoke,logs,keepalive,sandboxes,warm_memory] [--out-dir DIR]
 
-Runs bench/invoke.py, hops.py, cpu.py, runtime_ceiling.py, async_invoke.py, logs.py, keepalive.py and
-sandboxes.py (root only: it is skipped otherwise) one after the other, each in its own process with its output in
-<dir>/<name>.log, then prints their tables as one, and writes into <dir> (default
+Runs bench/invoke.py, hops.py, cpu.py, runtime_ceiling.py, async_invoke.py, logs.py, keepalive.py,
+sandboxes.py (root only: it is skipped otherwise) and warm_memory.py one after the other, each in
+its own process with its output in <dir>/<name>.log, then prints their tables as one, and writes into <dir> (default
 bench/results/<time>/):
 - bench.json: every benchmark's results, with its command, wall time and exit status, the
   machine and the commit measured (`bench/plots.py bench.json` re-plots it);
@@ -56,12 +56,14 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
                   ["--functions", "200", "--hours", "24"],
                   ["--functions", "40", "--hours", "6"]),
     "sandboxes": ("sandboxes.py", ["--count", "200", "--concurrency", "16"], ["--count", "30", "--concurrency", "8"]),
+    "warm_memory": ("warm_memory.py", ["--invokes", "40000", "--every", "10000"], ["--invokes", "2000", "--every", "1000"]),
 }
 TITLES = {"invoke": "synchronous invoke", "hops": "the warm invoke path, hop by hop",
           "cpu": "machine CPU per warm invocation, by part",
           "runtime_ceiling": "the runtime alone, against a minimal Runtime API (the sandbox side's ceiling)",
           "async_invoke": "asynchronous invoke", "logs": "logs", "keepalive": "keep-alive policy (simulation)",
-          "sandboxes": "sandbox creation and density (backends alone)"}
+          "sandboxes": "sandbox creation and density (backends alone)",
+          "warm_memory": "a warm sandbox's memory over many invocations (leaks)"}
 
 
 def git_commit() -> str | None:
