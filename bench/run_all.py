@@ -56,7 +56,8 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
                   ["--functions", "200", "--hours", "24"],
                   ["--functions", "40", "--hours", "6"]),
     "sandboxes": ("sandboxes.py", ["--count", "200", "--concurrency", "16"], ["--count", "30", "--concurrency", "8"]),
-    "warm_memory": ("warm_memory.py", ["--invokes", "40000", "--every", "10000"], ["--invokes", "2000", "--every", "1000"]),
+    "warm_memory": ("warm_memory.py", ["--invokes", "40000", "--every", "10000"],
+                    ["--invokes", "2000", "--every", "1000"]),
 }
 TITLES = {"invoke": "synchronous invoke", "hops": "the warm invoke path, hop by hop",
           "cpu": "machine CPU per warm invocation, by part",
