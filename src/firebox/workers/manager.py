@@ -34,8 +34,8 @@ for ever), less a random part of up to `LIFETIME_SPREAD` of it, so that sandboxe
 together do not all end together: past it, a released sandbox is destroyed instead of kept, and
 an idle one is reaped even if the keep-alive policy would keep it longer. What this bounds is
 whatever a long-lived process accumulates: a function's own leaks, and the runtime's (Node.js
-sets `_X_AMZN_TRACE_ID` through setenv, whose glibc keeps every distinct value: ~170 bytes per
-invocation).
+sets `_X_AMZN_TRACE_ID` through setenv, whose glibc keeps every distinct value: measured,
+~110 bytes per invocation in a sandbox, bench/warm_memory.py).
 
 Start pacing: at most `start_slots` sandboxes are in the first `start_hold_s` of their start at
 once; the others wait for a slot (first come, first served). Starting a sandbox is CPU-bound (an

@@ -667,8 +667,6 @@ class TraceIdVariable:
 TRACE_ID_VARIABLE = TraceIdVariable()
 
 
-
-
 def setup_path(task_root):
     """sys.path as on AWS: the function's code, then its layers, then the standard library."""
     version = "python%d.%d" % sys.version_info[:2]
