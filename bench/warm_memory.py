@@ -17,9 +17,10 @@ invocation failing with `Runtime.OutOfMemory`. Nothing else measures that: the o
 and the tests run a sandbox for seconds. The first leak it found was the Python runtime's
 `os.environ["_X_AMZN_TRACE_ID"] = ...`: glibc's setenv keeps every distinct value it is given
 (~140 bytes per invocation, 1.4 MB per 10,000; now set through putenv on a buffer of the
-runtime's own). Node.js's runtime still sets it through setenv (process.env has no other way):
-its second half's growth, about 100 KB per 1,000 invocations, is that, and what
-FIREBOX_MAX_SANDBOX_LIFETIME_S bounds.
+runtime's own). Node.js's runtime had the same leak, through process.env (~112 KB per 1,000 in
+the second half); it now sets the variable with runtimes/nodejs/trace_env.node's putenv (-87 KB
+per 1,000: flat once V8's heap has grown), and with process.env, leak included, only where
+bin/setup could not build that addon.
 """
 
 from __future__ import annotations

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from pathlib import Path
 
-from .conftest import Starter
+import pytest
+
+from firebox.runtimes.api import RUNTIME_DIR
+
+from .conftest import NODE, Starter
 from .fakeapi import ARN, FakeRuntimeAPI
 
 INDEX_CJS = """
@@ -300,3 +305,67 @@ def test_exits_when_the_runtime_api_goes_away(api: FakeRuntimeAPI, start_node: S
     api.close()
     assert runtime.wait_exit() == 1
     assert runtime.stderr == []
+
+
+# The trace ID variable, in a node of its own: it changes the process's environment.
+TRACE_ID_SCRIPT = r"""
+import { execFileSync } from 'node:child_process';
+import { Worker } from 'node:worker_threads';
+globalThis[Symbol.for('firebox.stem')] = true;  // import the bootstrap without running its main()
+const { TraceIdVariable } = await import(process.argv[2]);
+const variable = new TraceIdVariable();
+const name = '_X_AMZN_TRACE_ID';
+const inWorker = () => new Promise((resolve) => {
+  const worker = new Worker(`require('node:worker_threads').parentPort.postMessage(process.env.${name} ?? null)`,
+                            { eval: true });
+  worker.once('message', (value) => worker.terminate().then(() => resolve(value)));
+});
+const views = async () => [process.env[name] ?? null, execFileSync('sh', ['-c', `echo "$${name}"`]).toString().trim(),
+                           await inWorker()];
+const out = { addon: variable.addon !== null };
+variable.set('Root=1-first;Sampled=0');
+out.first = await views();
+process.env[name] = 'set by the function';
+variable.set('Root=1-second;Sampled=1');
+out.afterTheFunctionSetIt = await views();
+delete process.env[name];
+variable.set('Root=1-third;Sampled=0');
+out.afterTheFunctionUnsetIt = await views();
+variable.set('R'.repeat(1000));
+out.long = (await views()).map((v) => v.length);
+variable.set('short again');
+out.shortAgain = await views();
+const value = (i, sampled) =>
+  `Root=1-${i.toString(16).padStart(8, '0')}-${(7919 * i).toString(16).padStart(24, '0')};Sampled=${sampled}`;
+let built;
+for (let i = 0; i < 200000; i++) built = value(i, 9);  // V8's heap grows to hold this loop's garbage
+gc();
+const before = process.memoryUsage().rss;
+for (let i = 0; i < 200000; i++) variable.set(value(i, 0));
+gc();
+out.growthKb = Math.round((process.memoryUsage().rss - before) / 1024);
+out.last = process.env[name];
+console.log(JSON.stringify({ ...out, built: built.length }));
+"""
+
+
+def test_the_trace_id_variable_reaches_every_view_and_costs_no_memory_per_value(tmp_path: Path) -> None:
+    if NODE is None:
+        pytest.skip("node is not installed")
+    if not (RUNTIME_DIR / "nodejs" / "trace_env.node").exists():
+        pytest.skip("bin/setup could not build trace_env.node (gcc or Node's headers missing)")
+    script = tmp_path / "trace_id.mjs"
+    script.write_text(TRACE_ID_SCRIPT)
+    done = subprocess.run([NODE, "--expose-gc", str(script), str(RUNTIME_DIR / "nodejs" / "bootstrap.mjs")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["addon"] is True
+    assert out["first"] == ["Root=1-first;Sampled=0"] * 3  # process.env, a child, a Worker
+    assert out["afterTheFunctionSetIt"] == ["Root=1-second;Sampled=1"] * 3
+    assert out["afterTheFunctionUnsetIt"] == ["Root=1-third;Sampled=0"] * 3
+    assert out["long"] == [1000] * 3 and out["shortAgain"] == ["short again"] * 3
+    assert out["last"] == "Root=1-%08x-%024x;Sampled=0" % (199999, 7919 * 199999)
+    # process.env's setenv kept a copy of each distinct value: about 21 MB for these 200,000 (after a
+    # loop that only builds them, so that V8's heap has grown already); this, 0.6-0.9 MB.
+    assert out["growthKb"] < 8 * 1024, out["growthKb"]

@@ -33,9 +33,9 @@ functions that are invoked continuously", a sandbox serves for at most `max_life
 for ever), less a random part of up to `LIFETIME_SPREAD` of it, so that sandboxes started
 together do not all end together: past it, a released sandbox is destroyed instead of kept, and
 an idle one is reaped even if the keep-alive policy would keep it longer. What this bounds is
-whatever a long-lived process accumulates: a function's own leaks, and the runtime's (Node.js
-sets `_X_AMZN_TRACE_ID` through setenv, whose glibc keeps every distinct value: measured,
-~110 bytes per invocation in a sandbox, bench/warm_memory.py).
+whatever a long-lived process accumulates: a function's own leaks, and a runtime's (both
+runtimes kept ~110-140 bytes per invocation while they set `_X_AMZN_TRACE_ID` with setenv, whose
+glibc keeps every distinct value; bench/warm_memory.py measures it).
 
 Start pacing: at most `start_slots` sandboxes are in the first `start_hold_s` of their start at
 once; the others wait for a slot (first come, first served). Starting a sandbox is CPU-bound (an

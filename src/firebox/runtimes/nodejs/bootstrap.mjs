@@ -5,7 +5,8 @@
  * is the docstring of `firebox/runtimes/api.py`), or imported by a stem cell (`stem.mjs`), which
  * long-polls its specialisation with the exported `RuntimeClient` and calls the exported
  * `main()` once it has its function's environment. One self-contained ES module, Node built-ins
- * only. It behaves as AWS's `aws-lambda-nodejs-runtime-interface-client`:
+ * only (and trace_env.node beside it, if bin/setup could build it: see `TraceIdVariable`). It
+ * behaves as AWS's `aws-lambda-nodejs-runtime-interface-client`:
  *
  *   init:  console patched to Lambda's log format; `_HANDLER` ("dir/file.export.path") resolved
  *          in LAMBDA_TASK_ROOT as AWS does: extensionless file, then file.js (require, or import
@@ -634,8 +635,56 @@ function parseJsonHeader(value, name) {
   }
 }
 
+/**
+ * `_X_AMZN_TRACE_ID`, set for each invocation as AWS's runtime sets it, without setenv's leak.
+ * `process.env.X = v` is setenv(3), and glibc's setenv keeps a copy of every distinct value it
+ * was ever given, for good: a trace ID is new for every invocation, so a warm sandbox grew by
+ * ~110 bytes per invocation (bench/warm_memory.py). The addon's putenv(3) makes the environment
+ * point into a Buffer of ours instead, rewritten in place for each value (a bigger one, kept,
+ * when a value does not fit): process.env reads the environment through getenv, so it sees the
+ * value, as do children and native code. Without the addon (bin/setup builds it when gcc and
+ * Node's headers are there), process.env, leak included.
+ */
+export class TraceIdVariable {
+  static NAME = '_X_AMZN_TRACE_ID';
+
+  constructor(addon = loadTraceEnvAddon()) {
+    this.addon = addon;
+    this.prefix = Buffer.from(`${TraceIdVariable.NAME}=`);
+    this.buffers = []; // every Buffer handed to putenv (the addon holds each for good, too)
+  }
+
+  set(value) {
+    if (this.addon === null || value.includes('\0')) {
+      process.env[TraceIdVariable.NAME] = value;
+      return;
+    }
+    const start = this.prefix.length;
+    const end = start + Buffer.byteLength(value);
+    let buffer = this.buffers.at(-1);
+    if (buffer === undefined || buffer.length <= end) { // (room for the terminating NUL)
+      buffer = Buffer.allocUnsafeSlow(Math.max(256, 2 * end)); // (never from the pool: it is ours alone)
+      this.prefix.copy(buffer);
+      this.buffers.push(buffer);
+    }
+    buffer.write(value, start);
+    buffer[end] = 0;
+    this.addon.putenv(buffer); // each time: the function may have set or unset the variable itself
+  }
+}
+
+function loadTraceEnvAddon() {
+  try {
+    return require('./trace_env.node');
+  } catch {
+    return null;
+  }
+}
+
+const traceIdVariable = new TraceIdVariable();
+
 function attachEnvironmentData(context, headers) {
-  if (headers['lambda-runtime-trace-id']) process.env._X_AMZN_TRACE_ID = headers['lambda-runtime-trace-id'];
+  if (headers['lambda-runtime-trace-id']) traceIdVariable.set(headers['lambda-runtime-trace-id']);
   else delete process.env._X_AMZN_TRACE_ID;
   const deadline = Number(headers['lambda-runtime-deadline-ms']);
   return Object.assign(
