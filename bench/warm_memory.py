@@ -4,7 +4,7 @@
 
 For each kind (bench/invoke.py's Python and Node.js hellos), it starts a real Firebox server,
 creates the function, finds the sandbox process that serves it (the server's descendant whose
-CPU time grows during a burst of invocations: the runtime, pid 1 of its namespace), then sends
+CPU time grows during a burst of invocations: the runtime's process), then sends
 `--invokes` sequential invocations and reads that process's resident memory (VmRSS) before and
 after every `--every` of them. Reports the growth per 1,000 invocations, over the whole run
 and over its second half: what counts, as a runtime first grows to its working size (Node.js's
@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import out_argument, publish, start_firebox, stop_firebox
+from common import on_cpu_ns, out_argument, publish, start_firebox, stop_firebox
 from cpu import settle
 from invoke import create_functions, descendants, sequential
 
@@ -45,13 +45,6 @@ def rss_kb(pid: int) -> int:
     raise ValueError(f"no VmRSS for {pid}")
 
 
-def cpu_ns(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 async def serving_sandbox(server: int, port: int, path: str) -> int:
     """The pid of the process that runs the function's invocations: the descendant whose CPU
     time grew most during a burst of them, confirmed by a second burst (a stem cell starting
@@ -59,12 +52,12 @@ async def serving_sandbox(server: int, port: int, path: str) -> int:
     await sequential(port, path, 200)
     for _ in range(5):
         await settle(server)
-        before = {pid: cpu_ns(pid) for pid in descendants(server)}
+        before = {pid: on_cpu_ns(pid) for pid in descendants(server)}
         await sequential(port, path, 500)
-        found = max(before, key=lambda pid: cpu_ns(pid) - before[pid])
-        spent = cpu_ns(found)
+        found = max(before, key=lambda pid: on_cpu_ns(pid) - before[pid])
+        spent = on_cpu_ns(found)
         await sequential(port, path, 200)
-        if (cpu_ns(found) - spent) / 1000 / 200 >= 5:  # a runtime spends tens of us on each
+        if (on_cpu_ns(found) - spent) / 1000 / 200 >= 5:  # a runtime spends tens of us on each
             return found
     raise SystemExit("could not tell which process serves the function")
 
@@ -78,11 +71,11 @@ async def measure(kind: str, invokes: int, every: int) -> dict[str, Any]:
         try:
             create_functions(f"http://127.0.0.1:{port}", [name], kind)
             sandbox = await serving_sandbox(server.pid, port, path)
-            points, cpu_before = [(0, rss_kb(sandbox))], cpu_ns(sandbox)
+            points, cpu_before = [(0, rss_kb(sandbox))], on_cpu_ns(sandbox)
             while points[-1][0] < invokes:
                 await sequential(port, path, every)
                 points.append((points[-1][0] + every, rss_kb(sandbox)))
-            cpu_us = (cpu_ns(sandbox) - cpu_before) / 1000 / invokes
+            cpu_us = (on_cpu_ns(sandbox) - cpu_before) / 1000 / invokes
         finally:
             stop_firebox(server)
     if cpu_us < 5:  # a runtime spends tens of microseconds on each: this one served none
