@@ -640,8 +640,8 @@ function parseJsonHeader(value, name) {
  * `process.env.X = v` is setenv(3), and glibc's setenv keeps a copy of every distinct value it
  * was ever given, for good: a trace ID is new for every invocation, so a warm sandbox grew by
  * ~110 bytes per invocation (bench/warm_memory.py). The addon's putenv(3) makes the environment
- * point into a Buffer of ours instead, rewritten in place for each value (a bigger one, kept,
- * when a value does not fit): process.env reads the environment through getenv, so it sees the
+ * point into a Buffer of ours instead, rewritten in place for each value (a bigger one, which
+ * the addon keeps alive like every other, when a value does not fit): process.env reads the environment through getenv, so it sees the
  * value, as do children and native code. Without the addon (bin/setup builds it when gcc and
  * Node's headers are there), process.env, leak included.
  */
@@ -651,7 +651,7 @@ export class TraceIdVariable {
   constructor(addon = loadTraceEnvAddon()) {
     this.addon = addon;
     this.prefix = Buffer.from(`${TraceIdVariable.NAME}=`);
-    this.buffers = []; // every Buffer handed to putenv (the addon holds each for good, too)
+    this.buffer = null; // the last Buffer handed to putenv (the addon holds every one for good)
   }
 
   set(value) {
@@ -661,11 +661,11 @@ export class TraceIdVariable {
     }
     const start = this.prefix.length;
     const end = start + Buffer.byteLength(value);
-    let buffer = this.buffers.at(-1);
-    if (buffer === undefined || buffer.length <= end) { // (room for the terminating NUL)
+    let { buffer } = this;
+    if (buffer === null || buffer.length <= end) { // (room for the terminating NUL)
       buffer = Buffer.allocUnsafeSlow(Math.max(256, 2 * end)); // (never from the pool: it is ours alone)
       this.prefix.copy(buffer);
-      this.buffers.push(buffer);
+      this.buffer = buffer;
     }
     buffer.write(value, start);
     buffer[end] = 0;

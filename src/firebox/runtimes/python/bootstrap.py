@@ -12,13 +12,14 @@ AWS's `awslambdaric`:
     loop:  GET /next -> handler(event, context) -> POST /response (JSON) or /error, with the
            GET /next for the following event pipelined behind it in the same write
 
-Why this module is one file of about 970 lines (over the house's 600): it runs inside the
+Why this module is one file of about 1,030 lines (over the house's 600): it runs inside the
 sandbox, where nothing of the platform is installed, and it is loaded by path (so that its
 bytecode can be precompiled, and a stem cell can load it before it knows its function);
 splitting it would mean shipping and importing sibling modules from /var/runtime on every cold
 start (each import is a path search and a file read inside the sandbox), for no gain in what
 the function sees. Its sections (errors, logging, the Runtime API client,
-marshalling, the context object, init and the loop) are marked with `# ---` rules below.
+marshalling, the context object, init and the loop, with `TraceIdVariable` at its head) are
+marked with `# ---` rules below.
 
 The Runtime API client is a minimal HTTP/1.1 client on one keep-alive socket rather than
 `http.client`, whose import (email parser, ssl) would double this runtime's own start-up cost
