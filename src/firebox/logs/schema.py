@@ -66,6 +66,12 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit `BEGIN`s)."""
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA busy_timeout=10000")
+    # Temporary data in memory, not in files. Every statement of a batch's transaction that
+    # inserts many rows keeps a statement journal (the pages it changes, as they were, to undo
+    # that statement alone), and SQLite keeps it in a temporary file by default: measured, a
+    # batch of 500 warm invocations to 16 streams wrote 7.2 KB per invocation to files, 1.0 KB
+    # with this (the WAL alone), and its CPU per invocation went from 12.0 to 7.6 us.
+    conn.execute("PRAGMA temp_store=MEMORY")
     if readonly:
         conn.execute("PRAGMA query_only=1")
     return conn

@@ -379,6 +379,8 @@ class SqliteMetadataStore:
                 raise StoreError(f"{self._path}: SQLite refused WAL mode (got {mode!r})")
             _execute(conn, "PRAGMA synchronous = NORMAL")  # and a durable unit's own fsync
             _execute(conn, "PRAGMA foreign_keys = ON")
+            # Statement journals and sorts in memory, not in temporary files (see logs/schema.py).
+            _execute(conn, "PRAGMA temp_store = MEMORY")
             self._migrate(conn)
             self._presize_wal(conn)
         except BaseException as exc:
