@@ -470,6 +470,7 @@ async def test_a_read_sees_the_records_appended_before_it_however_long_the_linge
 async def test_a_read_waits_for_a_stuck_writer_only_so_long(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Under a flood (here: a writer that cannot finish) a read goes on with what is stored."""
     monkeypatch.setattr(store_module, "BUSY_LOOP_S", 3600.0)  # never busy: batches on the writer thread
+    monkeypatch.setattr(store_module, "IDLE_READINGS", 1)  # one idle reading is enough
     monkeypatch.setattr(store_module, "READ_CATCH_UP_S", 0.05)
     release = threading.Event()
     real_insert = Writer.insert
@@ -499,6 +500,7 @@ async def test_written_waits_for_the_records_appended_before_it_and_not_after(
     """The barrier an async event's completion waits on: it resolves once every record appended
     before the call is written, whatever is appended after."""
     monkeypatch.setattr(store_module, "BUSY_LOOP_S", 3600.0)  # never busy: batches on the writer thread
+    monkeypatch.setattr(store_module, "IDLE_READINGS", 1)  # one idle reading is enough
     gate = threading.Semaphore(0)  # one release lets one batch be written
     real_insert = Writer.insert
 
@@ -625,11 +627,36 @@ async def test_with_an_idle_loop_small_batches_are_written_on_the_writer_thread(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     threads = _record_insert_threads(monkeypatch)
     monkeypatch.setattr(store_module, "BUSY_LOOP_S", 3600.0)  # never busy
+    monkeypatch.setattr(store_module, "IDLE_READINGS", 1)  # one idle reading is enough
     store = await started(tmp_path / "logs.db", linger_s=3600)
     try:
         store.append_lines(GROUP, STREAM, T0, [f"line {i}\n" for i in range(3)])
         await store.flush()
         assert threads == [(3, False)]
+    finally:
+        await store.stop()
+
+
+@run
+async def test_the_loop_counts_as_idle_only_after_several_idle_readings_in_a_row(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One reading under load finds the loop between two bursts of work as often as in one: a
+    batch goes to the writer thread only once IDLE_READINGS readings in a row found it idle."""
+    threads = _record_insert_threads(monkeypatch)
+    readings = iter([True, False, False, False, False, True, False])  # busy?
+
+    async def reading() -> bool:
+        return next(readings)
+
+    monkeypatch.setattr(store_module, "_loop_is_busy", reading)
+    monkeypatch.setattr(store_module, "IDLE_READINGS", 3)
+    store = await started(tmp_path / "logs.db", linger_s=0)
+    try:
+        for i in range(7):
+            store.append_lines(GROUP, STREAM, T0 + i, [f"line {i}\n"])
+            await store.flush()
+        # inline (on this thread) while busy or fewer than 3 idle readings in a row
+        assert [on_loop for _, on_loop in threads] == [True, True, True, False, False, True, True]
     finally:
         await store.stop()
 
@@ -655,6 +682,7 @@ def record_lingers(store: SqliteLogStore, monkeypatch: pytest.MonkeyPatch,
 async def test_the_writer_lingers_longer_after_a_batch_of_an_idle_loop(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busy: bool) -> None:
     monkeypatch.setattr(store_module, "BUSY_LOOP_S", 0.0 if busy else 3600.0)
+    monkeypatch.setattr(store_module, "IDLE_READINGS", 1)  # one idle reading is enough
     store = await started(tmp_path / "logs.db", linger_s=0.001)
     lingers = record_lingers(store, monkeypatch)
     try:
@@ -673,6 +701,7 @@ async def test_the_writer_lingers_longer_after_a_batch_of_an_idle_loop(
 async def test_the_long_linger_ends_at_the_first_step_that_finds_the_loop_busy(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store_module, "BUSY_LOOP_S", 3600.0)  # idle: the first batch sees it so
+    monkeypatch.setattr(store_module, "IDLE_READINGS", 1)  # one idle reading is enough
     store = await started(tmp_path / "logs.db", linger_s=0.001)
 
     def load_starts(step: int) -> None:

@@ -56,8 +56,9 @@ Records that nobody reads wait for the linger; AWS's take seconds to show.
 Where a batch is written depends on how busy the event loop is. A batch of at most
 INLINE_RECORDS records (the START/END/REPORT of warm invocations, a few lines of output) is
 written by the writer task itself, on the event loop's thread, when the loop is busy: when it
-took over BUSY_LOOP_S to come back to the writer task after a yield (`_loop_is_busy`). About a
-millisecond for a batch of 17 invocations. On the writer thread, that batch would cost a busy
+took over BUSY_LOOP_S to come back to the writer task after a yield (`_loop_is_busy`) at any
+of the last IDLE_READINGS batches (`_loop_stays_busy`: one reading under load is a coin flip).
+About a millisecond for a batch of 17 invocations. On the writer thread, that batch would cost a busy
 loop more: sqlite3 gives the GIL back around every statement and takes it again after, so the
 thread and the loop hand the GIL to each other dozens of times per batch, and the loop waits
 each time. A loop that mostly waits loses little to those handoffs, but everything to a batch
@@ -129,6 +130,7 @@ IDLE_LINGER_FACTOR = 50  # ...times longer when the event loop was not busy at t
 READ_CATCH_UP_S = 0.5  # a read waits at most this long for the records appended before it
 INLINE_RECORDS = 500  # a batch of at most this many records may be written on the event loop's thread
 BUSY_LOOP_S = 0.00025  # ...when the loop takes longer than this to come back to a task that yields
+IDLE_READINGS = 3  # ...and it is idle only after this many readings in a row found it so
 CHECKPOINT_RECORDS = 20_000  # records written between checkpoints (about 10 MB of pages)
 
 T = TypeVar("T")
@@ -210,6 +212,7 @@ class SqliteLogStore:
         # compares the first and the last (the buffer is first in, first out).
         self._pushed = self._taken = self._settled = 0
         self._write_lock = asyncio.Lock()  # the writer's connection: one use at a time
+        self._idle_readings = 0  # readings in a row that found the event loop idle
         self._unchecked = 0  # records written since the last checkpoint
         self._tasks: list[asyncio.Task[None]] = []
         self._written = self._dropped_total = self._dropped_bytes = self._failed = self._sweeps = self._batches = 0
@@ -402,7 +405,7 @@ class SqliteLogStore:
             while self._segments or self._dropped:
                 # Asked before the batch is taken: what arrives during that yield joins it,
                 # instead of making a batch of its own right after (the linger would be lost).
-                busy = await _loop_is_busy()
+                busy = await self._loop_stays_busy()
                 batch = self._take_batch()
                 taken = self._taken
                 self._writing = True
@@ -433,8 +436,25 @@ class SqliteLogStore:
         holding every request in flight for 10-20 ms (a scratch trace of the loop's lag)."""
         for _ in range(IDLE_LINGER_FACTOR):
             await self._linger(self._linger_s)
-            if self._hurry.is_set() or await _loop_is_busy():
+            if self._hurry.is_set():
                 return
+            if await _loop_is_busy():
+                self._idle_readings = 0
+                return
+
+    async def _loop_stays_busy(self) -> bool:
+        """Busy until IDLE_READINGS readings in a row have found the loop idle. One reading under
+        load is a coin flip: the writer yields right after its linger, and finds the loop between
+        two bursts of work as often as in one (at 16 clients, a third of the readings came back
+        in 5 us, the rest in 0.5-1.2 ms; on Python 3.12 half of them under BUSY_LOOP_S), and each
+        such batch went to the writer thread, whose GIL handoffs cost the machine more than the
+        batch itself (Python 3.12 at 16 clients: 13 us per invocation on the thread, 6% of the
+        machine's CPU)."""
+        if await _loop_is_busy():
+            self._idle_readings = 0
+        else:
+            self._idle_readings += 1
+        return self._idle_readings < IDLE_READINGS
 
     async def _insert(self, batch: list[RawSegment], *, inline: bool) -> int:
         """Write `batch`: on the event loop's thread if `inline` and it is small, else on the
