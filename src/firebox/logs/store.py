@@ -58,10 +58,10 @@ INLINE_RECORDS records (the START/END/REPORT of warm invocations, a few lines of
 written by the writer task itself, on the event loop's thread, when the loop is busy: when it
 took over BUSY_LOOP_S to come back to the writer task after a yield (`_loop_is_busy`) at any
 of the last IDLE_READINGS batches (`_loop_stays_busy`: one reading under load is a coin flip).
-About a millisecond for a batch of 17 invocations. On the writer thread, that batch would cost a busy
-loop more: sqlite3 gives the GIL back around every statement and takes it again after, so the
-thread and the loop hand the GIL to each other dozens of times per batch, and the loop waits
-each time. A loop that mostly waits loses little to those handoffs, but everything to a batch
+About a millisecond for a batch of 17 invocations. On the writer thread, that batch would cost
+a busy loop more: sqlite3 gives the GIL back around every statement and takes it again after,
+so the thread and the loop hand the GIL to each other dozens of times per batch, and the loop
+waits each time. A loop that mostly waits loses little to those handoffs, but everything to a batch
 written in its place: a request arriving meanwhile waits for the whole batch. So then, and for
 any larger batch (a flood), the writer thread writes. Measured (two servers at once,
 alternated rounds):

@@ -94,8 +94,8 @@ _SCHEMA = (
     " doc TEXT NOT NULL, PRIMARY KEY (kind, scope, key)) WITHOUT ROWID",
     "CREATE TABLE sequences (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
 )
-# (A named parameter, bound from a mapping: `?1` used twice, bound from a sequence, makes Python
-# 3.12 and 3.13 warn, and Python 3.14 refuses it.)
+# (A named parameter, bound from a mapping: Python 3.12.0 to 3.12.3 warn on `?1` bound from a
+# sequence, on every dispatch pass: see NUMBERED_PARAMETERS in logs/writes.py.)
 _SCOPES = (
     "WITH RECURSIVE s(scope) AS ("
     " SELECT MIN(scope) FROM records WHERE kind = :kind"
