@@ -34,12 +34,11 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from common import out_argument, percentile, publish, start_firebox, stop_firebox
-from cpu import PARTS, PATH, settle, snapshot
+from cpu import PARTS, PATH, measured, settle
 from instructions import exported
 from invoke import create_functions, sequential, throughput
 
@@ -47,21 +46,9 @@ ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = (*PARTS, ("machine", "the whole machine (busy time, kernel included)"), ("per_s", "invocations/s"))
 
 
-async def burst(server: int, port: int, invokes: int, clients: int) -> dict[str, float]:
-    before, started = snapshot(server), time.perf_counter()
-    if clients == 1:
-        await sequential(port, PATH, invokes)
-    else:
-        await throughput(port, PATH, invokes, clients)
-    seconds = time.perf_counter() - started
-    after = snapshot(server)
-    row = {name: (after[name] - before[name]) / invokes * 1e6 for name in after}
-    row["per_s"] = invokes / seconds
-    return row
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FIREBOX_")}
+    cpus = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="firebox-bench-cpu-ab-") as scratch:
         trees = {"against": exported(args.against, Path(scratch)), "working tree": ROOT / "src"}
         servers: dict[str, tuple[Any, int]] = {}
@@ -79,12 +66,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for round_ in range(args.rounds):
                 for name in (list(trees) if round_ % 2 == 0 else list(reversed(trees))):
                     server, port = servers[name]
-                    bursts[name].append(await burst(server.pid, port, args.burst, args.clients))
+                    bursts[name].append(await measured(server.pid, port, args.burst, args.clients, cpus))
         finally:
             for server, _ in servers.values():
                 stop_firebox(server)
     return {"benchmark": "cpu_ab",
-            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "load_average": os.getloadavg()},
+            "machine": {"cpus": cpus, "python": sys.version.split()[0], "load_average": os.getloadavg()},
             "settings": {"against": args.against, "rounds": args.rounds, "burst": args.burst, "clients": args.clients},
             "bursts": bursts, "summary": summary(bursts)}
 
