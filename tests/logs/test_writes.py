@@ -56,7 +56,7 @@ def test_every_batch_size_lands_row_for_row(tmp_path: Path, monkeypatch: pytest.
     """Rows of every chunk mix (0 to 140 rows: 64s, then 32, 16, 8 and the rest): each row keeps
     its own group, stream, timestamp and message, ids follow one another across batches, and the
     ingestion time is the batch's; with the statements of numbered parameters and with plain ones
-    (for Python 3.12.0-3.12.3)."""
+    (Python 3.12 and later)."""
     if numbered and not writes._INSERT_EVENTS.numbered:
         pytest.skip("numbered parameters are for Python 3.11 only (writes.NUMBERED_PARAMETERS)")
     monkeypatch.setattr(writes, "_INSERT_EVENTS", writes._EventRows(numbered=numbered))
