@@ -719,6 +719,58 @@ async def test_the_long_linger_ends_at_the_first_step_that_finds_the_loop_busy(
 
 
 @run
+async def test_records_that_come_in_during_a_write_wait_for_the_next_linger(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a batch of their own right after: at one client that made a train of batches of a
+    few records each, every write ending as the next records came in."""
+    monkeypatch.setattr(store_module, "BUSY_LOOP_S", 0.0)  # busy: inline batches, short lingers
+    store = await started(tmp_path / "logs.db", linger_s=0.001)
+    events: list[str] = []
+    real_insert = Writer.insert
+
+    def insert_while_a_record_comes_in(self: Writer, batch: Any) -> int:
+        written = real_insert(self, batch)
+        events.append(f"insert {written}")
+        if len(events) < 4:
+            store.append_lines(GROUP, STREAM, T0 + len(events), ["arrived during the write\n"])
+        return written
+
+    monkeypatch.setattr(Writer, "insert", insert_while_a_record_comes_in)
+    record_lingers(store, monkeypatch, lambda step: events.append("linger"))
+    try:
+        store.append_lines(GROUP, STREAM, T0, ["first\n"])
+        while events.count("insert 1") < 2:
+            await store.written()
+        assert events[:4] == ["linger", "insert 1", "linger", "insert 1"]
+    finally:
+        await store.stop()
+
+
+@run
+async def test_a_flush_during_a_write_has_what_came_in_meanwhile_written_without_a_linger(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = await started(tmp_path / "logs.db", linger_s=3600)
+    real_insert = Writer.insert
+    flushes: list[asyncio.Task[None]] = []
+
+    def insert_then_a_record_and_a_flush(self: Writer, batch: Any) -> int:
+        written = real_insert(self, batch)
+        if not flushes:
+            store.append_lines(GROUP, STREAM, T0 + 1, ["arrived during the write\n"])
+            flushes.append(asyncio.ensure_future(store.flush()))
+        return written
+
+    monkeypatch.setattr(Writer, "insert", insert_then_a_record_and_a_flush)
+    try:
+        store.append_lines(GROUP, STREAM, T0, ["first\n"])
+        await asyncio.wait_for(store.flush(), 5)  # an hour's linger otherwise
+        await asyncio.wait_for(flushes[0], 5)
+        assert store.statistics().written == 2
+    finally:
+        await store.stop()
+
+
+@run
 async def test_a_loop_with_work_queued_is_busy_and_one_without_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
     loop = asyncio.get_running_loop()
     monkeypatch.setattr(store_module, "BUSY_LOOP_S", 0.002)

@@ -407,6 +407,7 @@ class SqliteLogStore:
                 # instead of making a batch of its own right after (the linger would be lost).
                 busy = await self._loop_stays_busy()
                 batch = self._take_batch()
+                backlog = bool(self._segments)  # more than one batch was waiting
                 taken = self._taken
                 self._writing = True
                 try:
@@ -420,6 +421,14 @@ class SqliteLogStore:
                     self._settled = taken
                     self._writing = False
                     self._progress.set()
+                if not (backlog or self._hurry.is_set() or self._dropped):
+                    # What came in during that write waits for the next linger, unless a reader
+                    # waits for it, or a backlog built up (either hurries the writer), or more
+                    # than a batch was waiting already. Written at once instead, it made a train
+                    # of batches of a few records each, every one ending as the next records
+                    # came in: at one client, 387 batches of 26 records on the writer thread in
+                    # 4 s, 44 us of its CPU per invocation.
+                    break
             self._progress.set()
 
     async def _linger(self, seconds: float) -> None:
