@@ -747,8 +747,10 @@ async def test_records_that_come_in_during_a_write_wait_for_the_next_linger(
 
 
 @run
-async def test_a_flush_during_a_write_has_what_came_in_meanwhile_written_without_a_linger(
+async def test_a_flush_during_a_write_gets_what_came_in_meanwhile_written_at_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer going back to its linger after a write must not keep a waiting reader waiting:
+    a flush hurries it (the linger here is an hour)."""
     store = await started(tmp_path / "logs.db", linger_s=3600)
     real_insert = Writer.insert
     flushes: list[asyncio.Task[None]] = []
