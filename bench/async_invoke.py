@@ -7,7 +7,7 @@ end-to-end latency from acceptance (the 202) to execution (the function's log li
 It starts a real Firebox server (isolated sandboxes, fresh data dir, default async settings:
 32 events in flight overall, 8 per function), creates a fast Python function that prints
 `RAN <request id>`, and drives Event invokes with the minimal keep-alive HTTP/1.1 client of
-bench/invoke.py (asyncio streams). Every 202 follows an fsync'd commit (group commit), so
+bench/common.py (an asyncio Protocol on uvloop). Every 202 follows an fsync'd commit (group commit), so
 "accepted" means durably stored. Accepted events are dispatched and run while the next ones
 arrive, as in production; each phase waits for the queue to drain before the next starts, and
 the drain rate is reported too. End-to-end latency: the function's RAN log record timestamp
@@ -36,6 +36,7 @@ from common import (
     out_argument,
     percentile,
     publish,
+    run_loop,
     samples,
     start_firebox,
     stop_firebox,
@@ -289,7 +290,7 @@ def main() -> None:
     parser.add_argument("--e2e", type=int, default=200)
     out_argument(parser, "async-invoke")
     args = parser.parse_args()
-    results = asyncio.run(run(args))
+    results = run_loop(run(args))
     publish(results, args.out, "async-invoke", report)
 
 

@@ -37,6 +37,7 @@ from common import (
     on_cpu_ns,
     out_argument,
     publish,
+    run_loop,
     start_firebox,
     stop_firebox,
 )
@@ -155,7 +156,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     out_argument(parser, "cpu")
     args = parser.parse_args()
-    results = asyncio.run(run(args))
+    results = run_loop(run(args))
     publish(results, args.out, "cpu", report)
 
 

@@ -29,7 +29,6 @@ tells a change of about 4%.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import statistics
 import sys
@@ -37,7 +36,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import out_argument, percentile, publish, start_firebox, stop_firebox
+from common import out_argument, percentile, publish, run_loop, start_firebox, stop_firebox
 from cpu import PARTS, PATH, measured, settle
 from instructions import exported
 from invoke import create_functions, sequential, throughput
@@ -109,7 +108,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     out_argument(parser, "cpu_ab")
     args = parser.parse_args()
-    publish(asyncio.run(run(args)), args.out, "cpu_ab", report)
+    publish(run_loop(run(args)), args.out, "cpu_ab", report)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ the rest share what is left): at 16 clients those two are most of a request's ti
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics
@@ -33,7 +32,7 @@ import time
 import urllib.request
 from typing import Any
 
-from common import out_argument, percentile, publish, start_firebox, stop_firebox
+from common import out_argument, percentile, publish, run_loop, start_firebox, stop_firebox
 from invoke import concurrently, create_functions, sequential
 
 HOPS = (
@@ -131,7 +130,7 @@ def main() -> None:
                         help="client counts, comma-separated (default 1,16)")
     out_argument(parser, "hops")
     args = parser.parse_args()
-    results = asyncio.run(run(args))
+    results = run_loop(run(args))
     publish(results, args.out, "hops", report)
 
 

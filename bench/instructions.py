@@ -52,7 +52,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import out_argument, publish, start_firebox, stop_firebox
+from common import out_argument, publish, run_loop, start_firebox, stop_firebox
 from invoke import create_functions, sequential, throughput
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,7 +177,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="measurements of each tree, alternated")
     out_argument(parser, "instructions")
     args = parser.parse_args()
-    results = asyncio.run(run(args))
+    results = run_loop(run(args))
     publish(results, args.out, "instructions", report)
 
 

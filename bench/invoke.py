@@ -5,9 +5,10 @@ a raw HTTP hello baseline measured in the same run (the ratio is the figure).
                                      [--concurrency 1,8,16,32,128] [--scale-out 100] [--out FILE]
 
 It starts a real Firebox server (isolated sandboxes, fresh data dir) and a bare uvicorn app on free
-ports, drives both with the same minimal keep-alive HTTP/1.1 client (asyncio streams, so the
-client costs the same on both sides), prints a table, and writes JSON to bench/results/ (or
-`--out`); `bench/plots.py` draws it.
+ports, drives both with the same minimal keep-alive HTTP/1.1 client (bench/common.py: an asyncio
+Protocol on uvloop, as lean as we could make it, since it runs on the same 2 CPUs; it costs the
+same on both sides), prints a table, and writes JSON to bench/results/ (or `--out`);
+`bench/plots.py` draws it.
 
 What is measured, and against what:
 - cold start of a Python hello, a Node.js hello and a Python function importing boto3, client-
@@ -68,6 +69,7 @@ from common import (
     percentile,
     pss_kb,
     publish,
+    run_loop,
     samples,
     start_firebox,
     summary,
@@ -621,7 +623,7 @@ def main() -> None:
     out_argument(parser, "invoke")
     args = parser.parse_args()
     args.baseline_port = args.baseline_port or free_port()
-    results = asyncio.run(run(args))
+    results = run_loop(run(args))
     publish(results, args.out, "invoke", report)
 
 

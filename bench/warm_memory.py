@@ -26,14 +26,13 @@ bin/setup could not build that addon.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import on_cpu_ns, out_argument, publish, start_firebox, stop_firebox
+from common import on_cpu_ns, out_argument, publish, run_loop, start_firebox, stop_firebox
 from cpu import settle
 from invoke import create_functions, descendants, sequential
 
@@ -93,7 +92,7 @@ async def measure(kind: str, invokes: int, every: int) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     kinds = args.kinds.split(",")
-    rows = [asyncio.run(measure(kind, args.invokes, args.every)) for kind in kinds]
+    rows = [run_loop(measure(kind, args.invokes, args.every)) for kind in kinds]
     return {"benchmark": "warm_memory",
             "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "load_average": os.getloadavg()},
             "settings": {"invokes": args.invokes, "every": args.every, "kinds": kinds}, "rows": rows}
