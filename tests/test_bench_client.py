@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import socket
 from pathlib import Path
 from types import ModuleType
 
@@ -52,8 +53,11 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 @pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
 def test_answers_in_pieces_are_read_whole_one_after_another(loop_kind: str) -> None:
     async def scenario() -> None:
-        server = await asyncio.start_server(_serve, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
+        listening = socket.socket()  # bound here: uvloop would resolve the address on threads
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        server = await asyncio.start_server(_serve, sock=listening)
+        port = listening.getsockname()[1]
         conn = await common.Connection.open("127.0.0.1", port)
         try:
             assert await conn.post("/a", b"{}") == (200, b'{"hello":"world"}')
