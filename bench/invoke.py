@@ -2,7 +2,8 @@
 a raw HTTP hello baseline measured in the same run (the ratio is the figure).
 
     .venv/bin/python bench/invoke.py [--cold 30] [--warm 1000] [--after-idle 20] [--requests 3000]
-                                     [--concurrency 1,8,16,32,128] [--scale-out 100] [--out FILE]
+                                     [--rounds 3] [--concurrency 1,8,16,32,128] [--scale-out 100]
+                                     [--out FILE]
 
 It starts a real Firebox server (isolated sandboxes, fresh data dir) and a bare uvicorn app on free
 ports, drives both with the same minimal keep-alive HTTP/1.1 client (bench/common.py: an asyncio
@@ -24,7 +25,9 @@ What is measured, and against what:
   row after an untimed warm-up at its concurrency, so that it measures warm sandboxes only, and
   its first 2 x clients requests untimed on its own connections (`concurrently`'s ramp), so that
   it measures clients out of step: 16 requests sent at the same instant on 16 new connections
-  answered in 8-40 ms, and were up to half of the 30 slowest of a 16-client row of 3,000;
+  answered in 8-40 ms, and were up to half of the 30 slowest of a 16-client row of 3,000; each
+  row is `--rounds` rounds of Firebox and the baseline in turn, its rates and ratio their
+  medians (`alternated`);
 - scale-out: `--scale-out` simultaneous first invocations of a function that sleeps 0.5 s: time
   until all are answered, and sandboxes created per second (the server's count, polled);
 - density: PSS of everything the server started, per idle sandbox, and how many fit in 1 GB.
@@ -160,9 +163,35 @@ async def concurrently(port: int, path: str, requests: int, concurrency: int,
 
 async def throughput(port: int, path: str, requests: int, concurrency: int, ramp: int = 0) -> dict[str, float]:
     latencies, elapsed = await concurrently(port, path, requests, concurrency, ramp)
-    return {"concurrency": concurrency, "requests": requests, "per_s": requests / elapsed,
-            "p50_ms": statistics.median(latencies), "p90_ms": percentile(latencies, 90),
+    return _rates(concurrency, latencies, [requests / elapsed])
+
+
+def _rates(concurrency: int, latencies: list[float], per_s: list[float]) -> dict[str, Any]:
+    return {"concurrency": concurrency, "requests": len(latencies), "per_s": statistics.median(per_s),
+            "rounds_per_s": per_s, "p50_ms": statistics.median(latencies), "p90_ms": percentile(latencies, 90),
             "p99_ms": percentile(latencies, 99), "max_ms": max(latencies), "cdf": cdf(latencies)}
+
+
+async def alternated(sides: dict[str, tuple[int, str]], requests: int, concurrency: int,
+                     rounds: int) -> dict[str, Any]:
+    """A throughput row measured in `rounds` rounds, each side once per round (`requests` each,
+    the order swapped every round): each side's rate is the median of its rounds', the ratio the
+    median of the rounds' ratios (first side over second), and the latencies are pooled. The
+    host's speed changes from one second to the next on this VM (`common.host_probe_ms`: 10 to
+    23 ms for the same work, within a run), so that two sides measured once each, one after the
+    other, may each have had a different host; a round's two are a second apart at most."""
+    latencies: dict[str, list[float]] = {name: [] for name in sides}
+    rates: dict[str, list[float]] = {name: [] for name in sides}
+    for round_ in range(rounds):
+        for name in list(sides) if round_ % 2 == 0 else list(sides)[::-1]:
+            port, path = sides[name]
+            got, elapsed = await concurrently(port, path, requests, concurrency, ramp=2 * concurrency)
+            latencies[name] += got
+            rates[name].append(requests / elapsed)
+    first, second = sides
+    ratios = [a / b for a, b in zip(rates[first], rates[second], strict=True)]
+    return {**{name: _rates(concurrency, latencies[name], rates[name]) for name in sides},
+            "ratio": statistics.median(ratios), "round_ratios": ratios}
 
 
 def free_port() -> int:
@@ -490,10 +519,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await throughput(fport, invoke_path, 2 * concurrency, concurrency)
                 await throughput(args.baseline_port, "/", 2 * concurrency, concurrency)
                 probe = host_probe_ms()
-                fire = await throughput(fport, invoke_path, args.requests, concurrency, ramp=2 * concurrency)
-                base = await throughput(args.baseline_port, "/", args.requests, concurrency, ramp=2 * concurrency)
-                results["throughput"].append({"firebox": fire, "baseline": base, "ratio": fire["per_s"] / base["per_s"],
-                                              "host_probe_ms": [probe, host_probe_ms()]})
+                row = await alternated({"firebox": (fport, invoke_path), "baseline": (args.baseline_port, "/")},
+                                       args.requests, concurrency, args.rounds)
+                results["throughput"].append({**row, "host_probe_ms": [probe, host_probe_ms()]})
             goal = next((t["firebox"] for t in results["throughput"] if t["firebox"]["concurrency"] == GOAL_CLIENTS), None)
             if goal is not None:
                 results["goal"] = {"clients": GOAL_CLIENTS, "p99_ms_max": GOAL_P99_MS, "p99_ms": goal["p99_ms"],
@@ -577,7 +605,9 @@ def report(results: dict[str, Any]) -> None:
         row(f"warm invoke after {idle['pause_s'] * 1000:.0f} ms idle (baseline: the same)", idle["firebox"],
             idle["baseline"])
 
-    print(f"\n{'clients':<9}{'firebox/s':>11}{'base/s':>9}{'ratio':>7}{'fb p50':>10}{'fb p99':>10}"
+    rounds = len(results["throughput"][0]["firebox"].get("rounds_per_s", [0])) if results["throughput"] else 0
+    print(f"\nthroughput: medians of {rounds} alternated rounds (rates and their ratio); latencies pooled")
+    print(f"{'clients':<9}{'firebox/s':>11}{'base/s':>9}{'ratio':>7}{'fb p50':>10}{'fb p99':>10}"
           f"{'base p50':>10}{'base p99':>10}{'p99 ratio':>10}{'host probe':>14}")
     for item in results["throughput"]:
         f, b = item["firebox"], item["baseline"]
@@ -616,7 +646,10 @@ def main() -> None:
     parser.add_argument("--warm", type=int, default=1000)
     parser.add_argument("--after-idle", type=int, default=20,
                         help=f"warm invokes after {IDLE_S * 1000:.0f} ms of silence, and as many baseline requests (0: none)")
-    parser.add_argument("--requests", type=int, default=3000, help="requests per concurrency level (each side)")
+    parser.add_argument("--requests", type=int, default=3000,
+                        help="requests per concurrency level and round (each side)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds per concurrency level, the two sides alternated (see `alternated`)")
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 16, 32, 128])
     parser.add_argument("--scale-out", type=int, default=100, help="simultaneous first invocations (0: skip)")
     parser.add_argument("--baseline-port", type=int, default=0, help="0: a free port")

@@ -179,9 +179,11 @@ def invoke_throughput(r: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
-def invoke_cold_start(r: dict[str, Any], path: Path) -> Path:
-    plt = _pyplot()
+def invoke_cold_start(r: dict[str, Any], path: Path) -> Path | None:
     kinds = list(r["cold_start"])
+    if not kinds:  # a run with --cold 0
+        return None
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 5), squeeze=False)
     bare = r.get("cold_baseline") or {}
     for ax, kind in zip(axes[0], kinds, strict=True):
