@@ -111,15 +111,14 @@ class _Responses(asyncio.Protocol):
             return
         head = bytes(buffer[:end])
         lowered = head.lower()
-        at = lowered.find(b"\r\ncontent-length:")
-        if at >= 0:
-            value_end = head.find(b"\r\n", at + 17)  # (17: the name with its CRLF)
-            size = int(head[at + 17:value_end if value_end >= 0 else len(head)])
+        length = _header(lowered, b"content-length")
+        if length:
+            size = int(length)
             if len(buffer) < end + 4 + size:
                 return
             body = bytes(buffer[end + 4:end + 4 + size])
             del buffer[:end + 4 + size]
-        elif b"\r\ntransfer-encoding:" in lowered and b"chunked" in lowered:
+        elif _header(lowered, b"transfer-encoding").endswith(b"chunked"):
             parsed = _chunked(buffer, end + 4)
             if parsed is None:
                 return
@@ -132,6 +131,16 @@ class _Responses(asyncio.Protocol):
         assert waiter is not None
         if not waiter.done():
             waiter.set_result((int(head[9:12]), head, body))
+
+
+def _header(lowered_head: bytes, name: bytes) -> bytes:
+    """The value of header `name` (lower case) in a lower-cased head, b"" if it has none."""
+    at = lowered_head.find(b"\r\n" + name + b":")
+    if at < 0:
+        return b""
+    start = at + len(name) + 3
+    end = lowered_head.find(b"\r\n", start)
+    return lowered_head[start:end if end >= 0 else len(lowered_head)].strip()
 
 
 def _chunked(buffer: bytearray, at: int) -> tuple[bytes, int] | None:
