@@ -655,6 +655,8 @@ def main() -> None:
     parser.add_argument("--baseline-port", type=int, default=0, help="0: a free port")
     out_argument(parser, "invoke")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     args.baseline_port = args.baseline_port or free_port()
     results = run_loop(run(args))
     publish(results, args.out, "invoke", report)
