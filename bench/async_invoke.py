@@ -4,15 +4,15 @@ end-to-end latency from acceptance (the 202) to execution (the function's log li
     .venv/bin/python bench/async_invoke.py [--sequential 1000] [--requests 3000]
                                            [--concurrency 16,64] [--e2e 200] [--out FILE]
 
-It starts a real Firebox server (isolated sandboxes, fresh data dir, default async settings:
-32 events in flight overall, 8 per function), creates a fast Python function that prints
+It starts a real Firebox server (isolated sandboxes, fresh data dir, default async settings: 32
+events in flight overall, 8 per function), creates a fast Python function that prints
 `RAN <request id>`, and drives Event invokes with the minimal keep-alive HTTP/1.1 client of
-bench/common.py (an asyncio Protocol on uvloop). Every 202 follows an fsync'd commit (group commit), so
-"accepted" means durably stored. Accepted events are dispatched and run while the next ones
-arrive, as in production; each phase waits for the queue to drain before the next starts, and
-the drain rate is reported too. End-to-end latency: the function's RAN log record timestamp
-(taken by the server when it reads the line) minus the client's clock at the 202 (same host).
-Prints a table and writes JSON to bench/results/ (or `--out`); `bench/plots.py` draws it.
+bench/common.py (an asyncio Protocol on uvloop). Every 202 follows an fsync'd commit (group
+commit), so "accepted" means durably stored. Accepted events are dispatched and run while the
+next ones arrive, as in production; each phase waits for the queue to drain before the next
+starts, and the drain rate is reported too. End-to-end latency: the function's RAN log record
+timestamp (taken by the server when it reads the line) minus the client's clock at the 202 (same
+host). Prints a table and writes JSON to bench/results/ (or `--out`); `bench/plots.py` draws it.
 """
 
 from __future__ import annotations

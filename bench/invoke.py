@@ -605,8 +605,8 @@ def report(results: dict[str, Any]) -> None:
         row(f"warm invoke after {idle['pause_s'] * 1000:.0f} ms idle (baseline: the same)", idle["firebox"],
             idle["baseline"])
 
-    rounds = len(results["throughput"][0]["firebox"].get("rounds_per_s", [0])) if results["throughput"] else 0
-    print(f"\nthroughput: medians of {rounds} alternated rounds (rates and their ratio); latencies pooled")
+    print(f"\nthroughput: medians of {results['settings']['rounds']} alternated rounds (rates and their ratio); "
+          "latencies pooled")
     print(f"{'clients':<9}{'firebox/s':>11}{'base/s':>9}{'ratio':>7}{'fb p50':>10}{'fb p99':>10}"
           f"{'base p50':>10}{'base p99':>10}{'p99 ratio':>10}{'host probe':>14}")
     for item in results["throughput"]:
