@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from firebox.logs import schema, writes
+from firebox.logs import reads, schema, writes
+from firebox.logs.schema import ROW_SPAN_MS
 from firebox.logs.writes import Segment, Writer
 
 NOW = 1_700_000_000_000
@@ -19,8 +20,16 @@ def segment(group: str, stream: str, ts: int, *messages: str) -> Segment:
     return Segment(group, stream, ts, list(messages), sum(map(len, messages)))  # size: characters
 
 
+def _events(conn: sqlite3.Connection, group: str = "group_id", stream: str = "stream_id") -> list[tuple[object, ...]]:
+    """Every stored event, (id, group, stream, ts, ingested, message), in id order: rows expanded."""
+    rows = conn.execute(f"SELECT id, ts, message, event_count, layout, {group}, {stream}, ingested FROM log_events "
+                        "ORDER BY id")
+    return [(event_id, *row[5:7], ts, row[7], message)
+            for row in rows for event_id, ts, message in reads.split(*row[:5])]
+
+
 def _stored(conn: sqlite3.Connection) -> tuple[list[tuple[object, ...]], ...]:
-    events = conn.execute("SELECT id, group_id, stream_id, ts, ingested, message FROM log_events ORDER BY id").fetchall()
+    events = _events(conn)
     streams = conn.execute(
         "SELECT name, first_event, last_event, last_ingestion, stored_bytes FROM log_streams ORDER BY name").fetchall()
     groups = conn.execute("SELECT name, stored_bytes FROM log_groups ORDER BY name").fetchall()
@@ -51,29 +60,26 @@ def test_a_batch_lands_whole_with_every_stream_counted(tmp_path: Path, monkeypat
     assert groups == [("/g1", s1_bytes + s2_bytes), ("/g2", 3)]
 
 
-@pytest.mark.parametrize("numbered", [True, False])
-def test_every_batch_size_lands_row_for_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, numbered: bool) -> None:
+def test_every_batch_size_lands_row_for_row(tmp_path: Path) -> None:
     """Rows of every chunk mix (0 to 140 rows: 64s, then 32, 16, 8 and the rest): each row keeps
-    its own group, stream, timestamp and message, ids follow one another across batches, and the
-    ingestion time is the batch's; with the statements of numbered parameters and with plain ones
-    (Python 3.12 and later)."""
-    if numbered and not writes._INSERT_EVENTS.numbered:
-        pytest.skip("numbered parameters are for Python 3.11 only (writes.NUMBERED_PARAMETERS)")
-    monkeypatch.setattr(writes, "_INSERT_EVENTS", writes._EventRows(numbered=numbered))
+    its own group, stream, timestamp and messages, ids follow one another across batches, and
+    the ingestion time is the batch's."""
     conn = schema.open_database(tmp_path / "logs.db")
     clock = [NOW]
     writer = Writer(conn, lambda: clock[0])
     expected: list[tuple[object, ...]] = []
     for rows in range(141):
         clock[0] += 1
-        batch = [segment(f"/g{i % 3}", f"s{i % 5}", 1000 * rows + i, f"m{rows}.{i}\n") for i in range(rows)]
-        if rows % 2:  # segments of two records too, as END and REPORT are
+        # Timestamps further apart than a row spans: a row per segment.
+        batch = [segment(f"/g{i % 3}", f"s{i % 5}", (200 * rows + i) * (ROW_SPAN_MS + 1), f"m{rows}.{i}\n")
+                 for i in range(rows)]
+        if rows % 2:  # segments of two records too, as END and REPORT are: rows of two events
             batch = [segment(s.group, s.stream, s.ts, *s.messages, f"{s.messages[0]}+") for s in batch[: rows // 2]]
         assert writer.insert(batch) == sum(len(s.messages) for s in batch)
+        assert conn.execute("SELECT count(*) FROM log_events WHERE ingested = ?", clock).fetchone()[0] == len(batch)
         expected += [(s.group, s.stream, s.ts, clock[0], message) for s in batch for message in s.messages]
-    stored = conn.execute("""SELECT e.id, g.name, s.name, e.ts, e.ingested, e.message FROM log_events e
-                             JOIN log_groups g ON g.id = e.group_id JOIN log_streams s ON s.id = e.stream_id
-                             ORDER BY e.id""").fetchall()
+    stored = _events(conn, "(SELECT name FROM log_groups WHERE id = group_id)",
+                     "(SELECT name FROM log_streams WHERE id = stream_id)")
     assert [row[0] for row in stored] == list(range(1, len(expected) + 1))
     assert [row[1:] for row in stored] == expected
     assert conn.execute("SELECT value FROM log_meta WHERE key = 'next_event_id'").fetchone()[0] == len(expected) + 1

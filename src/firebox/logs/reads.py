@@ -14,8 +14,24 @@ GetLogEvents, worked example (events at positions 10, 20, 30; limit 2):
     b/10                          -> [],       forward f/9,  backward b/10 (unchanged: the start)
     f/30                          -> [],       forward f/30 (unchanged: the end), backward b/31
 
+Rows and events
+---------------
+A row holds the events of one stream from one writer batch (schema.py), with timestamps from
+the row's `ts` to at most ROW_SPAN_MS later, so the events of different rows can interleave in
+(ts, id) order. The queries select rows in the order of their first event, look ROW_SPAN_MS
+back for rows that may hold events after a bound, and `_merge` expands them (`split`) into
+events in order: read forward, no row still unread holds an event before the first event of
+the row just read (its ts and ids are the smallest of its own), so the events before that are
+final; read backward, no row still unread holds an event later than the row just read's
+ts + ROW_SPAN_MS.
+
+Worked example, ROW_SPAN_MS 100 (ts:id): rows A = [10:1, 40:2, 90:3] and B = [30:4, 35:5]
+read forward give 10:1 when B is read (B starts at 30:4), then 30:4, 35:5, 40:2, 90:3 at the
+end; read backward, B is read first, nothing is final until A (ts 10: only events after 110
+are), and the end gives 90:3, 40:2, 35:5, 30:4, 10:1.
+
 FilterLogEvents searches for about `SEARCH_BUDGET_S` per call at most (in windows of at most
-`WINDOW_ROWS` events): when that runs out it answers with what it found, possibly nothing, and
+`WINDOW_ROWS` rows): when that runs out it answers with what it found, possibly nothing, and
 a `nextToken` to continue from, as CloudWatch does.
 """
 
@@ -27,7 +43,9 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from heapq import heappop, heappush
+from itertools import count as numbers
 from typing import Any
 
 from firebox.logs.api import (
@@ -47,16 +65,18 @@ from firebox.logs.api import (
     StreamsPage,
 )
 from firebox.logs.patterns import compile_pattern
+from firebox.logs.schema import ROW_EVENTS, ROW_SPAN_MS
 
 SCALE = 10**12
 # A page of events holds at most this much (AWS: 1 MB, counting 26 bytes per event).
 MAX_PAGE_BYTES = 1_048_576
 EVENT_OVERHEAD = 26
 SEARCH_BUDGET_S = 2.0
-# Search windows grow from FIRST to WINDOW_ROWS events (x4 each): frequent matches fill a page
-# in the first small window, rare ones are searched in large strides.
-FIRST_WINDOW_ROWS = 10_000
-WINDOW_ROWS = 160_000
+# Search windows grow from FIRST to WINDOW_ROWS rows (x4 each): frequent matches fill a page
+# in the first small window, rare ones are searched in large strides. (A busy server's rows
+# hold about ten events each.)
+FIRST_WINDOW_ROWS = 1_000
+WINDOW_ROWS = 16_000
 _STREAM_TOKEN = re.compile(r"([fb])/(\d{1,40})(?:/s)?")
 
 
@@ -159,15 +179,55 @@ def describe_streams(conn: sqlite3.Connection, command: DescribeStreams) -> Stre
 # -- events --------------------------------------------------------------------------------------
 
 
-def _take(rows: Sequence[tuple[int, int, int, str]], limit: int) -> list[tuple[int, int, int, str]]:
-    """The first rows that fit in `limit` events and a page's bytes (always at least one)."""
-    kept = []
+# A row as the queries select it: id, stream id, ts, ingested, message, event_count, layout.
+Row = tuple[int, int, int, int, str, int, str | None]
+_ROW = "id, stream_id, ts, ingested, message, event_count, layout"
+# An event as `_merge` gives it: (position, or its negation read backward), id, ts, stream id,
+# ingested, message.
+Event = tuple[int, int, int, int, int, str]
+
+
+def split(first_id: int, ts: int, message: str, count: int, layout: str | None) -> list[tuple[int, int, str]]:
+    """A row's events, (id, ts, message) each, in the order they were produced."""
+    if count == 1:
+        return [(first_id, ts, message)]
+    lengths, offsets = (layout or ";").split(";")
+    events = []
+    start = 0
+    for event_id, length, offset in zip(numbers(first_id), map(int, lengths.split(",")), map(int, offsets.split(","))):
+        events.append((event_id, ts + offset, message[start:start + length]))
+        start += length
+    return events
+
+
+def _merge(rows: Iterable[Row], *, forward: bool, keep: Callable[[int, int, str], bool]) -> Iterator[Event]:
+    """The events of `rows` (read in (ts, id) order, or its reverse) that `keep(position, ts,
+    message)`, in that order: each as soon as no row still unread can hold one before it (the
+    module doc)."""
+    heap: list[Event] = []
+    for first_id, stream_id, ts, ingested, message, count, layout in rows:
+        final = position(ts, first_id) if forward else -position(ts + ROW_SPAN_MS + 1, 0)
+        while heap and heap[0][0] < final:
+            yield heappop(heap)
+        for event_id, event_ts, text in split(first_id, ts, message, count, layout):
+            at = position(event_ts, event_id)
+            if keep(at, event_ts, text):
+                heappush(heap, (at if forward else -at, event_id, event_ts, stream_id, ingested, text))
+    while heap:
+        yield heappop(heap)
+
+
+def _page_of(events: Iterator[Event], limit: int) -> list[Event]:
+    """The first events that fit in `limit` and a page's bytes (always at least one)."""
+    kept: list[Event] = []
     size = 0
-    for row in rows[:limit]:
-        size += len(row[3]) + EVENT_OVERHEAD
+    for event in events:
+        size += len(event[5]) + EVENT_OVERHEAD
         if kept and size > MAX_PAGE_BYTES:
             break
-        kept.append(row)
+        kept.append(event)
+        if len(kept) >= limit:
+            break
     return kept
 
 
@@ -184,27 +244,40 @@ def get_events(conn: sqlite3.Connection, command: GetEvents) -> EventsPage:
             raise _bad_token()
         direction, mark = found.group(1), int(found.group(2))
     forward = direction == "f" or (direction is None and command.start_from_head)
-    sql = "SELECT id, ts, ingested, message FROM log_events WHERE stream_id = ?"
+    start, end = command.start_ms, command.end_ms  # events: start <= ts < end
+    # The rows that may hold events in range: from ROW_SPAN_MS before the first time wanted.
+    sql = f"SELECT {_ROW} FROM log_events WHERE stream_id = ?"
     args: list[Any] = [row[0]]
-    if command.start_ms is not None:
+    if forward:
+        lowest = max(start if start is not None else 0, mark // SCALE if direction else 0)
         sql += " AND ts >= ?"
-        args.append(command.start_ms)
-    if command.end_ms is not None:
-        sql += " AND ts < ?"
-        args.append(command.end_ms)
-    if direction is not None:
-        ts, event_id = divmod(mark, SCALE)
-        if forward:
-            sql += " AND ts >= ? AND (ts > ? OR id > ?)"
-        else:
-            sql += " AND ts <= ? AND (ts < ? OR id < ?)"
-        args += [ts, ts, event_id]
-    sql += " ORDER BY ts, id LIMIT ?" if forward else " ORDER BY ts DESC, id DESC LIMIT ?"
-    args.append(command.limit)
-    rows = _take(conn.execute(sql, args).fetchall(), command.limit)
+        args.append(lowest - ROW_SPAN_MS)
+        if end is not None:
+            sql += " AND ts < ?"
+            args.append(end)
+        sql += " ORDER BY ts, id"
+    else:
+        if start is not None:
+            sql += " AND ts >= ?"
+            args.append(start - ROW_SPAN_MS)
+        highest = [mark // SCALE] if direction else []
+        if end is not None:
+            highest.append(end - 1)
+        if highest:
+            sql += " AND ts <= ?"
+            args.append(min(highest))
+        sql += " ORDER BY ts DESC, id DESC"
+
+    def keep(at: int, ts: int, _: str) -> bool:
+        if (start is not None and ts < start) or (end is not None and ts >= end):
+            return False
+        return not direction or (at > mark if forward else at < mark)
+
+    page = _page_of(_merge(conn.execute(sql, args), forward=forward, keep=keep), command.limit)
     if not forward:
-        rows.reverse()
-    events = [LogEvent(event_id, command.stream, ts, message, ingested) for event_id, ts, ingested, message in rows]
+        page.reverse()
+    events = [LogEvent(event_id, command.stream, ts, message, ingested)
+              for _, event_id, ts, _, ingested, message in page]
     if events:
         first, last = events[0], events[-1]
         return EventsPage(events, f"f/{position(last.timestamp_ms, last.id):025d}",
@@ -218,10 +291,13 @@ def get_events(conn: sqlite3.Connection, command: GetEvents) -> EventsPage:
 
 
 def filter_events(conn: sqlite3.Connection, command: FilterEvents) -> FilteredPage:
-    """Search in windows of events (in (ts, id) order, FIRST_WINDOW_ROWS growing to WINDOW_ROWS):
+    """Search in windows of rows (in (ts, id) order, FIRST_WINDOW_ROWS growing to WINDOW_ROWS):
     each window is one SQL scan that pre-filters with the pattern's literal terms (`instr`);
-    between windows the time spent is checked, so a search for a rare term over millions of lines answers within about
-    SEARCH_BUDGET_S with a token to continue from, instead of scanning everything in one call."""
+    between windows the time spent is checked, so a search for a rare term over millions of
+    lines answers within about SEARCH_BUDGET_S with a token to continue from, instead of
+    scanning everything in one call. A window ends with a row: its events, and those before
+    it, are searched; events after it in the window's rows (the module doc) are searched again
+    by the next window, which looks ROW_SPAN_MS back."""
     group_id = _group_id(conn, command.group)
     if command.streams and command.stream_prefix:
         raise InvalidLogParameter("logStreamNames and logStreamNamePrefix are mutually exclusive.")
@@ -238,65 +314,70 @@ def filter_events(conn: sqlite3.Connection, command: FilterEvents) -> FilteredPa
         scope_args += list(names)
         # One stream reads its own index in order; several share the group's index.
         table += " INDEXED BY " + ("events_by_stream_time" if len(names) == 1 else "events_by_group_time")
-    if command.start_ms is not None:
+    start, end = command.start_ms, command.end_ms  # both inclusive
+    if start is not None:
         scope += " AND ts >= ?"
-        scope_args.append(command.start_ms)
-    if command.end_ms is not None:
+        scope_args.append(start - ROW_SPAN_MS)
+    if end is not None:
         scope += " AND ts <= ?"
-        scope_args.append(command.end_ms)
-    lower: tuple[int, int] | None = None  # exclusive (ts, id)
+        scope_args.append(end)
+    searched = -1  # the position of the last event searched
     if command.token:
-        (mark,) = decode(command.token, 1)
-        if not isinstance(mark, int) or mark < 0:
+        (searched,) = decode(command.token, 1)
+        if not isinstance(searched, int) or searched < 0:
             raise _bad_token()
-        lower = divmod(mark, SCALE)
     terms = "".join(" AND instr(message, ?) > 0" for _ in pattern.required_terms)
     deadline = time.monotonic() + SEARCH_BUDGET_S
-    found: list[tuple[int, int, int, int, str]] = []
+    found: list[Event] = []
     size = 0
     window = min(FIRST_WINDOW_ROWS, WINDOW_ROWS)
     while True:
-        after, after_args = _after(lower)
-        upper = None
+        upper: tuple[int, int] | None = None
         if not pattern.matches_all:  # a search: bound this scan (no pattern: the limit bounds it)
-            upper = conn.execute(f"SELECT ts, id FROM {table} WHERE {scope}{after} ORDER BY ts, id LIMIT 1 OFFSET ?",
-                                 [*scope_args, *after_args, window - 1]).fetchone()
+            upper = conn.execute(
+                f"SELECT ts, id FROM {table} WHERE {scope} AND ts >= ? AND (ts > ? OR id > ?) "
+                "ORDER BY ts, id LIMIT 1 OFFSET ?",
+                [*scope_args, *_row_after(searched), window - 1]).fetchone()
             window = min(window * 4, WINDOW_ROWS)
+        last = position(*upper) if upper is not None else None
+        lowest = searched // SCALE if searched >= 0 else 0
         until, until_args = ("", []) if upper is None else (" AND ts <= ? AND (ts < ? OR id <= ?)",
                                                             [upper[0], upper[0], upper[1]])
         rows = conn.execute(
-            f"SELECT id, stream_id, ts, ingested, message FROM {table} WHERE {scope}{after}{until}{terms} "
-            "ORDER BY ts, id", [*scope_args, *after_args, *until_args, *pattern.required_terms])
-        for row in rows:
-            if not pattern.matches(row[4]):
-                continue
-            size += len(row[4]) + EVENT_OVERHEAD
+            f"SELECT {_ROW} FROM {table} WHERE {scope} AND ts >= ?{until}{terms} ORDER BY ts, id",
+            [*scope_args, lowest - ROW_SPAN_MS, *until_args, *pattern.required_terms])
+
+        def keep(at: int, ts: int, message: str, after: int = searched, last: int | None = last) -> bool:
+            return (after < at and (last is None or at <= last) and (start is None or ts >= start)
+                    and (end is None or ts <= end) and pattern.matches(message))
+
+        for event in _merge(rows, forward=True, keep=keep):
+            size += len(event[5]) + EVENT_OVERHEAD
             if found and size > MAX_PAGE_BYTES:
-                return _page(conn, found, names, position(found[-1][2], found[-1][0]))
-            found.append(row)
+                return _page(conn, found, names, found[-1][0])
+            found.append(event)
             if len(found) >= command.limit:
-                return _page(conn, found, names, position(row[2], row[0]))
-        if upper is None:
+                return _page(conn, found, names, event[0])
+        if last is None:
             return _page(conn, found, names, None)
-        lower = (upper[0], upper[1])
+        searched = last
         if time.monotonic() > deadline:
-            return _page(conn, found, names, position(*lower))
+            return _page(conn, found, names, searched)
 
 
-def _after(lower: tuple[int, int] | None) -> tuple[str, list[int]]:
-    if lower is None:
-        return "", []
-    return " AND ts >= ? AND (ts > ? OR id > ?)", [lower[0], lower[0], lower[1]]
+def _row_after(at: int) -> list[int]:
+    """Parameters of `ts >= ? AND (ts > ? OR id > ?)`: rows whose first event is after `at`."""
+    ts, event_id = divmod(at, SCALE) if at >= 0 else (0, -1)
+    return [ts, ts, event_id]
 
 
-def _page(conn: sqlite3.Connection, found: list[tuple[int, int, int, int, str]], names: dict[int, str],
-          next_mark: int | None) -> FilteredPage:
-    missing = {row[1] for row in found} - names.keys()
+def _page(conn: sqlite3.Connection, found: list[Event], names: dict[int, str], next_mark: int | None) -> FilteredPage:
+    missing = {event[3] for event in found} - names.keys()
     if missing:
         marks = ", ".join("?" * len(missing))
         names.update(conn.execute(f"SELECT id, name FROM log_streams WHERE id IN ({marks})", list(missing)).fetchall())
     events = [LogEvent(event_id, names.get(stream_id, ""), ts, message, ingested)
-              for event_id, stream_id, ts, ingested, message in found]
+              for _, event_id, ts, stream_id, ingested, message in found]
     return FilteredPage(events, encode(next_mark) if next_mark is not None else None)
 
 
@@ -318,18 +399,26 @@ def query(conn: sqlite3.Connection, group: str, *, start_ms: int | None, end_ms:
     row = conn.execute("SELECT id FROM log_groups WHERE name = ?", (group,)).fetchone()
     if row is None:
         return []
-    sql = ("SELECT e.id, s.name, e.ts, e.message, e.ingested FROM log_events e JOIN log_streams s ON s.id = e.stream_id"
-           " WHERE e.group_id = ? AND e.id > ?")
-    args: list[Any] = [row[0], after_id]
+    # Rows in id order hold ids in order (a row's are its own run of them): no merge needed.
+    sql = ("SELECT e.id, s.name, e.ts, e.message, e.ingested, e.event_count, e.layout FROM log_events e "
+           "JOIN log_streams s ON s.id = e.stream_id WHERE e.group_id = ? AND e.id > ? AND e.id + e.event_count - 1 > ?")
+    args: list[Any] = [row[0], after_id - ROW_EVENTS, after_id]
     if start_ms is not None:
         sql += " AND e.ts >= ?"
-        args.append(start_ms)
+        args.append(start_ms - ROW_SPAN_MS)
     if end_ms is not None:
         sql += " AND e.ts <= ?"
         args.append(end_ms)
     if streams:
         sql += f" AND s.name IN ({', '.join('?' * len(streams))})"
         args += list(streams)
-    sql += " ORDER BY e.id LIMIT ?"
-    args.append(limit)
-    return [LogEvent(*r) for r in conn.execute(sql, args).fetchall()]
+    sql += " ORDER BY e.id"
+    events: list[LogEvent] = []
+    for first_id, stream, row_ts, text, ingested, count, layout in conn.execute(sql, args):
+        for event_id, ts, message in split(first_id, row_ts, text, count, layout):
+            if (event_id > after_id and (start_ms is None or ts >= start_ms)
+                    and (end_ms is None or ts <= end_ms)):
+                events.append(LogEvent(event_id, stream, ts, message, ingested))
+                if len(events) >= limit:
+                    return events
+    return events

@@ -1,8 +1,8 @@
 """Everything that changes the log database, run on the store's single writer thread.
 
-Batches: one transaction inserts the events of a batch and updates the counters of their streams
-and groups (first/last event, last ingestion, stored bytes), creating a group and a stream the
-first time a record names them. Ids of groups and streams are cached (the cache is forgotten on
+Batches: one transaction inserts the events of a batch, as a row per stream (schema.py), and
+updates the counters of their streams and groups (first/last event, last ingestion, stored
+bytes), creating a group and a stream the first time a record names them. Ids of groups and streams are cached (the cache is forgotten on
 any failure and trimmed when large).
 
 Long deletions never hold the write lock for long: a deleted group's events and expired events
@@ -11,7 +11,8 @@ written in between. A group deletion is recorded in `log_deletions` in the same 
 that removes the group, and finished by the sweep if the server stopped half way.
 
 Retention, worked example: a group with RetentionInDays=1 swept at 2024-01-03T00:00Z has the
-cutoff 2024-01-02T00:00Z; events with timestamps before it are deleted, their bytes subtracted
+cutoff 2024-01-02T00:00Z; events with timestamps before it are deleted (a row at once, when its
+youngest event is: its oldest may stay up to ROW_SPAN_MS longer), their bytes subtracted
 from their stream and group, a stream's firstEventTimestamp moves to its oldest remaining event,
 and a stream with no event left and a last event before the cutoff is deleted.
 """
@@ -22,9 +23,10 @@ import sqlite3
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from firebox.logs.api import RETENTION_DAYS, InvalidLogParameter, LogGroupExists, LogGroupNotFound
+from firebox.logs.schema import ROW_CHARS, ROW_EVENTS, ROW_SPAN_MS
 
 CHUNK = 20_000
 DAY_MS = 86_400_000
@@ -47,6 +49,22 @@ class Segment(NamedTuple):
 RawSegment = tuple[str, str, int, Sequence[str], int]
 
 
+def _parts(messages: Sequence[str]) -> list[list[str]]:
+    """`messages` in runs of at most ROW_EVENTS messages and ROW_CHARS characters (a longer
+    message alone): the rows of a segment too large for one."""
+    parts: list[list[str]] = [[]]
+    chars = 0
+    for message in messages:
+        part = parts[-1]
+        if part and (len(part) == ROW_EVENTS or chars + len(message) > ROW_CHARS):
+            part = []
+            parts.append(part)
+            chars = 0
+        part.append(message)
+        chars += len(message)
+    return parts
+
+
 def utf8_size(messages: Sequence[str], chars: int) -> int:
     if all(map(str.isascii, messages)):
         return chars
@@ -55,7 +73,7 @@ def utf8_size(messages: Sequence[str], chars: int) -> int:
 
 # Rows per statement: a batch's rows go in as statements of 64 rows each, then at most one each
 # of 32, 16 and 8, then one of the 0-7 left (eleven texts per statement, all in the connection's
-# cache). A warm invocation logs 3 records: the batches of one or two invocations a lightly
+# cache). A warm invocation makes one or two rows: the batches of a few invocations a lightly
 # loaded server writes take one INSERT, not two (a statement costs about 10,000 instructions).
 _SIZES = (64, 32, 16, 8, 7, 6, 5, 4, 3, 2, 1)
 
@@ -83,53 +101,14 @@ class _Chunked:
 
 
 # Python 3.12 and later check every parameter bound from a sequence for a name (to warn of named
-# placeholders), and SQLite finds a numbered parameter's name by a walk over the statement's
-# list of them: a quadratic cost, about 10,000 instructions per warm invocation. Python 3.12.0 to
-# 3.12.3 (Ubuntu 24.04's) even take `?1` for a named placeholder, and warn once per parameter
-# bound (ignored warnings, but each still formatted and looked up: cpython#117995, reported after
-# 3.12.3; 3.13.0 no longer warns): 660,000 instructions per warm invocation at 16 clients on
-# 3.12.1, against 392,000 on 3.11. There the statements have plain `?` placeholders only.
-NUMBERED_PARAMETERS = sys.version_info < (3, 12)
+# placeholders), and SQLite finds a numbered parameter's name by a walk over the statement's list
+# of them: a quadratic cost. So the statements have plain `?` placeholders only.
+_INSERT_ROWS = _Chunked(
+    "INSERT INTO log_events (id, group_id, stream_id, ts, ingested, message, event_count, layout) VALUES ",
+    "(?, ?, ?, ?, ?, ?, ?, ?)")
+_ROW_WIDTH = 8
 
 
-class _EventRows:
-    """The INSERT of a batch's events, run as `_Chunked` runs its statement (same chunk sizes).
-
-    Numbered (before Python 3.12: NUMBERED_PARAMETERS): four parameters per row instead of six. The
-    ids follow one another and the ingestion time is the batch's, so a chunk binds its first id
-    and that time once (?1 and ?2), and each row adds its offset to ?1: about 2,700 fewer
-    instructions per invocation (binding and the list). Otherwise every row has its six `?`."""
-
-    def __init__(self, numbered: bool) -> None:
-        self.numbered = numbered
-        head = "INSERT INTO log_events (id, group_id, stream_id, ts, ingested, message) VALUES "
-        row = self._numbered_row if numbered else (lambda k: "(?, ?, ?, ?, ?, ?)")
-        self._texts = {n: head + ", ".join([row(k) for k in range(n)]) for n in _SIZES}
-
-    @staticmethod
-    def _numbered_row(k: int) -> str:
-        first = 3 + 4 * k  # the row's group id, stream id, ts and message: ?first ...
-        return f"(?1 + {k}, ?{first}, ?{first + 1}, ?{first + 2}, ?2, ?{first + 3})"
-
-    def run(self, conn: sqlite3.Connection, rows: list[object], first_id: int, ingested: int) -> None:
-        """Insert `rows` (group id, stream id, ts, message after one another), with the ids
-        `first_id` and on."""
-        count, done = len(rows) // 4, 0
-        for size in _SIZES:
-            while count - done >= size:
-                chunk = rows[done * 4:(done + size) * 4]
-                if self.numbered:
-                    conn.execute(self._texts[size], [first_id + done, ingested, *chunk])
-                else:
-                    params: list[object] = []
-                    for k in range(size):
-                        group_id, stream_id, ts, message = chunk[4 * k:4 * k + 4]
-                        params += (first_id + done + k, group_id, stream_id, ts, ingested, message)
-                    conn.execute(self._texts[size], params)
-                done += size
-
-
-_INSERT_EVENTS = _EventRows(numbered=NUMBERED_PARAMETERS)
 # UPDATE ... FROM needs SQLite 3.33 (2020): Debian 12 has 3.40, Ubuntu 22.04 3.37; an older
 # library updates the streams one statement each (_UPDATE_STREAM).
 UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)
@@ -159,38 +138,34 @@ class Writer:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            # The events' rows, flat: (group id, stream id, ts, message) after one another (the
-            # ids and the ingestion time: see _EventRows). A segment holds one or two records
-            # (START; END and REPORT): a plain loop costs less than zip() over repeat()s, tuples
-            # that are then flattened again.
-            events: list[object] = []
-            # stream id -> [first ts, last ts, bytes, group id]; bytes counted as characters
-            # first, then again in UTF-8 in the rare batch that is not all ASCII: one test per
-            # batch, not one call per segment (3,300 instructions per warm invocation).
+            first_id = next_id = self._next_id
+            # The rows' parameters, flat, and each stream's counters: stream id -> [first ts,
+            # last ts, bytes, group id], the bytes counted as characters first, then again in
+            # UTF-8 in the rare batch that is not all ASCII (one test per batch).
+            params: list[object] = []
             stats: dict[int, list[int]] = {}
-            first_id = self._next_id
-            groups, streams = self._groups, self._streams
-            for group, stream, ts, messages, size in batch:
-                # The ids from the caches in line; `_ids` when one is missing (1,600 per invocation)
-                group_id = groups.get(group)
-                stream_id = streams.get((group_id, stream))
-                if stream_id is None:
-                    group_id, stream_id = self._ids(group, stream, now)
-                for message in messages:
-                    events += (group_id, stream_id, ts, message)
+            for group_id, stream_id, low, high, messages, offsets, chars, base, _ in self._rows(batch, now):
+                count = len(messages)
+                if count == 1:
+                    params += (next_id, group_id, stream_id, low, now, messages[0], 1, None)
+                else:
+                    if low < base:  # a clock that went back: offsets from the row's smallest ts
+                        offsets = [offset + base - low for offset in offsets]
+                    layout = ",".join(map(str, map(len, messages))) + ";" + ",".join(map(str, offsets))
+                    params += (next_id, group_id, stream_id, low, now, "".join(messages), count, layout)
+                next_id += count
                 current = stats.get(stream_id)
                 if current is None:
-                    stats[stream_id] = [ts, ts, size, group_id]
+                    stats[stream_id] = [low, high, chars, group_id]
                     continue
-                if ts < current[0]:
-                    current[0] = ts
-                elif ts > current[1]:
-                    current[1] = ts
-                current[2] += size
-            next_id = first_id + len(events) // 4
-            if not all(map(str.isascii, events[3::4])):  # the messages
+                if low < current[0]:
+                    current[0] = low
+                if high > current[1]:
+                    current[1] = high
+                current[2] += chars
+            if not all(map(str.isascii, params[5::_ROW_WIDTH])):  # the messages
                 self._count_utf8(batch, stats, now)
-            _INSERT_EVENTS.run(conn, events, first_id, now)
+            _INSERT_ROWS.run(conn, params, _ROW_WIDTH)
             if UPDATE_FROM:
                 _UPDATE_STREAMS.run(conn, [value for sid, (first, last, size, _) in stats.items()
                                            for value in (sid, first, last, size)], 4, now)
@@ -209,6 +184,41 @@ class Writer:
             raise
         self._next_id = next_id
         return next_id - first_id
+
+    def _rows(self, batch: Sequence[RawSegment], now: int) -> list[list[Any]]:
+        """The batch's rows, [group id, stream id, smallest ts, largest ts, messages, each one's
+        ts less the first's, characters, the first ts, group], in the order they were opened: a
+        stream's segments join its open row while it has room (schema.ROW_EVENTS, ROW_CHARS,
+        ROW_SPAN_MS), so each stream's events keep the order they were produced in, and so do
+        their ids. (Open rows are found by stream name, then checked for their group: no ids to
+        look up for a segment that joins one, the usual case.)"""
+        rows: list[list[Any]] = []
+        open_rows: dict[str, list[Any]] = {}  # stream name -> its row being filled
+        groups, streams = self._groups, self._streams
+        for group, stream, ts, messages, size in batch:
+            row = open_rows.get(stream)
+            if (row is not None and row[3] - ROW_SPAN_MS <= ts <= row[2] + ROW_SPAN_MS and row[8] == group
+                    and len(row[4]) + len(messages) <= ROW_EVENTS and row[6] + size <= ROW_CHARS):
+                row[4] += messages
+                row[5] += [ts - row[7]] * len(messages)
+                row[6] += size
+                if ts < row[2]:
+                    row[2] = ts
+                elif ts > row[3]:
+                    row[3] = ts
+                continue
+            if not messages:
+                continue
+            # The ids from the caches in line; `_ids` when one is missing (1,600 instructions per invocation)
+            group_id = groups.get(group)
+            stream_id = streams.get((group_id, stream))
+            if stream_id is None:
+                group_id, stream_id = self._ids(group, stream, now)
+            for part in (messages,) if len(messages) <= ROW_EVENTS and size <= ROW_CHARS else _parts(messages):
+                row = open_rows[stream] = [group_id, stream_id, ts, ts, list(part), [0] * len(part),
+                                           size if part is messages else sum(map(len, part)), ts, group]
+                rows.append(row)
+        return rows
 
     def _count_utf8(self, batch: Sequence[RawSegment], stats: dict[int, list[int]], now: int) -> None:
         """Count the bytes of `stats` again, in UTF-8 (a segment's size counts characters)."""
@@ -313,10 +323,12 @@ class Writer:
         ).fetchall()
         for group_id, days in groups:
             cutoff = now - days * DAY_MS
+            # Rows whose every event is older (a row's span ROW_SPAN_MS at most): a younger
+            # event is never deleted, an older one up to that much later.
             rows = self.conn.execute(
                 """SELECT id, stream_id, ts, length(CAST(message AS BLOB)) FROM log_events
                    WHERE group_id = ? AND ts < ? ORDER BY ts, id LIMIT ?""",
-                (group_id, cutoff, CHUNK),
+                (group_id, cutoff - ROW_SPAN_MS, CHUNK),
             ).fetchall()
             if rows:
                 self._expire_rows(group_id, cutoff, rows)
