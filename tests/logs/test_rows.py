@@ -622,3 +622,16 @@ async def test_a_batch_of_invocations_takes_a_row_per_stream(tmp_path: Path) -> 
     assert len(rows) <= len(streams), f"{len(rows)} rows for {len(model.events)} events"
     for stream, events in expand(rows).items():
         assert [(ts, m) for _, ts, m in events] == [(e.ts, e.message) for e in model.events if e.stream == stream]
+
+
+def test_a_term_is_found_in_the_events_of_a_row_never_across_two() -> None:
+    """`reads.split_with` (a search's pre-filter inside rows): only the events whose own message
+    holds the term, with their ids and timestamps, never a match across two messages."""
+    messages = ["abc\n", "ne", "edle\n", "needle x\n", "xneedle needle\n", "none\n"]
+    layout = ",".join(str(len(m)) for m in messages) + ";" + ",".join(str(k) for k in range(len(messages)))
+    row = (10, T0, "".join(messages), len(messages), layout)
+    assert reads.split_with("needle", *row) == [(13, T0 + 3, "needle x\n"), (14, T0 + 4, "xneedle needle\n")]
+    assert reads.split_with("needle", *row) == [e for e in reads.split(*row) if "needle" in e[2]]
+    assert reads.split_with("zzz", *row) == []
+    assert reads.split_with("needle", 7, T0, "a needle\n", 1, None) == [(7, T0, "a needle\n")]
+    assert reads.split_with("needle", 7, T0, "a pin\n", 1, None) == []

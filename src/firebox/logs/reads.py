@@ -44,7 +44,9 @@ import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from bisect import bisect_right
 from heapq import heappop, heappush
+from itertools import accumulate
 from itertools import count as numbers
 from typing import Any
 
@@ -200,16 +202,45 @@ def split(first_id: int, ts: int, message: str, count: int, layout: str | None) 
     return events
 
 
-def _merge(rows: Iterable[Row], *, forward: bool, keep: Callable[[int, int, str], bool]) -> Iterator[Event]:
+def split_with(term: str, first_id: int, ts: int, message: str, count: int,
+               layout: str | None) -> list[tuple[int, int, str]]:
+    """The row's events whose message contains `term`, as `split` gives them: found with
+    `str.find` in the row's text and the event at each place by bisection, so that a row whose
+    events mostly do not match is not split into all of them. bench/logs.py, a search for a
+    term in 1% of 500,000 lines, 1,000 matches: 155 ms p50 splitting every row, 30 ms this
+    way; 102 ms when a row was an event."""
+    if count == 1 or term not in message:
+        return [(first_id, ts, message)] if term in message else []
+    lengths, offsets = (layout or ";").split(";")
+    ends = list(accumulate(map(int, lengths.split(","))))
+    deltas: list[str] = []
+    events = []
+    at = message.find(term)
+    while at >= 0:
+        k = bisect_right(ends, at)  # the event the place is in
+        start, end = ends[k - 1] if k else 0, ends[k]
+        if at + len(term) > end:  # across two events' messages: look on from the next one
+            at = message.find(term, end)
+            continue
+        deltas = deltas or offsets.split(",")
+        events.append((first_id + k, ts + int(deltas[k]), message[start:end]))
+        at = message.find(term, end)
+    return events
+
+
+def _merge(rows: Iterable[Row], *, forward: bool, keep: Callable[[int, int, str], bool],
+           term: str = "") -> Iterator[Event]:
     """The events of `rows` (read in (ts, id) order, or its reverse) that `keep(position, ts,
-    message)`, in that order: each as soon as no row still unread can hold one before it (the
-    module doc)."""
+    message)`, and contain `term`, in that order: each as soon as no row still unread can hold
+    one before it (the module doc)."""
     heap: list[Event] = []
     for first_id, stream_id, ts, ingested, message, count, layout in rows:
         final = position(ts, first_id) if forward else -position(ts + ROW_SPAN_MS + 1, 0)
         while heap and heap[0][0] < final:
             yield heappop(heap)
-        for event_id, event_ts, text in split(first_id, ts, message, count, layout):
+        events = (split_with(term, first_id, ts, message, count, layout) if term
+                  else split(first_id, ts, message, count, layout))
+        for event_id, event_ts, text in events:
             at = position(event_ts, event_id)
             if keep(at, event_ts, text):
                 heappush(heap, (at if forward else -at, event_id, event_ts, stream_id, ingested, text))
@@ -351,7 +382,8 @@ def filter_events(conn: sqlite3.Connection, command: FilterEvents) -> FilteredPa
             return (after < at and (last is None or at <= last) and (start is None or ts >= start)
                     and (end is None or ts <= end) and pattern.matches(message))
 
-        for event in _merge(rows, forward=True, keep=keep):
+        term = max(pattern.required_terms, key=len, default="")  # the longest: the fewest places
+        for event in _merge(rows, forward=True, keep=keep, term=term):
             size += len(event[5]) + EVENT_OVERHEAD
             if found and size > MAX_PAGE_BYTES:
                 return _page(conn, found, names, found[-1][0])
