@@ -358,6 +358,7 @@ def filter_events(conn: sqlite3.Connection, command: FilterEvents) -> FilteredPa
         if not isinstance(searched, int) or searched < 0:
             raise _bad_token()
     terms = "".join(" AND instr(message, ?) > 0" for _ in pattern.required_terms)
+    term = max(pattern.required_terms, key=len, default="")  # inside rows: the longest, the fewest places
     deadline = time.monotonic() + SEARCH_BUDGET_S
     found: list[Event] = []
     size = 0
@@ -382,7 +383,6 @@ def filter_events(conn: sqlite3.Connection, command: FilterEvents) -> FilteredPa
             return (after < at and (last is None or at <= last) and (start is None or ts >= start)
                     and (end is None or ts <= end) and pattern.matches(message))
 
-        term = max(pattern.required_terms, key=len, default="")  # the longest: the fewest places
         for event in _merge(rows, forward=True, keep=keep, term=term):
             size += len(event[5]) + EVENT_OVERHEAD
             if found and size > MAX_PAGE_BYTES:

@@ -2,8 +2,8 @@
 
 Batches: one transaction inserts the events of a batch, as a row per stream (schema.py), and
 updates the counters of their streams and groups (first/last event, last ingestion, stored
-bytes), creating a group and a stream the first time a record names them. Ids of groups and streams are cached (the cache is forgotten on
-any failure and trimmed when large).
+bytes), creating a group and a stream the first time a record names them. Ids of groups and
+streams are cached (the cache is forgotten on any failure and trimmed when large).
 
 Long deletions never hold the write lock for long: a deleted group's events and expired events
 are removed in chunks of `CHUNK` rows, one transaction each, so batches of new records are
@@ -20,10 +20,9 @@ and a stream with no event left and a last event before the cutoff is deleted.
 from __future__ import annotations
 
 import sqlite3
-import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from firebox.logs.api import RETENTION_DAYS, InvalidLogParameter, LogGroupExists, LogGroupNotFound
 from firebox.logs.schema import ROW_CHARS, ROW_EVENTS, ROW_SPAN_MS
@@ -47,6 +46,20 @@ class Segment(NamedTuple):
 # buffer holds, as the event loop makes two per warm invocation and a NamedTuple costs ten times
 # a tuple to make (its __new__ is Python): 6,600 instructions per invocation.
 RawSegment = tuple[str, str, int, Sequence[str], int]
+
+
+class _Row:
+    """A row being made: the events of one stream in a batch (schema.py), in the order they
+    were produced; `offsets` are their timestamps less `base`, the first one's."""
+
+    __slots__ = ("group", "group_id", "stream_id", "base", "low", "high", "messages", "offsets", "chars")
+
+    def __init__(self, group: str, group_id: int, stream_id: int, ts: int, messages: list[str], chars: int) -> None:
+        self.group, self.group_id, self.stream_id = group, group_id, stream_id
+        self.base = self.low = self.high = ts
+        self.messages = messages
+        self.offsets = [0] * len(messages)
+        self.chars = chars
 
 
 def _parts(messages: Sequence[str]) -> list[list[str]]:
@@ -144,25 +157,27 @@ class Writer:
             # UTF-8 in the rare batch that is not all ASCII (one test per batch).
             params: list[object] = []
             stats: dict[int, list[int]] = {}
-            for group_id, stream_id, low, high, messages, offsets, chars, base, _ in self._rows(batch, now):
+            for row in self._rows(batch, now):
+                messages, low = row.messages, row.low
                 count = len(messages)
                 if count == 1:
-                    params += (next_id, group_id, stream_id, low, now, messages[0], 1, None)
+                    params += (next_id, row.group_id, row.stream_id, low, now, messages[0], 1, None)
                 else:
-                    if low < base:  # a clock that went back: offsets from the row's smallest ts
-                        offsets = [offset + base - low for offset in offsets]
+                    offsets = row.offsets
+                    if low < row.base:  # a clock that went back: offsets from the row's smallest ts
+                        offsets = [offset + row.base - low for offset in offsets]
                     layout = ",".join(map(str, map(len, messages))) + ";" + ",".join(map(str, offsets))
-                    params += (next_id, group_id, stream_id, low, now, "".join(messages), count, layout)
+                    params += (next_id, row.group_id, row.stream_id, low, now, "".join(messages), count, layout)
                 next_id += count
-                current = stats.get(stream_id)
+                current = stats.get(row.stream_id)
                 if current is None:
-                    stats[stream_id] = [low, high, chars, group_id]
+                    stats[row.stream_id] = [low, row.high, row.chars, row.group_id]
                     continue
                 if low < current[0]:
                     current[0] = low
-                if high > current[1]:
-                    current[1] = high
-                current[2] += chars
+                if row.high > current[1]:
+                    current[1] = row.high
+                current[2] += row.chars
             if not all(map(str.isascii, params[5::_ROW_WIDTH])):  # the messages
                 self._count_utf8(batch, stats, now)
             _INSERT_ROWS.run(conn, params, _ROW_WIDTH)
@@ -185,27 +200,26 @@ class Writer:
         self._next_id = next_id
         return next_id - first_id
 
-    def _rows(self, batch: Sequence[RawSegment], now: int) -> list[list[Any]]:
-        """The batch's rows, [group id, stream id, smallest ts, largest ts, messages, each one's
-        ts less the first's, characters, the first ts, group], in the order they were opened: a
-        stream's segments join its open row while it has room (schema.ROW_EVENTS, ROW_CHARS,
-        ROW_SPAN_MS), so each stream's events keep the order they were produced in, and so do
-        their ids. (Open rows are found by stream name, then checked for their group: no ids to
-        look up for a segment that joins one, the usual case.)"""
-        rows: list[list[Any]] = []
-        open_rows: dict[str, list[Any]] = {}  # stream name -> its row being filled
+    def _rows(self, batch: Sequence[RawSegment], now: int) -> list[_Row]:
+        """The batch's rows in the order they were opened: a stream's segments join its open
+        row while it has room (schema.ROW_EVENTS, ROW_CHARS, ROW_SPAN_MS), so each stream's
+        events keep the order they were produced in, and so do their ids. (Open rows are found
+        by stream name, then checked for their group: no ids to look up for a segment that
+        joins one, the usual case.)"""
+        rows: list[_Row] = []
+        open_rows: dict[str, _Row] = {}  # stream name -> its row being filled
         groups, streams = self._groups, self._streams
         for group, stream, ts, messages, size in batch:
             row = open_rows.get(stream)
-            if (row is not None and row[3] - ROW_SPAN_MS <= ts <= row[2] + ROW_SPAN_MS and row[8] == group
-                    and len(row[4]) + len(messages) <= ROW_EVENTS and row[6] + size <= ROW_CHARS):
-                row[4] += messages
-                row[5] += [ts - row[7]] * len(messages)
-                row[6] += size
-                if ts < row[2]:
-                    row[2] = ts
-                elif ts > row[3]:
-                    row[3] = ts
+            if (row is not None and row.high - ROW_SPAN_MS <= ts <= row.low + ROW_SPAN_MS and row.group == group
+                    and len(row.messages) + len(messages) <= ROW_EVENTS and row.chars + size <= ROW_CHARS):
+                row.messages += messages
+                row.offsets += [ts - row.base] * len(messages)
+                row.chars += size
+                if ts < row.low:
+                    row.low = ts
+                elif ts > row.high:
+                    row.high = ts
                 continue
             if not messages:
                 continue
@@ -214,9 +228,12 @@ class Writer:
             stream_id = streams.get((group_id, stream))
             if stream_id is None:
                 group_id, stream_id = self._ids(group, stream, now)
-            for part in (messages,) if len(messages) <= ROW_EVENTS and size <= ROW_CHARS else _parts(messages):
-                row = open_rows[stream] = [group_id, stream_id, ts, ts, list(part), [0] * len(part),
-                                           size if part is messages else sum(map(len, part)), ts, group]
+            if len(messages) <= ROW_EVENTS and size <= ROW_CHARS:
+                row = open_rows[stream] = _Row(group, group_id, stream_id, ts, list(messages), size)
+                rows.append(row)
+                continue
+            for part in _parts(messages):
+                row = open_rows[stream] = _Row(group, group_id, stream_id, ts, part, sum(map(len, part)))
                 rows.append(row)
         return rows
 

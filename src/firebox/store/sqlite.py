@@ -95,7 +95,7 @@ _SCHEMA = (
     "CREATE TABLE sequences (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
 )
 # (A named parameter, bound from a mapping: Python 3.12.0 to 3.12.3 warn on `?1` bound from a
-# sequence, on every dispatch pass: see NUMBERED_PARAMETERS in logs/writes.py.)
+# sequence, once per parameter, on every dispatch pass: cpython#117995, fixed in 3.12.4.)
 _SCOPES = (
     "WITH RECURSIVE s(scope) AS ("
     " SELECT MIN(scope) FROM records WHERE kind = :kind"
