@@ -2,12 +2,44 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import boto3
 import botocore.config
 
+from firebox.logs.store import SqliteLogStore
 from tests.e2e.helpers import REGION
+
+
+class Clock:
+    """An injected wall clock: tests move it instead of waiting."""
+
+    def __init__(self, ms: int) -> None:
+        self.ms = ms
+
+    def __call__(self) -> float:
+        return self.ms / 1000
+
+
+def run(coro_fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run an async test on its own event loop (no plugin needed), bounded."""
+
+    @functools.wraps(coro_fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return asyncio.run(asyncio.wait_for(coro_fn(*args, **kwargs), timeout=60))
+
+    return wrapper
+
+
+async def started(path: Path, **kwargs: Any) -> SqliteLogStore:
+    """A log store on `path`, started (its writer and sweeper running)."""
+    store = SqliteLogStore(path, **kwargs)
+    await store.start()
+    return store
 
 # A function that prints, logs and fails on demand (python3.11, app.handler).
 APP = '''

@@ -19,9 +19,7 @@ Each test runs its own store on a fresh file.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import random
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -35,6 +33,8 @@ from firebox.logs import reads, schema
 from firebox.logs.api import DescribeGroups, DescribeStreams, FilterEvents, GetEvents, LogEvent
 from firebox.logs.store import SqliteLogStore
 
+from .support import Clock, run, started
+
 DAY_MS = 86_400_000
 T0 = 1_700_000_000_000  # 2023-11-14, in ms
 GROUP = "/aws/lambda/fn"
@@ -46,32 +46,6 @@ WORDS = ("GET", "/api/items", "200", "ok", "INFO", "retry", "cache", "miss", "us
 NON_ASCII = "héllo wörld — 日本語 🙂"
 LONG_CHARS = 70_000  # more than schema.ROW_CHARS: such an event has a row of its own
 MANY = 1_000_000  # a limit no read here reaches
-
-
-class Clock:
-    """An injected wall clock (as in test_store.py): tests move it instead of waiting."""
-
-    def __init__(self, ms: int) -> None:
-        self.ms = ms
-
-    def __call__(self) -> float:
-        return self.ms / 1000
-
-
-def run(coro_fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run an async test on its own event loop, bounded (as in test_store.py)."""
-
-    @functools.wraps(coro_fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return asyncio.run(asyncio.wait_for(coro_fn(*args, **kwargs), timeout=60))
-
-    return wrapper
-
-
-async def started(path: Path, **kwargs: Any) -> SqliteLogStore:
-    store = SqliteLogStore(path, **kwargs)
-    await store.start()
-    return store
 
 
 # -- the workload and its model ------------------------------------------------------------------

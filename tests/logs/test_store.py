@@ -5,7 +5,6 @@ indexes its queries use. Each test runs its own store on a fresh file."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import sqlite3
 import threading
 import time
@@ -32,36 +31,12 @@ from firebox.logs.schema import ROW_SPAN_MS
 from firebox.logs.store import SqliteLogStore
 from firebox.logs.writes import Writer
 
+from .support import Clock, run, started
+
 DAY_MS = 86_400_000
 T0 = 1_700_000_000_000  # 2023-11-14, in ms
 GROUP = "/aws/lambda/fn"
 STREAM = "2023/11/14/[$LATEST]0123456789abcdef0123456789abcdef"
-
-
-class Clock:
-    """An injected wall clock: tests move it instead of waiting."""
-
-    def __init__(self, ms: int) -> None:
-        self.ms = ms
-
-    def __call__(self) -> float:
-        return self.ms / 1000
-
-
-def run(coro_fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run an async test on its own event loop (no plugin needed)."""
-
-    @functools.wraps(coro_fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return asyncio.run(asyncio.wait_for(coro_fn(*args, **kwargs), timeout=60))
-
-    return wrapper
-
-
-async def started(path: Path, **kwargs: Any) -> SqliteLogStore:
-    store = SqliteLogStore(path, **kwargs)
-    await store.start()
-    return store
 
 
 def records(start_ms: int, count: int, text: str = "line") -> list[LogRecord]:
