@@ -43,8 +43,8 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
 from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from heapq import heappop, heappush
 from itertools import accumulate
 from itertools import count as numbers

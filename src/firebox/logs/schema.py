@@ -21,7 +21,7 @@ their lengths in characters, then `;`, then each one's timestamp less `ts`, comm
 "22,96;0,1" is two events of 22 and 96 characters, at ts and ts + 1. One row per stream and
 batch, not one per event: each row is an entry in both indexes, and the stream index takes a
 busy server's 16 streams' rows in 16 places of it, so a batch of warm invocations costs the
-writer a third as much (writes.py). The events of different rows can interleave in (ts, id)
+writer less than half as much (ARCHITECTURE.md, Logs). The events of different rows can interleave in (ts, id)
 order, within ROW_SPAN_MS: reads.py merges them.
 
 Event ids are handed out by the writer from `log_meta.next_event_id`, which moves forward in the
@@ -33,7 +33,8 @@ being removed, chunk by chunk.
 `PRAGMA user_version` says the layout: 0 is a fresh file or the first layout (one `events`
 table keyed by group and stream names), which `migrate` moves into the tables above; 1 is these
 tables with one event per row, which gains `event_count` and `layout` (its rows are rows of one
-event as they are: no row is rewritten).
+event as they are: no row is rewritten). There is no way back: code of version 1 would read a
+row of several events as one.
 """
 
 from __future__ import annotations
