@@ -41,6 +41,7 @@ async def started(path: Path, **kwargs: Any) -> SqliteLogStore:
     await store.start()
     return store
 
+
 # A function that prints, logs and fails on demand (python3.11, app.handler).
 APP = '''
 import json, logging, sys, time
