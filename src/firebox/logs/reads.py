@@ -379,8 +379,8 @@ def filter_events(conn: sqlite3.Connection, command: FilterEvents) -> FilteredPa
             f"SELECT {_ROW} FROM {table} WHERE {scope} AND ts >= ?{until}{terms} ORDER BY ts, id",
             [*scope_args, lowest - ROW_SPAN_MS, *until_args, *pattern.required_terms])
 
-        def keep(at: int, ts: int, message: str, after: int = searched, last: int | None = last) -> bool:
-            return (after < at and (last is None or at <= last) and (start is None or ts >= start)
+        def keep(at: int, ts: int, message: str) -> bool:  # (used up within this window)
+            return (searched < at and (last is None or at <= last) and (start is None or ts >= start)
                     and (end is None or ts <= end) and pattern.matches(message))
 
         for event in _merge(rows, forward=True, keep=keep, term=term):
